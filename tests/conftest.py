@@ -1,0 +1,21 @@
+"""Test-wide settings: local-only DDS discovery, an isolated ROS domain, shared fixtures."""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+if os.environ.get("ROS_DISTRO") == "humble":
+    os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+# one DDS domain per test session so concurrent runs on one machine never see each other's topics
+os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))
+# the venv's prefix is an ament prefix (pip installs share/ament_index there)
+_prefix = sys.prefix
+if _prefix not in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+    os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (_prefix, os.environ.get("AMENT_PREFIX_PATH")) if p)
+# bin/ of the venv on PATH so console scripts can be started as subprocesses
+_bin = str(Path(sys.executable).parent)
+if _bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data" / "mvtec3d" / "cable_gland").resolve()
