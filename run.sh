@@ -17,7 +17,20 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 hash_files() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
+ensure_system_libs() {
+  # open3d's wheel links libusb-1.0 (RealSense support); Debian machines may lack it.
+  if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "mentor3ad: installing libusb-1.0-0 (needed by open3d) with apt-get ..." >&2
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null
+    else
+      echo "mentor3ad: open3d needs the system library libusb-1.0 (Debian/Ubuntu: sudo apt-get install libusb-1.0-0)" >&2
+    fi
+  fi
+}
+
 setup_env() {
+  ensure_system_libs
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     echo "mentor3ad: Python 3.11 is required (the ROS 2 Kilted wheels on PyPI are cp311); found $("$PYTHON" -V)" >&2
     exit 2
