@@ -15,7 +15,7 @@ VENV="${MENTOR3AD_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-hash_files() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+hash_files() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -c1-16; }
 
 ensure_system_libs() {
   # open3d's wheel links libusb-1.0 (RealSense support); Debian machines may lack it.
