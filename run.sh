@@ -45,11 +45,15 @@ setup_env() {
     echo "$req_hash" > "$VENV/.requirements-hash"
     rm -f "$VENV/.package-hash"
   fi
-  pkg_hash="$(hash_files "$ROOT/setup.py" "$ROOT/setup.cfg" "$ROOT/package.xml" "$ROOT"/launch/* "$ROOT"/config/*)"
+  # A regular (non-editable) install: pip then also installs the ament index marker, package.xml,
+  # launch/config files under share/ and the lib/mentor3ad launchers (editable wheels skip data_files).
+  pkg_hash="$(cd "$ROOT" && hash_files setup.py setup.cfg package.xml resource/* launch/* config/* \
+              $(find src -name '*.py' | LC_ALL=C sort))"
   if [ "$(cat "$VENV/.package-hash" 2>/dev/null)" != "$pkg_hash" ]; then
-    echo "mentor3ad: installing the mentor3ad package (editable) ..." >&2
+    echo "mentor3ad: installing the mentor3ad package into $VENV ..." >&2
     (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-        --no-build-isolation -e .)
+        --no-build-isolation . 2>&1 | grep -v -e "^WARNING: Location" -e BuildBackendWarning -e "warnings.warn" >&2 || true)
+    "$VENV/bin/python" -c "import mentor3ad" || { echo "mentor3ad: package install failed" >&2; exit 1; }
     echo "$pkg_hash" > "$VENV/.package-hash"
   fi
   export PATH="$VENV/bin:$PATH"

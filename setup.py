@@ -65,6 +65,5 @@ setup(
     maintainer_email="dev@mentor3ad.invalid",
     description="Mentor3AD RGB + 3D anomaly detection for ROS 2 inspection cells",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={"console_scripts": [f"{k} = {v}" for k, v in EXECUTABLES.items()]},
 )

@@ -18,4 +18,11 @@ if _bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data" / "mvtec3d" / "cable_gland").resolve()
+# tests (and the console scripts they start) use the working tree's code, not a stale installed copy
+_src = str(REPO_ROOT / "src")
+if _src not in sys.path:
+    sys.path.insert(0, _src)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
+SHARED_DATA = Path(
+    os.environ.get("MENTOR3AD_MVTEC_ROOT", REPO_ROOT / ".." / "shared" / "data" / "mvtec3d" / "cable_gland")
+).resolve()
