@@ -9,30 +9,41 @@ from scipy import ndimage
 from .types import Region
 
 
+def _neighbour(a: np.ndarray, offset: int, axis: int, fill) -> np.ndarray:
+    """a shifted so that out[i] = a[i + offset] along ``axis``; ``fill`` outside the array."""
+    out = np.full_like(a, fill)
+    src = [slice(None)] * a.ndim
+    dst = [slice(None)] * a.ndim
+    if offset > 0:
+        src[axis], dst[axis] = slice(offset, None), slice(None, -offset)
+    else:
+        src[axis], dst[axis] = slice(None, offset), slice(-offset, None)
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+def _grid_step(p: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
+    """Metric step to the next pixel along ``axis``: central difference, one-sided at holes, else 0."""
+    fwd_ok = valid & _neighbour(valid, 1, axis, False)
+    bwd_ok = valid & _neighbour(valid, -1, axis, False)
+    fwd = np.where(fwd_ok[..., None], _neighbour(p, 1, axis, 0.0) - p, 0.0)
+    bwd = np.where(bwd_ok[..., None], p - _neighbour(p, -1, axis, 0.0), 0.0)
+    count = fwd_ok.astype(np.float64) + bwd_ok
+    return (fwd + bwd) / np.maximum(count, 1.0)[..., None]
+
+
 def pixel_footprint_m2(xyz: np.ndarray) -> np.ndarray:
     """Surface area each pixel covers on the point cloud.
 
-    xyz: (H, W, 3) float32 metres, invalid = 0 or NaN.
-    Returns (H, W) float64 m^2: |dP/du x dP/dv| from central differences between valid neighbours;
-    0 where the pixel or all of its neighbours are invalid.
+    xyz: (H, W, 3) metres, invalid = 0 or NaN.
+    Returns (H, W) float64 m^2: |dP/du x dP/dv| from differences to valid neighbours; 0 where the
+    pixel is invalid or has no valid neighbour along an axis.
     """
     p = np.asarray(xyz, dtype=np.float64)
-    valid = np.isfinite(p).all(-1) & (np.abs(p).sum(-1) > 0)
-    p = np.where(valid[..., None], p, np.nan)
-
-    def diff(axis: int) -> np.ndarray:
-        fwd = np.diff(p, axis=axis, append=np.nan)  # p[i+1] - p[i]
-        bwd = -np.diff(p[::-1] if axis == 0 else p[:, ::-1], axis=axis, append=np.nan)
-        bwd = bwd[::-1] if axis == 0 else bwd[:, ::-1]  # p[i] - p[i-1]
-        both = np.stack([fwd, bwd])
-        return np.nanmean(np.where(np.isfinite(both), both, np.nan), axis=0) if np.isfinite(both).any() else fwd
-
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-        sup.filter(RuntimeWarning)
-        du = diff(1)
-        dv = diff(0)
-    area = np.linalg.norm(np.cross(du, dv), axis=-1)
-    return np.where(valid & np.isfinite(area), area, 0.0)
+    valid = np.isfinite(p).all(-1) & (np.abs(np.nan_to_num(p)).sum(-1) > 0)
+    p = np.where(valid[..., None], p, 0.0)
+    area = np.linalg.norm(np.cross(_grid_step(p, valid, 1), _grid_step(p, valid, 0)), axis=-1)
+    return np.where(valid, area, 0.0)
 
 
 def extract_regions(
