@@ -1,0 +1,156 @@
+"""Frozen RGB backbone: any timm model as a dense patch-feature extractor.
+
+ViT-like models: ``forward_features`` tokens with the CLS/register (prefix) tokens dropped, reshaped to
+the patch grid (28x28x768 for ``vit_base_patch8_224.dino`` at 224). CNNs: the ``forward_intermediates``
+feature map at the configured stride (default 8, i.e. 28x28 at 224).
+Weights: "auto" (timm hub download), a local file (strict key check), or "none" (random init, WARNING).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .point_mae import _preview, file_sha256, read_state_file, strict_load
+
+LOG = logging.getLogger(__name__)
+
+
+def _unwrap_state(raw) -> Dict[str, torch.Tensor]:
+    """Common checkpoint wrappers ('state_dict', 'model', 'teacher'/'student' DINO, 'module.')."""
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(raw, dict) and key in raw and isinstance(raw[key], dict):
+            raw = raw[key]
+            break
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ValueError(f"expected a state dict of tensors, got {type(raw).__name__}")
+    out = {}
+    for k, v in raw.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+class RGBBackbone(nn.Module):
+    """timm backbone -> (B, C, h, w) patch features. forward(images (B, 3, S, S) normalised) ."""
+
+    def __init__(
+        self,
+        model_name: str = "vit_base_patch8_224.dino",
+        weights: str = "auto",
+        image_size: int = 224,
+        model_kwargs: Optional[dict] = None,
+        feature_stride: int = 8,
+    ):
+        super().__init__()
+        import timm
+
+        kwargs = dict(model_kwargs or {})
+        self.model_name = model_name
+        self.weights_spec = weights
+        self.image_size = image_size
+        if weights == "auto":
+            try:
+                model = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs)
+            except Exception as exc:
+                raise RuntimeError(
+                    f"rgb_weights='auto' needs timm's model hub to download '{model_name}' and that failed "
+                    f"({type(exc).__name__}: {exc}). Offline: put the weight file under models/ and set "
+                    f"rgb_weights to its path, or rgb_weights='none' for random init."
+                ) from exc
+            self.weights_id = f"timm-hub:{model_name}"
+        else:
+            try:
+                model = timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+            except Exception as exc:
+                raise ValueError(f"cannot create timm model '{model_name}' with {kwargs}: {exc}") from exc
+            if weights in ("none", "", None):
+                LOG.warning(
+                    "RGB backbone %s uses RANDOM weights (rgb_weights='none'): features are not pretrained, "
+                    "detection quality will be poor", model_name)
+                self.weights_id = "random-init"
+            else:
+                self._load_file(model, Path(weights))
+                self.weights_id = f"sha256:{file_sha256(weights)}"
+        model.eval()
+        self.model = model
+        self.is_vit = hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        if self.is_vit:
+            self.num_prefix_tokens = int(model.num_prefix_tokens)
+            self.out_dim = int(model.num_features)
+            self.feature_index = None
+        else:
+            if not hasattr(model, "forward_intermediates"):
+                raise ValueError(f"timm model '{model_name}' has neither a ViT patch grid nor forward_intermediates")
+            infos = list(model.feature_info)
+            matches = [i for i, info in enumerate(infos) if info["reduction"] == feature_stride]
+            if not matches:
+                raise ValueError(f"'{model_name}' has no feature map at stride {feature_stride}: "
+                                 f"{[info['reduction'] for info in infos]}")
+            self.feature_index = matches[-1]
+            self.out_dim = int(infos[self.feature_index]["num_chs"])
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _load_file(self, model: nn.Module, path: Path) -> None:
+        try:
+            state = _unwrap_state(read_state_file(path))
+        except ValueError as exc:
+            raise ValueError(f"RGB weight file {path}: {exc}") from exc
+        # a classifier head in the file is dropped on purpose: the backbone is built without one
+        classifier = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier")
+        if classifier and getattr(model, "num_classes", 0) == 0:
+            heads = [k for k in state if k.startswith(classifier + ".")]
+            if heads:
+                LOG.info("RGB weights: ignoring classifier keys %s", _preview(heads))
+                state = {k: v for k, v in state.items() if k not in heads}
+        try:
+            strict_load(model, state, f"RGB weight file {path}")
+            return
+        except ValueError as direct_error:
+            # original-format checkpoints (e.g. DINO's own .pth) go through timm's converter, still strict
+            filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+            if filter_fn is None:
+                raise
+            try:
+                converted = filter_fn(dict(state), model)
+            except Exception:
+                raise direct_error from None
+            try:
+                strict_load(model, converted, f"RGB weight file {path} (after timm conversion)")
+            except ValueError:
+                raise direct_error from None
+
+    @property
+    def feature_grid(self) -> Tuple[int, int]:
+        if self.is_vit:
+            return tuple(self.model.patch_embed.grid_size)
+        size = self.image_size // int(self.model.feature_info[self.feature_index]["reduction"])
+        return size, size
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float in [0, 1] -> ImageNet-normalised."""
+        return (images - self.mean) / self.std
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) normalised -> (B, C, h, w) patch features."""
+        if self.is_vit:
+            tokens = self.model.forward_features(images)[:, self.num_prefix_tokens:]
+            batch, count, channels = tokens.shape
+            h, w = self.model.patch_embed.dynamic_feat_size(images.shape[-2:]) if getattr(
+                self.model, "dynamic_img_size", False) else self.model.patch_embed.grid_size
+            if h * w != count:
+                raise ValueError(f"{count} patch tokens do not form the {h}x{w} grid")
+            return tokens.transpose(1, 2).reshape(batch, channels, h, w)
+        maps = self.model.forward_intermediates(images, indices=[self.feature_index], intermediates_only=True)
+        return maps[0]
