@@ -1,0 +1,155 @@
+"""Publish synthetic (or deliberately broken) image + cloud / depth + camera_info pairs.
+
+A commissioning and test tool: ``python -m mentor3ad.ros.pair_publisher --count 5`` publishes 5
+synchronized pairs on ``image`` + ``points`` with stamps ``start + i * period`` and exits. With
+``--sequence good,bad_encoding,good`` each pair is built as named (see ``PAIR_KINDS``), which is how
+the tests feed every kind of bad input through real DDS.
+
+The scene is a tilted plane 0.5 m in front of a pinhole camera (fx = fy = width), textured image.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from mentor3ad import msgconv
+
+PAIR_KINDS = (
+    "good",
+    "mismatched_sizes",  # cloud one row/column smaller than the image
+    "bad_encoding",  # image encoding 32FC1
+    "unorganized",  # cloud of height 1
+    "missing_fields",  # cloud without z
+    "few_points",  # all points NaN
+    "truncated",  # image data shorter than height * step
+    "zero_intrinsics",  # camera_info with fx = fy = 0 (depth mode)
+)
+
+
+def synthetic_scene(width: int, height: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres, K (3, 3) pinhole intrinsics in pixels."""
+    rng = np.random.default_rng(seed)
+    f = float(width)
+    K = np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], np.float64)
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    # plane z = 0.5 + 0.1 * y (metres), intersected with each pixel's ray
+    rx, ry = (u - K[0, 2]) / f, (v - K[1, 2]) / f
+    z = 0.5 / (1.0 - 0.1 * ry)
+    xyz = np.stack([rx * z, ry * z, z], -1).astype(np.float32)
+    base = np.stack([u / width * 200, v / height * 200, np.full_like(u, 90)], -1)
+    rgb = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    return rgb, xyz, K
+
+
+def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0) -> Dict[str, Dict[str, Any]]:
+    """Field dicts for one pair: {"image": ..., "points": ...} or {"image", "depth", "camera_info"}."""
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"unknown pair kind {kind!r}; choose from {', '.join(PAIR_KINDS)}")
+    rgb, xyz, K = synthetic_scene(width, height, seed)
+    if kind == "few_points":
+        xyz = np.full_like(xyz, np.nan)
+    if kind == "mismatched_sizes":
+        xyz = xyz[:-1, :-1]
+    image = msgconv.rgb_to_image_fields(rgb, "rgb8")
+    if kind == "bad_encoding":
+        image["encoding"] = "32FC1"
+    if kind == "truncated":
+        image["data"] = image["data"][: len(image["data"]) // 2]
+    pair: Dict[str, Dict[str, Any]] = {"image": image}
+    if mode == "points":
+        cloud = msgconv.xyz_to_cloud_fields(xyz, padded=True)
+        if kind == "unorganized":
+            cloud.update(height=1, width=cloud["height"] * cloud["width"],
+                         row_step=cloud["height"] * cloud["width"] * cloud["point_step"])
+        if kind == "missing_fields":
+            cloud["fields"] = [f for f in cloud["fields"] if f[0] != "z"]
+        pair["points"] = cloud
+    else:
+        pair["depth"] = msgconv.xyz_to_depth_fields(xyz, "32FC1")
+        info = msgconv.camera_info_fields(K, xyz.shape[1], xyz.shape[0])
+        if kind == "zero_intrinsics":
+            info["k"] = [0.0] * 9
+            info["p"] = [0.0] * 12
+        pair["camera_info"] = info
+    return pair
+
+
+def to_messages(pair: Dict[str, Dict[str, Any]], stamp_ns: int, frame_id: str = "camera") -> Dict[str, Any]:
+    """Field dicts -> rclpy messages sharing one header (stamp_ns, frame_id)."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+    from std_msgs.msg import Header
+
+    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    out = {}
+    for topic, fields in pair.items():
+        fields = dict(fields)
+        if topic == "points":
+            fields["fields"] = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields["fields"]]
+            out[topic] = PointCloud2(header=header, **fields)
+        elif topic == "camera_info":
+            fields.pop("frame_id", None)
+            out[topic] = CameraInfo(header=header, **fields)
+        else:
+            out[topic] = Image(header=header, **fields)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="pair_publisher", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=5, help="number of good pairs (ignored with --sequence)")
+    parser.add_argument("--sequence", default="", help=f"comma-separated pair kinds: {', '.join(PAIR_KINDS)}")
+    parser.add_argument("--mode", choices=("points", "depth"), default="points")
+    parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT")
+    parser.add_argument("--rate", type=float, default=10.0, help="pairs per second (0: as fast as possible)")
+    parser.add_argument("--start-ns", type=int, default=1_000_000_000_000, help="stamp of the first pair")
+    parser.add_argument("--period-ns", type=int, default=100_000_000, help="stamp spacing")
+    parser.add_argument("--namespace", default="", help="publish under this namespace")
+    parser.add_argument("--wait", type=float, default=20.0, help="seconds to wait for subscribers on every topic")
+    parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last pair")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    kinds = [k.strip() for k in args.sequence.split(",") if k.strip()] or ["good"] * args.count
+
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from mentor3ad.ros import configure_local_discovery
+
+    configure_local_discovery()
+    rclpy.init()
+    node = rclpy.create_node("pair_publisher", namespace=args.namespace or None)
+    try:
+        qos = QoSProfile(depth=max(10, len(kinds)), reliability=ReliabilityPolicy.RELIABLE)
+        types = {"image": Image, "points": PointCloud2, "depth": Image, "camera_info": CameraInfo}
+        topics = ["image", "points"] if args.mode == "points" else ["image", "depth", "camera_info"]
+        pubs = {t: node.create_publisher(types[t], t, qos) for t in topics}
+        deadline = time.monotonic() + args.wait
+        while any(p.get_subscription_count() == 0 for p in pubs.values()):
+            if time.monotonic() > deadline:
+                print("pair_publisher: no subscriber on " + ", ".join(t for t, p in pubs.items()
+                      if p.get_subscription_count() == 0), file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the matched readers finish their handshake
+        for i, kind in enumerate(kinds):
+            stamp = args.start_ns + i * args.period_ns
+            msgs = to_messages(build_pair(kind, width, height, args.mode, seed=i), stamp)
+            for topic in topics:
+                pubs[topic].publish(msgs[topic])
+            if args.rate > 0:
+                time.sleep(1.0 / args.rate)
+        time.sleep(args.linger)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

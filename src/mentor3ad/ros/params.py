@@ -1,0 +1,71 @@
+"""Declaring node parameters from one table (name, default, description, read-only) with descriptors.
+
+The same tables generate ``--help`` text and are compared with ``config/*.yaml`` by the tests, so
+defaults in code, the config files and the README cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Sequence
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: ``default`` fixes its type (bool, int, float, str or list of str)."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, bool):
+            return "bool"
+        if isinstance(self.default, int):
+            return "int"
+        if isinstance(self.default, float):
+            return "double"
+        if isinstance(self.default, (list, tuple)):
+            return "string[]"
+        return "string"
+
+
+def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
+    """Declare every spec on ``node`` with a ParameterDescriptor; returns name -> current value."""
+    from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+
+    types = {
+        "bool": ParameterType.PARAMETER_BOOL,
+        "int": ParameterType.PARAMETER_INTEGER,
+        "double": ParameterType.PARAMETER_DOUBLE,
+        "string": ParameterType.PARAMETER_STRING,
+        "string[]": ParameterType.PARAMETER_STRING_ARRAY,
+    }
+    values = {}
+    for spec in specs:
+        descriptor = ParameterDescriptor(
+            name=spec.name, type=types[spec.type_name], description=spec.description, read_only=spec.read_only
+        )
+        default = list(spec.default) if isinstance(spec.default, (list, tuple)) else spec.default
+        param = node.declare_parameter(spec.name, default, descriptor)
+        values[spec.name] = param.value
+    return values
+
+
+def help_text(specs: Sequence[ParamSpec]) -> str:
+    """Parameter list for ``--help`` (name, type, default, description)."""
+    lines = ["parameters (set with --ros-args -p name:=value or --params-file FILE):"]
+    for spec in specs:
+        ro = ", read-only" if spec.read_only else ""
+        lines.append(f"  {spec.name} ({spec.type_name}{ro}, default {spec.default!r}): {spec.description}")
+    return "\n".join(lines)
+
+
+def markdown_table(specs: Sequence[ParamSpec]) -> str:
+    """README table of the parameters (depth_image_proc style)."""
+    rows = ["| name | type | default | description |", "|---|---|---|---|"]
+    for spec in specs:
+        ro = " (read-only)" if spec.read_only else ""
+        rows.append(f"| `{spec.name}` | {spec.type_name} | `{spec.default!r}` | {spec.description}{ro} |")
+    return "\n".join(rows)
