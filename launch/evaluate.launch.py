@@ -1,0 +1,121 @@
+"""Evaluate a model on a recorded test bag: inspector + evaluator (+ replay of the bag).
+
+    ros2 launch mentor3ad evaluate.launch.py model_path:=/models/gland.m3ad bag:=/bags/test output_dir:=/tmp/eval
+
+With ``bag`` empty, play the bag yourself (``ros2 bag play --clock /bags/test``). The evaluator writes
+the same report as ``mentor3ad evaluate`` into ``output_dir``.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+SHARE = get_package_share_directory("mentor3ad")
+INSPECTOR_CONFIG = os.path.join(SHARE, "config", "inspector.yaml")
+EVALUATOR_CONFIG = os.path.join(SHARE, "config", "evaluator.yaml")
+
+
+def _nodes(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    sim_time = arg("use_sim_time").lower() in ("true", "1")
+    namespace = arg("namespace")
+    inspector_overrides = {"use_sim_time": sim_time}
+    for key in ("model_path", "device", "input_mode"):
+        if arg(key):
+            inspector_overrides[key] = arg(key)
+    evaluator_overrides = {"use_sim_time": sim_time}
+    if arg("output_dir"):
+        evaluator_overrides["output_dir"] = arg("output_dir")
+    if arg("expected_pairs"):
+        evaluator_overrides["expected_pairs"] = int(arg("expected_pairs"))
+    log = ["--ros-args", "--log-level", arg("log_level")]
+    nodes = [
+        Node(
+            package="mentor3ad",
+            executable="inspector_node",
+            name="inspector",
+            namespace=namespace,
+            parameters=[arg("params_file"), inspector_overrides],
+            remappings=[
+                ("image", arg("image_topic")),
+                ("points", arg("points_topic")),
+                ("depth", arg("depth_topic")),
+                ("camera_info", arg("camera_info_topic")),
+            ],
+            arguments=log,
+            output="screen",
+        ),
+        Node(
+            package="mentor3ad",
+            executable="evaluator_node",
+            name="evaluator",
+            namespace=namespace,
+            parameters=[arg("evaluator_params_file"), evaluator_overrides],
+            remappings=[
+                ("result", "inspector/result"),
+                ("anomaly_map", "inspector/anomaly_map"),
+                ("gt_mask", arg("gt_mask_topic")),
+            ],
+            arguments=log,
+            output="screen",
+        ),
+    ]
+    if arg("bag"):
+        nodes.append(
+            Node(
+                package="mentor3ad",
+                executable="replay_node",
+                name="replay",
+                namespace=namespace,
+                arguments=[arg("bag"), "--rate", arg("rate"), "--clock", "--wait-for-subscribers"] + log,
+                output="screen",
+            )
+        )
+    return nodes
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("params_file", default_value=INSPECTOR_CONFIG,
+                                  description="Inspector parameter file (YAML)."),
+            DeclareLaunchArgument("evaluator_params_file", default_value=EVALUATOR_CONFIG,
+                                  description="Evaluator parameter file (YAML)."),
+            DeclareLaunchArgument("model_path", default_value="",
+                                  description="Model file to evaluate; empty keeps the params file's value."),
+            DeclareLaunchArgument("device", default_value="",
+                                  description="auto, cpu, cuda or cuda:N; empty keeps the params file's value."),
+            DeclareLaunchArgument("input_mode", default_value="",
+                                  description="points or depth; empty keeps the params file's value."),
+            DeclareLaunchArgument("namespace", default_value="",
+                                  description="Namespace of all started nodes."),
+            DeclareLaunchArgument("image_topic", default_value="image",
+                                  description="Image topic remapped to the inspector's `image`."),
+            DeclareLaunchArgument("points_topic", default_value="points",
+                                  description="Organized cloud topic remapped to the inspector's `points`."),
+            DeclareLaunchArgument("depth_topic", default_value="depth",
+                                  description="Depth image topic remapped to the inspector's `depth`."),
+            DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
+                                  description="CameraInfo topic remapped to the inspector's `camera_info`."),
+            DeclareLaunchArgument("gt_mask_topic", default_value="gt_mask",
+                                  description="Ground-truth mask topic (mono8, image stamps) in the test bag."),
+            DeclareLaunchArgument("bag", default_value="",
+                                  description="Test bag to replay with mentor3ad's replay_node; empty: play it yourself."),
+            DeclareLaunchArgument("rate", default_value="1.0",
+                                  description="Replay rate factor (replay_node --rate)."),
+            DeclareLaunchArgument("output_dir", default_value="",
+                                  description="Report directory; empty keeps the evaluator params file's value."),
+            DeclareLaunchArgument("expected_pairs", default_value="",
+                                  description="Write the report after this many pairs; empty keeps the params file's."),
+            DeclareLaunchArgument("use_sim_time", default_value="true",
+                                  description="Use /clock from the bag replay."),
+            DeclareLaunchArgument("log_level", default_value="info",
+                                  description="Logging level: debug, info, warn, error."),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

@@ -1,0 +1,73 @@
+"""Start the mentor3ad inspector node.
+
+    ros2 launch mentor3ad inspect.launch.py model_path:=/path/to/model device:=cuda image_topic:=/cam/color
+
+Parameters come from ``params_file`` (default: the package's config/inspector.yaml); the arguments
+model_path, device and input_mode override it when they are not empty.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+CONFIG = os.path.join(get_package_share_directory("mentor3ad"), "config", "inspector.yaml")
+
+
+def _inspector(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1")}
+    for key in ("model_path", "device", "input_mode"):
+        if arg(key):
+            overrides[key] = arg(key)
+    return [
+        Node(
+            package="mentor3ad",
+            executable="inspector_node",
+            name="inspector",
+            namespace=arg("namespace"),
+            parameters=[arg("params_file"), overrides],
+            remappings=[
+                ("image", arg("image_topic")),
+                ("points", arg("points_topic")),
+                ("depth", arg("depth_topic")),
+                ("camera_info", arg("camera_info_topic")),
+            ],
+            arguments=["--ros-args", "--log-level", arg("log_level")],
+            output="screen",
+        )
+    ]
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("params_file", default_value=CONFIG,
+                                  description="Inspector parameter file (YAML)."),
+            DeclareLaunchArgument("model_path", default_value="",
+                                  description="Model file to load; empty keeps the params file's value."),
+            DeclareLaunchArgument("device", default_value="",
+                                  description="auto, cpu, cuda or cuda:N; empty keeps the params file's value."),
+            DeclareLaunchArgument("input_mode", default_value="",
+                                  description="points or depth; empty keeps the params file's value."),
+            DeclareLaunchArgument("namespace", default_value="",
+                                  description="Namespace of the inspector node."),
+            DeclareLaunchArgument("image_topic", default_value="image",
+                                  description="Image topic (sensor_msgs/Image) remapped to the node's `image`."),
+            DeclareLaunchArgument("points_topic", default_value="points",
+                                  description="Organized cloud topic (sensor_msgs/PointCloud2), input_mode points."),
+            DeclareLaunchArgument("depth_topic", default_value="depth",
+                                  description="Registered depth image topic, input_mode depth."),
+            DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
+                                  description="CameraInfo of the depth image, input_mode depth."),
+            DeclareLaunchArgument("use_sim_time", default_value="false",
+                                  description="Use /clock (true when replaying bags)."),
+            DeclareLaunchArgument("log_level", default_value="info",
+                                  description="Logging level: debug, info, warn, error."),
+            OpaqueFunction(function=_inspector),
+        ]
+    )

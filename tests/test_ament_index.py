@@ -1,0 +1,56 @@
+"""The pip-installed package is registered in the ament index like a colcon install.
+
+Needs the package installed into the venv (``./run.sh setup``/``./run.sh test`` do it when packaging
+files change).
+"""
+import ast
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ament_index = pytest.importorskip("ament_index_python.packages")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _executables():
+    """Console-script names from setup.py's EXECUTABLES dict (parsed, not executed)."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no EXECUTABLES dict")
+
+
+@pytest.fixture(scope="module")
+def share():
+    try:
+        return Path(ament_index.get_package_share_directory("mentor3ad"))
+    except ament_index.PackageNotFoundError:
+        pytest.fail(f"mentor3ad not in the ament index (AMENT_PREFIX_PATH={os.environ.get('AMENT_PREFIX_PATH')}); "
+                    "run ./run.sh setup")
+
+
+def test_share_directory_has_manifest_launch_and_config(share):
+    assert (share / "package.xml").is_file()
+    assert (share / "launch" / "inspect.launch.py").is_file()
+    assert (share / "config" / "inspector.yaml").is_file()
+    stale = [p.name for p in sorted((REPO / "launch").glob("*.launch.py")) + sorted((REPO / "config").glob("*.yaml"))
+             if not (share / p.parent.name / p.name).is_file()]
+    assert not stale, f"installed share lacks {stale}: run ./run.sh setup"
+
+
+def test_executables_in_lib_run(share):
+    prefix = Path(ament_index.get_package_prefix("mentor3ad"))
+    lib = prefix / "lib" / "mentor3ad"
+    names = _executables()
+    assert {"inspector_node", "trainer_node", "evaluator_node", "replay_node", "mentor3ad"} <= set(names)
+    for name in names:
+        path = lib / name
+        assert path.is_file() and os.access(path, os.X_OK), f"{path} missing or not executable"
+    # the launcher reaches the console script: --help parses arguments and exits before rclpy.init
+    proc = subprocess.run([str(lib / "inspector_node"), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "model_path" in proc.stdout and "queue_policy" in proc.stdout
