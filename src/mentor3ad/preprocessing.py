@@ -39,6 +39,9 @@ def check_inputs(rgb: np.ndarray, xyz: np.ndarray) -> None:
 def upload(rgb: np.ndarray, xyz: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """numpy -> device tensors: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 (NaN kept)."""
     check_inputs(rgb, xyz)
+    # read-only arrays (e.g. from PIL) are copied: torch cannot wrap them
+    rgb = rgb if rgb.flags.writeable else rgb.copy()
+    xyz = xyz if xyz.flags.writeable else xyz.copy()
     rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device, non_blocking=True)
     xyz_t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(device, non_blocking=True)
     return rgb_t, xyz_t

@@ -62,7 +62,8 @@ def project_point_features(
         operator.index_put_((rows, cols), values, accumulate=True)
         summed = operator @ centre_features
     else:
-        operator = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_cells, num_groups))
+        operator = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (num_cells, num_groups),
+                                           check_invariants=False)
         summed = torch.sparse.mm(operator, centre_features)
     features = summed / denominator.clamp_min(1e-12)[:, None]
     own_cell = (py // factor) * resolution + px // factor
