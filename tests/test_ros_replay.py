@@ -1,0 +1,86 @@
+"""``replay_node`` / ``mentor3ad replay``: bag messages in recording-time order with /clock, over DDS."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("rosbags")
+
+from mentor3ad.ros.testing import NodeProcess, spin_until  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
+
+SEC = 1_000_000_000
+# (topic, log time ns) in the order they are written; replay must sort them by time
+WRITES = [("/image", 10 * SEC), ("/other", 10 * SEC + 50_000_000), ("/image", 10 * SEC + 300_000_000),
+          ("/image", 10 * SEC + 100_000_000), ("/other", 10 * SEC + 200_000_000)]
+
+
+def write_bag(path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    Image = store.types["sensor_msgs/msg/Image"]
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9) as writer:
+        conns = {t: writer.add_connection(t, "sensor_msgs/msg/Image", typestore=store) for t in ("/image", "/other")}
+        for topic, t in sorted(WRITES, key=lambda w: w[0]):  # grouped by topic: not in time order
+            header = Header(stamp=Time(sec=t // SEC, nanosec=t % SEC), frame_id=topic)
+            msg = Image(header=header, height=1, width=2, encoding="mono8", is_bigendian=0, step=2,
+                        data=np.array([1, 2], np.uint8))
+            writer.write(conns[topic], t, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+@pytest.fixture
+def ros_node():
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("replay_test", context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize("launcher", ["replay_node", "mentor3ad"])
+def test_replay_in_time_order_with_clock(tmp_path, ros_node, launcher):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    received, clocks = [], []
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    for topic in ("/image", "/other"):
+        ros_node.create_subscription(Image, topic, lambda m: received.append(
+            (m.header.frame_id, m.header.stamp.sec * SEC + m.header.stamp.nanosec)), qos)
+    ros_node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * SEC + m.clock.nanosec), 50)
+    exe = shutil.which(launcher)
+    assert exe, f"{launcher} not on PATH"
+    cmd = [exe] + (["replay"] if launcher == "mentor3ad" else []) + [
+        str(bag), "--rate", "2", "--clock", "--wait-for-subscribers", "--linger", "0.5"]
+    with NodeProcess(cmd) as replay:
+        spin_until(ros_node, lambda: len(received) == len(WRITES) or replay.proc.poll() is not None, 30.0)
+        assert replay.wait(15.0) == 0, replay.output()
+        spin_until(ros_node, lambda: False, 0.3)
+    assert received == sorted(((t, s) for t, s in WRITES), key=lambda x: x[1]), replay.output()
+    assert clocks and clocks == sorted(clocks)
+    assert clocks[0] == WRITES[0][1] and clocks[-1] == max(t for _, t in WRITES)
+
+
+def test_replay_errors_are_named(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mentor3ad.ros.replay", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "not a rosbag2 recording" in proc.stderr
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    proc = subprocess.run([sys.executable, "-m", "mentor3ad.ros.replay", str(bag), "--topics", "/missing"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "/missing" in proc.stderr and "/image" in proc.stderr
