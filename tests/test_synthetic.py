@@ -89,3 +89,12 @@ def test_naive_baseline_is_imperfect_on_the_cell():
     assert m["i_auroc"] < 0.9 and m["aupro_30"] < 0.5
     with pytest.raises(ValueError, match="fitted on"):
         naive.predict(generate_sample(0, (32, 32)))
+
+
+def test_make_data_cli(tmp_path, capsys):
+    from mentor3ad.cli import main
+
+    rc = main(["make-data", "--out", str(tmp_path / "cell"), "--n-train", "2", "--n-val", "1", "--n-test-good", "1",
+               "--n-test-per-defect", "1", "--resolution", "32", "40", "--defects", "dent", "paint"])
+    assert rc == 0 and "wrote 5 samples" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cell/test").iterdir()) == ["dent", "good", "paint"]
