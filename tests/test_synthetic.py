@@ -96,5 +96,5 @@ def test_make_data_cli(tmp_path, capsys):
 
     rc = main(["make-data", "--out", str(tmp_path / "cell"), "--n-train", "2", "--n-val", "1", "--n-test-good", "1",
                "--n-test-per-defect", "1", "--resolution", "32", "40", "--defects", "dent", "paint"])
-    assert rc == 0 and "wrote 5 samples" in capsys.readouterr().out
+    assert rc == 0 and "wrote 6 samples" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "cell/test").iterdir()) == ["dent", "good", "paint"]
