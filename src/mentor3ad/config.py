@@ -123,7 +123,7 @@ class TrainConfig:
     mgm_epochs: int = 40
     mgm_lr: float = 1e-3
     weight_decay: float = 0.0
-    vm_steps: int = 300
+    vm_steps: int = 500
     vm_lr: float = 1e-2
     vm_anchor_weight: float = 1.0
     vm_data: str = "train"
