@@ -62,6 +62,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_id_of(detector: Any, fallback: str) -> str:
+    """Short model identity for results: ``identity["model_id"]`` (or ``identity`` if it is a string)."""
+    identity = getattr(detector, "identity", None)
+    if isinstance(identity, dict) and identity.get("model_id"):
+        return str(identity["model_id"])
+    return str(identity) if identity else fallback
+
+
 @dataclass
 class _Pair:
     """One synchronized input set waiting for inference."""
@@ -191,7 +199,7 @@ def _make_node_class():
                 if self.detector is None:
                     self.model_error = f"no model loaded: {message}"
                 return False, message + ("" if self.detector is None else f"; keeping {self.model_identity}")
-            identity = str(getattr(detector, "identity", path))
+            identity = model_id_of(detector, path)
             with self._model_lock:
                 self.detector, self.model_identity, self.model_error = detector, identity, ""
             return True, f"loaded model {identity} from {path} on {self.device}"

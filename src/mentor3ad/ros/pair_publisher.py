@@ -5,7 +5,9 @@ synchronized pairs on ``image`` + ``points`` with stamps ``start + i * period`` 
 ``--sequence good,bad_encoding,good`` each pair is built as named (see ``PAIR_KINDS``), which is how
 the tests feed every kind of bad input through real DDS.
 
-The scene is a tilted plane 0.5 m in front of a pinhole camera (fx = fy = width), textured image.
+Scenes: ``plane`` (a tilted plane 0.5 m in front of a pinhole camera, fx = fy = width, textured
+image) or ``cell`` (the synthetic inspection cell of :mod:`mentor3ad.data.synthetic`, a machined part
+that a model can be trained on; ``--defect`` picks its defect type).
 """
 from __future__ import annotations
 
@@ -45,11 +47,29 @@ def synthetic_scene(width: int, height: int, seed: int = 0) -> Tuple[np.ndarray,
     return rgb, xyz, K
 
 
-def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0) -> Dict[str, Dict[str, Any]]:
-    """Field dicts for one pair: {"image": ..., "points": ...} or {"image", "depth", "camera_info"}."""
+def cell_scene(width: int, height: int, seed: int = 0, defect: str = "good"):
+    """The synthetic cell's sample -> rgb, xyz (invalid = NaN, as ROS drivers publish), K."""
+    from mentor3ad.data.synthetic import camera_matrix, generate_sample
+
+    sample = generate_sample(seed, (height, width), defect=defect)
+    xyz = sample.xyz.astype(np.float32).copy()
+    xyz[~msgconv.valid_point_mask(xyz)] = np.nan
+    return sample.rgb, xyz, camera_matrix((height, width))
+
+
+def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, scene: str = "plane",
+               defect: str = "good") -> Dict[str, Dict[str, Any]]:
+    """Field dicts for one pair: {"image", "points"}, {"image", "depth", "camera_info"} or all four (both)."""
     if kind not in PAIR_KINDS:
         raise ValueError(f"unknown pair kind {kind!r}; choose from {', '.join(PAIR_KINDS)}")
-    rgb, xyz, K = synthetic_scene(width, height, seed)
+    if mode not in ("points", "depth", "both"):
+        raise ValueError(f"mode must be points, depth or both, got {mode!r}")
+    if scene == "cell":
+        rgb, xyz, K = cell_scene(width, height, seed, defect)
+    elif scene == "plane":
+        rgb, xyz, K = synthetic_scene(width, height, seed)
+    else:
+        raise ValueError(f"scene must be plane or cell, got {scene!r}")
     if kind == "few_points":
         xyz = np.full_like(xyz, np.nan)
     if kind == "mismatched_sizes":
@@ -60,7 +80,7 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0) -> 
     if kind == "truncated":
         image["data"] = image["data"][: len(image["data"]) // 2]
     pair: Dict[str, Dict[str, Any]] = {"image": image}
-    if mode == "points":
+    if mode in ("points", "both"):
         cloud = msgconv.xyz_to_cloud_fields(xyz, padded=True)
         if kind == "unorganized":
             cloud.update(height=1, width=cloud["height"] * cloud["width"],
@@ -68,7 +88,7 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0) -> 
         if kind == "missing_fields":
             cloud["fields"] = [f for f in cloud["fields"] if f[0] != "z"]
         pair["points"] = cloud
-    else:
+    if mode in ("depth", "both"):
         pair["depth"] = msgconv.xyz_to_depth_fields(xyz, "32FC1")
         info = msgconv.camera_info_fields(K, xyz.shape[1], xyz.shape[0])
         if kind == "zero_intrinsics":
@@ -103,7 +123,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pair_publisher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=5, help="number of good pairs (ignored with --sequence)")
     parser.add_argument("--sequence", default="", help=f"comma-separated pair kinds: {', '.join(PAIR_KINDS)}")
-    parser.add_argument("--mode", choices=("points", "depth"), default="points")
+    parser.add_argument("--mode", choices=("points", "depth", "both"), default="points",
+                        help="3D topics: points, depth + camera_info, or both")
+    parser.add_argument("--scene", choices=("plane", "cell"), default="plane")
+    parser.add_argument("--defect", default="good", help="defect type of the cell scene")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first pair (pair i uses seed + i)")
     parser.add_argument("--size", default="64x48", help="WIDTHxHEIGHT")
     parser.add_argument("--rate", type=float, default=10.0, help="pairs per second (0: as fast as possible)")
     parser.add_argument("--start-ns", type=int, default=1_000_000_000_000, help="stamp of the first pair")
@@ -127,7 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         qos = QoSProfile(depth=max(10, len(kinds)), reliability=ReliabilityPolicy.RELIABLE)
         types = {"image": Image, "points": PointCloud2, "depth": Image, "camera_info": CameraInfo}
-        topics = ["image", "points"] if args.mode == "points" else ["image", "depth", "camera_info"]
+        topics = {"points": ["image", "points"], "depth": ["image", "depth", "camera_info"],
+                  "both": ["image", "points", "depth", "camera_info"]}[args.mode]
         pubs = {t: node.create_publisher(types[t], t, qos) for t in topics}
         deadline = time.monotonic() + args.wait
         while any(p.get_subscription_count() == 0 for p in pubs.values()):
@@ -139,7 +164,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         time.sleep(0.3)  # let the matched readers finish their handshake
         for i, kind in enumerate(kinds):
             stamp = args.start_ns + i * args.period_ns
-            msgs = to_messages(build_pair(kind, width, height, args.mode, seed=i), stamp)
+            msgs = to_messages(build_pair(kind, width, height, args.mode, seed=args.seed + i, scene=args.scene,
+                                           defect=args.defect), stamp)
             for topic in topics:
                 pubs[topic].publish(msgs[topic])
             if args.rate > 0:

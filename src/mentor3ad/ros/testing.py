@@ -95,3 +95,29 @@ class ResultCollector:
     def wait_for(self, count: int, timeout: float) -> List[Dict[str, Any]]:
         spin_until(self.node, lambda: len(self.results) >= count, timeout)
         return list(self.results)
+
+
+# A deliberately tiny detector (random-init backbones, 64x64 input): seconds to train on 2 CPU cores.
+TINY_MODEL_CONFIG = {
+    "features": dict(
+        rgb_weights="none", rgb_model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=64),
+        point_num_groups=32, point_group_size=8, point_depth=2, point_width=32, point_heads=2,
+        point_feature_blocks=(0, 1), image_size=64, feature_resolution=8,
+    ),
+    "model": dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=16, vote_levels=2),
+    "train": dict(mfm_epochs=2, mgm_epochs=2, vm_steps=10),
+}
+
+
+def train_tiny_model(path, n_train: int = 6, n_val: int = 3, resolution=(64, 64)):
+    """Train TINY_MODEL_CONFIG on synthetic-cell good samples and save it to ``path``; returns the Detector."""
+    from mentor3ad.config import Mentor3ADConfig
+    from mentor3ad.data.synthetic import generate_sample
+    from mentor3ad.training import train_detector
+
+    config = Mentor3ADConfig.from_dict(TINY_MODEL_CONFIG)
+    train = [generate_sample(i, resolution, name=f"train/{i}") for i in range(n_train)]
+    val = [generate_sample(100 + i, resolution, name=f"val/{i}") for i in range(n_val)]
+    detector = train_detector(train, config, val, progress=False)
+    detector.save(path)
+    return detector
