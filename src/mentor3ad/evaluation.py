@@ -201,8 +201,12 @@ def _sample_strip(sample: Sample, amap: np.ndarray, mask: np.ndarray, vmin: floa
     overlay = (0.5 * rgb + 0.5 * heat).astype(np.uint8)
     edge = _outline(mask)
     overlay[edge] = (0, 255, 0)
-    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([rgb, gap, _depth_image(sample.xyz), gap, overlay], axis=1)
+    panels = [rgb, _depth_image(sample.xyz), overlay]
+    scale = int(math.ceil(128 / rgb.shape[0])) if rgb.shape[0] < 128 else 1  # tiny images: enlarge (nearest)
+    if scale > 1:
+        panels = [np.repeat(np.repeat(p, scale, axis=0), scale, axis=1) for p in panels]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
 
 
 def _write_gallery(samples, predictions, labels, masks, out: Path, size: int, title: str) -> None:
