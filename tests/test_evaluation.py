@@ -69,3 +69,47 @@ def test_bad_inputs_and_table(capsys):
     report = evaluate_predictions(samples, _oracle(samples), naive={"i_auroc": 0.6})
     assert [r["name"] for r in report_rows(report)] == ["mentor3ad", "naive baseline"]
     assert "naive baseline | 0.600" in format_metric_table(report_rows(report))
+
+
+TINY = {
+    "features": dict(rgb_weights="none", rgb_model_kwargs=dict(depth=1, embed_dim=32, num_heads=2, img_size=64),
+                     point_num_groups=32, point_group_size=8, point_depth=2, point_width=32, point_heads=2,
+                     point_feature_blocks=[0, 1], image_size=64, feature_resolution=8, plane_iterations=64),
+    "model": dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=8, infonce_max_patches=256,
+                  smoothing_sigma=1.0),
+    "train": dict(mfm_epochs=2, mgm_epochs=3, vm_steps=20, batch_size=2),
+}
+
+
+def test_evaluate_cli_on_folder_and_bag(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from mentor3ad.cli import main
+    from mentor3ad.config import Mentor3ADConfig
+    from mentor3ad.data.bags import write_dataset_bag
+    from mentor3ad.data.mvtec import load_mvtec_split
+    from mentor3ad.data.synthetic import generate_cell_dataset
+    from mentor3ad.training import train_detector
+
+    data = tmp_path / "cell"
+    generate_cell_dataset(data, n_train=4, n_val=2, n_test_good=2, n_test_per_defect=1, resolution=(64, 64),
+                          defect_types=["dent", "paint"])
+    detector = train_detector(load_mvtec_split(data, "train"), Mentor3ADConfig.from_dict(TINY),
+                              val_samples=load_mvtec_split(data, "validation"), progress=False, log=lambda m: None)
+    model = detector.save(tmp_path / "m.safetensors")
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "| mentor3ad |" in text and "| naive baseline |" in text and "4 images (2 good, 2 anomalous)" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["info"]["model"]["model_id"] == detector.model_id and 0 <= report["metrics"]["i_auroc"] <= 1
+    assert (out / "gallery.html").is_file() and (out / "pro.png").is_file()
+    bag = write_dataset_bag(load_mvtec_split(data, "test"), tmp_path / "test_bag", storage="mcap")
+    out_bag = tmp_path / "report_bag"
+    assert main(["evaluate", "--model", str(model), "--data", str(bag), "--out", str(out_bag), "--no-progress"]) == 0
+    bag_report = json.loads((out_bag / "report.json").read_text())
+    # same samples, same model: same metrics whether read from the folder or the bag (clouds keep float32)
+    for key in ("i_auroc", "p_auroc", "aupro_30"):
+        assert bag_report["metrics"][key] == pytest.approx(report["metrics"][key], abs=1e-6), key
+    assert [s["defect"] for s in bag_report["samples"]] == [s["defect"] for s in report["samples"]]
+    with pytest.raises(SystemExit, match="cannot load the model"):
+        main(["evaluate", "--model", str(tmp_path / "nope.safetensors"), "--data", str(data), "--out", str(out)])
