@@ -307,7 +307,7 @@ def _render(
     tint = 1.0 + rng.normal(0, config.tint_jitter, 3)
     albedo = np.empty((height_px, width_px, 3))
     base_colours = {
-        TABLE: (0.16, 0.18, 0.22), PLATE: (0.60, 0.61, 0.63), BOSS_WALL: (0.55, 0.55, 0.56),
+        TABLE: (0.05, 0.06, 0.08), PLATE: (0.60, 0.61, 0.63), BOSS_WALL: (0.55, 0.55, 0.56),
         BOSS_TOP: (0.66, 0.65, 0.63), BORE: (0.12, 0.12, 0.13), PIN: (0.45, 0.40, 0.30), SLOT: (0.50, 0.51, 0.53),
     }
     for sid_value, colour in base_colours.items():
@@ -333,7 +333,7 @@ def _render(
     # lighting: one directional light (jittered) + ambient, Blinn-Phong highlight on metal
     light = np.array([rng.normal(0.3, config.light_jitter), rng.normal(-0.4, config.light_jitter), 1.0])
     light /= np.linalg.norm(light)
-    exposure = 1.0 + rng.normal(0, config.exposure_jitter)
+    exposure = 0.75 * (1.0 + rng.normal(0, config.exposure_jitter))
     lambert = np.clip(normal @ light, 0.0, None)
     half = light[None, None, :] + view
     half /= np.linalg.norm(half, axis=-1, keepdims=True)
