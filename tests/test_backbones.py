@@ -155,3 +155,18 @@ def test_auto_weights_offline_gives_clear_error(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline_create)
     with pytest.raises(RuntimeError, match=r"rgb_weights='auto'.*rgb_weights='none'"):
         RGBBackbone("vit_base_patch8_224.dino", "auto", model_kwargs=TINY_VIT)
+
+
+def test_fast_group_embedding_equals_point_mae_formulation():
+    torch.manual_seed(5)
+    model = PointMAEEncoder(**TINY_POINT)
+    for module in model.encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    model.eval()
+    groups = torch.randn(2, 5, 8, 3)
+    with torch.no_grad():
+        assert torch.allclose(model.encoder.fast_forward(groups), model.encoder.reference_forward(groups), atol=1e-5)

@@ -201,3 +201,27 @@ def test_real_cable_gland_sample():
     # the part covers a central region; the background plane is removed
     assert 50 < count < 0.6 * 784, count
     assert not features.valid[0].any() and not features.valid[:, 0].any()
+
+
+def test_precision_option():
+    with pytest.raises(ValueError, match="precision"):
+        FeatureConfig(precision="int8")
+    with pytest.raises(ValueError, match="CUDA"):
+        FeatureExtractor(FeatureConfig(**TINY, precision="fp16"))
+    rgb, xyz, _ = synthetic_scene()
+    full = FeatureExtractor(FeatureConfig(**TINY)).extract(rgb, xyz)
+    half = FeatureExtractor(FeatureConfig(**TINY, precision="bf16")).extract(rgb, xyz)
+    assert half.xyz.dtype == torch.float32 and torch.equal(half.valid, full.valid)
+    cos = torch.nn.functional.cosine_similarity(half.xyz[:, full.valid], full.xyz[:, full.valid], dim=0)
+    assert cos.min() > 0.98
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_extraction_matches_cpu():
+    rgb, xyz, _ = synthetic_scene()
+    cpu = FeatureExtractor(FeatureConfig(**TINY)).extract(rgb, xyz)
+    gpu = FeatureExtractor(FeatureConfig(**TINY), device="cuda").extract(rgb, xyz)
+    assert gpu.xyz.is_cuda and gpu.valid.is_cuda
+    assert torch.equal(gpu.valid.cpu(), cpu.valid)
+    assert torch.allclose(gpu.xyz.cpu(), cpu.xyz, atol=1e-3) and torch.allclose(gpu.rgb.cpu(), cpu.rgb, atol=1e-3)

@@ -39,6 +39,12 @@ class GroupEmbedding(nn.Module):
         )
 
     def forward(self, groups: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.reference_forward(groups)
+        return self.fast_forward(groups)
+
+    def reference_forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """Point-MAE's own formulation (conv1d on concatenated global + local features)."""
         batch, num_groups, group_size, _ = groups.shape
         x = groups.reshape(batch * num_groups, group_size, 3).transpose(1, 2)
         feature = self.first_conv(x)  # (BG, 256, K)
@@ -46,6 +52,28 @@ class GroupEmbedding(nn.Module):
         feature = torch.cat([global_feature.expand(-1, -1, group_size), feature], dim=1)
         feature = self.second_conv(feature)  # (BG, C, K)
         return feature.max(dim=2)[0].reshape(batch, num_groups, self.encoder_channel)
+
+    @staticmethod
+    def _folded(conv: nn.Conv1d, norm: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode BatchNorm folded into the preceding 1x1 conv: (weight (out, in), bias (out,))."""
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        weight = conv.weight[:, :, 0] * scale[:, None]
+        bias = (conv.bias - norm.running_mean) * scale + norm.bias
+        return weight, bias
+
+    def fast_forward(self, groups: torch.Tensor) -> torch.Tensor:
+        """Same result as ``reference_forward`` (eval mode), cheaper: channels-last matmuls, BatchNorm
+        folded, and the global half of ``second_conv[0]`` applied once per group instead of per point."""
+        batch, num_groups, group_size, _ = groups.shape
+        x = groups.reshape(batch * num_groups, group_size, 3)
+        w0, b0 = self._folded(self.first_conv[0], self.first_conv[1])
+        h = F.linear(torch.relu(F.linear(x, w0, b0)), self.first_conv[3].weight[:, :, 0], self.first_conv[3].bias)
+        global_feature = h.max(dim=1)[0]  # (BG, 256)
+        w1, b1 = self._folded(self.second_conv[0], self.second_conv[1])
+        half = h.shape[-1]
+        h = F.linear(h, w1[:, half:]) + F.linear(global_feature, w1[:, :half], b1)[:, None, :]
+        h = F.linear(torch.relu(h), self.second_conv[3].weight[:, :, 0], self.second_conv[3].bias)
+        return h.max(dim=1)[0].reshape(batch, num_groups, self.encoder_channel)
 
 
 class Mlp(nn.Module):
