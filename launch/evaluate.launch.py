@@ -2,8 +2,10 @@
 
     ros2 launch mentor3ad evaluate.launch.py model_path:=/models/gland.m3ad bag:=/bags/test output_dir:=/tmp/eval
 
-With ``bag`` empty, play the bag yourself (``ros2 bag play --clock /bags/test``). The evaluator writes
-the same report as ``mentor3ad evaluate`` into ``output_dir``.
+With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/test``) and pass it as
+``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
+inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``.
+The topic arguments default to the names ``mentor3ad to-bag`` records.
 """
 import os
 
@@ -29,6 +31,9 @@ def _nodes(context):
         if arg(key):
             inspector_overrides[key] = arg(key)
     evaluator_overrides = {"use_sim_time": sim_time}
+    ground_truth = arg("bag") or arg("ground_truth_bag")
+    if ground_truth:
+        evaluator_overrides["ground_truth_bag"] = ground_truth
     if arg("output_dir"):
         evaluator_overrides["output_dir"] = arg("output_dir")
     if arg("expected_pairs"):
@@ -56,23 +61,24 @@ def _nodes(context):
             name="evaluator",
             namespace=namespace,
             parameters=[arg("evaluator_params_file"), evaluator_overrides],
-            remappings=[
-                ("result", "inspector/result"),
-                ("anomaly_map", "inspector/anomaly_map"),
-                ("gt_mask", arg("gt_mask_topic")),
-            ],
+            remappings=[("result", "inspector/result"), ("anomaly_map", "inspector/anomaly_map")],
             arguments=log,
             output="screen",
         ),
     ]
     if arg("bag"):
+        if (arg("input_mode") or "points") == "depth":
+            played = [arg("image_topic"), arg("depth_topic"), arg("camera_info_topic")]
+        else:
+            played = [arg("image_topic"), arg("points_topic")]
         nodes.append(
             Node(
                 package="mentor3ad",
                 executable="replay_node",
                 name="replay",
                 namespace=namespace,
-                arguments=[arg("bag"), "--rate", arg("rate"), "--clock", "--wait-for-subscribers"] + log,
+                arguments=[arg("bag"), "--rate", arg("rate"), "--clock", "--wait-for-subscribers", "--topics"]
+                + played + log,
                 output="screen",
             )
         )
@@ -94,18 +100,18 @@ def generate_launch_description():
                                   description="points or depth; empty keeps the params file's value."),
             DeclareLaunchArgument("namespace", default_value="",
                                   description="Namespace of all started nodes."),
-            DeclareLaunchArgument("image_topic", default_value="image",
-                                  description="Image topic remapped to the inspector's `image`."),
-            DeclareLaunchArgument("points_topic", default_value="points",
-                                  description="Organized cloud topic remapped to the inspector's `points`."),
-            DeclareLaunchArgument("depth_topic", default_value="depth",
-                                  description="Depth image topic remapped to the inspector's `depth`."),
-            DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
-                                  description="CameraInfo topic remapped to the inspector's `camera_info`."),
-            DeclareLaunchArgument("gt_mask_topic", default_value="gt_mask",
-                                  description="Ground-truth mask topic (mono8, image stamps) in the test bag."),
+            DeclareLaunchArgument("image_topic", default_value="/camera/image",
+                                  description="Image topic of the recording, remapped to the inspector's `image`."),
+            DeclareLaunchArgument("points_topic", default_value="/camera/points",
+                                  description="Organized cloud topic, remapped to the inspector's `points`."),
+            DeclareLaunchArgument("depth_topic", default_value="/camera/depth",
+                                  description="Depth image topic, remapped to the inspector's `depth`."),
+            DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
+                                  description="CameraInfo topic, remapped to the inspector's `camera_info`."),
             DeclareLaunchArgument("bag", default_value="",
-                                  description="Test bag to replay with mentor3ad's replay_node; empty: play it yourself."),
+                                  description="Test recording to replay with replay_node and to take the ground truth from."),
+            DeclareLaunchArgument("ground_truth_bag", default_value="",
+                                  description="Test recording with ground truth when `bag` is empty (you play it)."),
             DeclareLaunchArgument("rate", default_value="1.0",
                                   description="Replay rate factor (replay_node --rate)."),
             DeclareLaunchArgument("output_dir", default_value="",

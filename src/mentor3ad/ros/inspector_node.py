@@ -109,6 +109,7 @@ def _make_node_class():
     """Build the rclpy Node subclass (import rclpy only when a node is actually created)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -149,15 +150,17 @@ def _make_node_class():
 
             reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
             self.result_pub = self.create_publisher(DiagnosticArray, "~/result", reliable)
-            self.map_pub = self.create_publisher(Image, "~/anomaly_map", 5)
-            self.overlay_pub = self.create_publisher(Image, "~/overlay", 5)
+            maps_qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+            self.map_pub = self.create_publisher(Image, "~/anomaly_map", maps_qos)
+            self.overlay_pub = self.create_publisher(Image, "~/overlay", 10)
             self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
             self._service_group = MutuallyExclusiveCallbackGroup()
             self.create_service(Trigger, "~/reload_model", self._on_reload, callback_group=self._service_group)
             self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._service_group)
+            # wall-clock (steady) timer: health is reported even while a replay's sim time stands still
             self.create_timer(float(p["diagnostics_period"]), self._publish_diagnostics,
-                              callback_group=MutuallyExclusiveCallbackGroup())
+                              callback_group=MutuallyExclusiveCallbackGroup(), clock=Clock(clock_type=ClockType.STEADY_TIME))
 
             self._worker = threading.Thread(target=self._work, name="inspector-inference", daemon=True)
             self._worker.start()
