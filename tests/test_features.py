@@ -225,3 +225,20 @@ def test_cuda_extraction_matches_cpu():
     assert gpu.xyz.is_cuda and gpu.valid.is_cuda
     assert torch.equal(gpu.valid.cpu(), cpu.valid)
     assert torch.allclose(gpu.xyz.cpu(), cpu.xyz, atol=1e-3) and torch.allclose(gpu.rgb.cpu(), cpu.rgb, atol=1e-3)
+
+
+def test_cache_batch_mixes_hits_and_misses(tmp_path):
+    extractor = FeatureExtractor(FeatureConfig(**TINY))
+    cache = FeatureCache(tmp_path, extractor)
+    scenes = [synthetic_scene(seed=s) for s in range(3)]
+    samples = [Sample(rgb=r, xyz=x, name=f"s{i}") for i, (r, x, _) in enumerate(scenes)]
+    first = cache.get(samples[1])
+    out = cache.get_batch(samples, batch_size=2)
+    assert cache.hits == 1 and cache.misses == 3 and extractor.backbone_calls == 2
+    assert torch.equal(out[1].xyz, first.xyz)
+    direct = extractor.extract(samples[2].rgb, samples[2].xyz)
+    assert torch.allclose(out[2].xyz, direct.xyz, atol=1e-5)
+    # a corrupt entry is recomputed, not returned
+    cache.path(samples[0]).write_bytes(b"garbage")
+    again = cache.get(samples[0])
+    assert torch.allclose(again.xyz, out[0].xyz, atol=1e-5) and cache.misses == 4

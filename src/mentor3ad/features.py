@@ -70,6 +70,9 @@ class FeatureConfig:
         self.rgb_model_kwargs = dict(self.rgb_model_kwargs or {})
         if self.image_size % self.feature_resolution:
             raise ValueError(f"feature_resolution {self.feature_resolution} must divide image_size {self.image_size}")
+        if self.point_num_groups < 3 or self.point_group_size < 1:
+            raise ValueError(f"point_num_groups must be >= 3 (3-NN interpolation) and point_group_size >= 1, got "
+                             f"{self.point_num_groups}, {self.point_group_size}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {self.precision!r}")
         if self.plane_removal not in preprocessing.PLANE_METHODS:
@@ -279,28 +282,48 @@ class FeatureCache:
     def path(self, sample) -> Path:
         return self.directory / f"{self.key(sample)}.safetensors"
 
-    def get(self, sample) -> Features:
-        """Features of a ``mentor3ad.types.Sample`` (loaded when cached, else computed and stored)."""
-        from safetensors.torch import load_file, save_file
+    def _load(self, path: Path) -> Optional[Features]:
+        from safetensors.torch import load_file
 
-        path = self.path(sample)
-        if path.exists():
-            try:
-                stored = load_file(str(path), device=str(self.extractor.device))
-                self.hits += 1
-                return Features(rgb=stored["rgb"], xyz=stored["xyz"], valid=stored["valid"])
-            except Exception as exc:  # a corrupt entry is recomputed
-                LOG.warning("feature cache entry %s unreadable (%s); recomputing", path, exc)
-        features = self.extractor.extract(sample.rgb, sample.xyz)
-        self.misses += 1
+        if not path.exists():
+            return None
+        try:
+            stored = load_file(str(path), device=str(self.extractor.device))
+            return Features(rgb=stored["rgb"], xyz=stored["xyz"], valid=stored["valid"])
+        except Exception as exc:  # a corrupt entry is recomputed
+            LOG.warning("feature cache entry %s unreadable (%s); recomputing", path, exc)
+            return None
+
+    def _store(self, path: Path, features: Features, name: str) -> None:
+        """Atomic write: a crash never leaves a truncated entry under the final name."""
+        from safetensors.torch import save_file
+
         tensors = {"rgb": features.rgb.contiguous().cpu(), "xyz": features.xyz.contiguous().cpu(),
                    "valid": features.valid.contiguous().cpu()}
         handle, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         os.close(handle)
         try:
-            save_file(tensors, tmp, metadata={"identity": self.identity_key, "name": str(sample.name)})
+            save_file(tensors, tmp, metadata={"identity": self.identity_key, "name": name})
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return features
+
+    def get(self, sample) -> Features:
+        """Features of a ``mentor3ad.types.Sample`` (loaded when cached, else computed and stored)."""
+        return self.get_batch([sample])[0]
+
+    def get_batch(self, samples: Sequence, batch_size: int = 4) -> List[Features]:
+        """Features of several samples; misses are computed with ``extract_batch`` in chunks of ``batch_size``."""
+        paths = [self.path(s) for s in samples]
+        results: List[Optional[Features]] = [self._load(p) for p in paths]
+        self.hits += sum(r is not None for r in results)
+        missing = [i for i, r in enumerate(results) if r is None]
+        for start in range(0, len(missing), max(1, batch_size)):
+            chunk = missing[start:start + max(1, batch_size)]
+            computed = self.extractor.extract_batch([samples[i].rgb for i in chunk], [samples[i].xyz for i in chunk])
+            for i, features in zip(chunk, computed):
+                self._store(paths[i], features, str(getattr(samples[i], "name", "")))
+                results[i] = features
+            self.misses += len(chunk)
+        return results
