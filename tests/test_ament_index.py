@@ -50,7 +50,10 @@ def test_executables_in_lib_run(share):
     for name in names:
         path = lib / name
         assert path.is_file() and os.access(path, os.X_OK), f"{path} missing or not executable"
-    # the launcher reaches the console script: --help parses arguments and exits before rclpy.init
-    proc = subprocess.run([str(lib / "inspector_node"), "--help"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "model_path" in proc.stdout and "queue_policy" in proc.stdout
+    # the launchers reach the console scripts: --help parses arguments and exits before rclpy.init
+    expected = {"inspector_node": "queue_policy", "trainer_node": "bag_paths", "evaluator_node": "ground_truth_bag",
+                "replay_node": "--clock", "mentor3ad": "replay"}
+    for name, word in expected.items():
+        proc = subprocess.run([str(lib / name), "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"{name} --help: {proc.stderr}"
+        assert word in proc.stdout, f"{name} --help lacks {word}: {proc.stdout}"

@@ -224,3 +224,66 @@ def test_burst_gets_one_result_per_pair_in_order(ros_node, tiny_model, queue_siz
     else:
         skipped = [r for r in results if r["verdict"] == "SKIPPED"]
         assert skipped and all("queue full" in r["reason"] for r in skipped)
+
+
+def test_latest_policy_drops_stale_pairs_and_threshold_override(ros_node, tiny_model):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    model_path, _ = tiny_model
+    n = 12
+    diagnostics = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.extend(
+        s for s in m.status if s.name == "/inspector: inspector"), 20)
+    collector = ResultCollector(ros_node, "/inspector/result")
+    with start_inspector(model_path=str(model_path), queue_policy="latest", threshold=0.0,
+                         diagnostics_period=0.2) as inspector:
+        assert collector.wait_for_publisher(40.0), inspector.output()
+        with publish(["good"] * n, rate=0) as publisher:
+            assert publisher.wait(30.0) == 0
+        collector.wait_for(n, 5.0)
+
+        def counts():
+            values = {kv.key: kv.value for kv in diagnostics[-1].values} if diagnostics else {}
+            return int(values.get("processed", 0)), int(values.get("dropped_stale", 0))
+
+        spin_until(ros_node, lambda: sum(counts()) == n, 10.0)
+    results = collector.results
+    processed, dropped = counts()
+    assert 0 < len(results) < n and dropped > 0 and processed + dropped == n == int(
+        {kv.key: kv.value for kv in diagnostics[-1].values}["received"])
+    assert len(results) == processed
+    assert [r["stamp_ns"] for r in results] == sorted(r["stamp_ns"] for r in results)
+    assert results[-1]["stamp_ns"] == START_NS + (n - 1) * PERIOD_NS  # the newest pair is never dropped
+    # threshold override 0: every scored pair FAILs and carries regions measured on the cloud
+    for r in results:
+        assert r["verdict"] == "FAIL" and r["threshold"] == 0.0 and r["regions"]
+        assert r["regions"][0].area_mm2 > 0 and all(np.isfinite(r["regions"][0].centroid_xyz))
+
+
+def test_trainer_node_asks_the_running_inspector_to_reload(ros_node, tmp_path):
+    import json
+
+    import yaml
+
+    from mentor3ad.data.bags import write_dataset_bag
+    from mentor3ad.data.synthetic import camera_matrix, generate_sample
+    from mentor3ad.ros.testing import TINY_MODEL_CONFIG
+
+    bag = write_dataset_bag([generate_sample(i, (64, 64)) for i in range(5)], tmp_path / "good_bag",
+                            camera_info=camera_matrix((64, 64)))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(json.loads(json.dumps(TINY_MODEL_CONFIG))))
+    model_path = tmp_path / "fresh.m3ad"
+    collector = ResultCollector(ros_node, "/inspector/result")
+    with start_inspector(model_path=str(model_path)) as inspector:
+        assert collector.wait_for_publisher(40.0), inspector.output()
+        trainer = NodeProcess([shutil.which("trainer_node"), "--ros-args", "-p", f"bag_paths:=['{bag}']",
+                               "-p", f"output_model_path:={model_path}", "-p", f"config_file:={config}",
+                               "-p", "device:=cpu", "-p", "reload_service:=/inspector/reload_model"])
+        with trainer:
+            assert trainer.wait(180.0) == 0, trainer.output()
+        assert "/inspector/reload_model: loaded model" in trainer.output(), trainer.output()
+        with publish(["good"]) as publisher:
+            collector.wait_for(1, 60.0)
+            assert publisher.wait(30.0) == 0
+    assert collector.results[0]["verdict"] in ("PASS", "FAIL"), collector.results

@@ -26,6 +26,8 @@ class NodeProcess:
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def output(self) -> str:
+        if self._log.closed:
+            return self._final_output
         self._log.flush()
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
@@ -49,6 +51,7 @@ class NodeProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+        self._final_output = self.output()
         self._log.close()
 
 
