@@ -34,6 +34,8 @@ def test_report_files_and_numbers(tmp_path):
     m = report["metrics"]
     assert m["i_auroc"] == 1.0 and m["p_auroc"] == pytest.approx(1.0) and m["aupro_30"] == pytest.approx(1.0)
     assert set(report["per_defect"]) == {"dent", "paint"}
+    grouped = evaluate_predictions(samples, _oracle(samples), defect_groups={"geometry": ["dent"], "appearance": ["paint"]})
+    assert grouped["per_group"]["geometry"]["n_images"] == 5 and grouped["per_group"]["appearance"]["n_images"] == 4
     assert report["verdicts"]["true_positives"] == 3 and report["verdicts"]["false_positives"] == 0
     assert "i_auroc" in report["naive"]
     for name in ("report.json", "curves.json", "roc.png", "pro.png", "gallery.html", "gallery.png"):
@@ -100,6 +102,7 @@ def test_evaluate_cli_on_folder_and_bag(tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "| mentor3ad |" in text and "| naive baseline |" in text and "4 images (2 good, 2 anomalous)" in text
+    assert "| good + geometry |" in text and "| good + appearance |" in text
     report = json.loads((out / "report.json").read_text())
     assert report["info"]["model"]["model_id"] == detector.model_id and 0 <= report["metrics"]["i_auroc"] <= 1
     assert (out / "gallery.html").is_file() and (out / "pro.png").is_file()

@@ -89,12 +89,15 @@ def evaluate_predictions(
     naive: Optional[Union[Sequence[Any], Mapping[str, Any]]] = None,
     gallery_size: int = 4,
     extra: Optional[Mapping[str, Any]] = None,
+    defect_groups: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> Dict[str, Any]:
     """Metrics and (with ``out_dir``) report files for predictions on labelled test samples.
 
     naive: the naive baseline's predictions on the same samples, or its metrics dict; reported as
     ``report["naive"]``. extra: additional JSON-able info stored under ``report["info"]`` (model id,
-    data path, backbone weights ...). Returns the report dict (curves are in ``report["curves"]``).
+    data path, backbone weights ...). defect_groups: {group: [defect types]} (e.g. the synthetic
+    cell's families geometry/appearance/both): metrics of good + each group's samples in
+    ``report["per_group"]``. Returns the report dict (curves are in ``report["curves"]``).
     """
     samples, predictions = list(samples), list(predictions)
     if not samples:
@@ -109,6 +112,13 @@ def evaluate_predictions(
     report: Dict[str, Any] = {"title": title, "metrics": metrics}
     if len(set(defects) - {"good"}) > 1:
         report["per_defect"] = compute_metrics_per_defect(scores, labels, maps, masks, defects)
+    if defect_groups:
+        report["per_group"] = {}
+        for group, members in defect_groups.items():
+            idx = [i for i, d in enumerate(defects) if d == "good" or d in set(members)]
+            if any(labels[i] for i in idx) and not all(labels[i] for i in idx):
+                report["per_group"][group] = compute_metrics(
+                    [scores[i] for i in idx], [labels[i] for i in idx], [maps[i] for i in idx], [masks[i] for i in idx])
     report["verdicts"] = _verdicts(labels, predictions)
     if naive is not None:
         if isinstance(naive, Mapping):
@@ -287,3 +297,18 @@ def report_rows(report: Mapping[str, Any], name: str = "mentor3ad") -> List[Dict
     if "naive" in report:
         rows.append({"name": "naive baseline", **report["naive"]})
     return rows
+
+
+def dataset_defect_groups(dataset_dir: PathLike) -> Optional[Dict[str, List[str]]]:
+    """{family: [defect types]} from a synthetic dataset's ``dataset.json``; None for other datasets."""
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        families = json.loads(path.read_text()).get("defect_families") or {}
+    except (ValueError, AttributeError):
+        return None
+    groups: Dict[str, List[str]] = {}
+    for defect, family in families.items():
+        groups.setdefault(str(family), []).append(str(defect))
+    return groups or None

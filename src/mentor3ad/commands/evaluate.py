@@ -46,7 +46,7 @@ def load_samples(path: Path, split: str, input_mode: str, slop_ns: int, require_
 def run(args: argparse.Namespace) -> int:
     from ..baselines import NaiveBaseline
     from ..detector import Detector, ModelLoadError
-    from ..evaluation import evaluate_predictions, print_metric_table, report_rows
+    from ..evaluation import dataset_defect_groups, evaluate_predictions, print_metric_table, report_rows
 
     if not args.data.exists():
         raise SystemExit(f"evaluate: {args.data} does not exist")
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         samples, predictions, out_dir=args.out, title=title, naive=naive_predictions, gallery_size=args.gallery,
         extra={"model_path": str(args.model), "data": str(args.data), "split": None if is_bag(args.data) else args.split,
                "model": identity, "timings_s": detector.timings()},
+        defect_groups=None if is_bag(args.data) else dataset_defect_groups(args.data),
     )
     m = report["metrics"]
     print(f"{title}: {m['n_images']} images ({m['n_good']} good, {m['n_anomalous']} anomalous), "
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if "per_defect" in report:
         print()
         print_metric_table([{"name": d, **v} for d, v in report["per_defect"].items()])
+    if report.get("per_group"):
+        print()
+        print_metric_table([{"name": f"good + {g}", **v} for g, v in report["per_group"].items()])
     v = report["verdicts"]
     print(f"\nat threshold {v['threshold']}: {v['true_positives']} TP, {v['false_positives']} FP, "
           f"{v['true_negatives']} TN, {v['false_negatives']} FN")
