@@ -180,3 +180,14 @@ def test_real_rclpy_messages():
     depth = sensor_msgs.Image(**msgconv.xyz_to_depth_fields(np.abs(xyz) + 0.1, "16UC1"))
     out = msgconv.depth_to_xyz(depth, info)
     assert out.shape == (4, 6, 3) and np.isfinite(out).all()
+
+
+def test_binning_and_roi_adjust_intrinsics_like_image_geometry():
+    info = _camera_info(fx=400.0, fy=400.0, cx=40.0, cy=30.0, w=80, h=60)
+    info.binning_x = info.binning_y = 2
+    assert msgconv.intrinsics_from_camera_info(info) == (200.0, 200.0, 20.0, 15.0)
+    info.binning_x = info.binning_y = 0
+    info.roi = NS(x_offset=10, y_offset=4, width=20, height=16, do_rectify=False)
+    assert msgconv.intrinsics_from_camera_info(info) == (400.0, 400.0, 30.0, 26.0)
+    depth = NS(**msgconv.xyz_to_depth_fields(np.ones((16, 20, 3), np.float32)))
+    assert msgconv.depth_to_xyz(depth, info).shape == (16, 20, 3)  # ROI size is the image size

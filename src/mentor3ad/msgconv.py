@@ -11,10 +11,10 @@ pixel-aligned with the image, invalid points NaN.
 Depth back-projection follows ROS ``depth_image_proc`` (``point_cloud_xyz``, ``depth_conversions.hpp``):
 ``x = (u - cx) * d * (unit / fx)``, ``y = (v - cy) * d * (unit / fy)``, ``z = d * unit`` computed in
 float32, where ``fx, fy, cx, cy`` are read from the projection matrix ``P`` (what
-``image_geometry.PinholeCameraModel.fx()`` returns; ``K`` is used when ``P`` is all zero), ``unit`` is
-0.001 for 16UC1 (millimetres) and 1 for 32FC1 (metres); invalid depth (0 for 16UC1, NaN/inf for 32FC1)
-becomes a NaN point. Like depth_image_proc, ``binning_x/y`` and ``roi`` are ignored (the depth image is
-assumed to be the full-resolution, registered image the intrinsics describe).
+``image_geometry.PinholeCameraModel.fx()`` returns, adjusted for ``roi`` offsets and ``binning_x/y`` as
+image_geometry does; ``K`` is used when ``P`` is all zero, where depth_image_proc would divide by
+zero), ``unit`` is 0.001 for 16UC1 (millimetres) and 1 for 32FC1 (metres); invalid depth (0 for
+16UC1, NaN/inf for 32FC1) becomes a NaN point (depth_image_proc's default, ``range_max`` = 0).
 """
 from __future__ import annotations
 
@@ -264,7 +264,12 @@ def _matrix(msg: Any, names: Sequence[str], size: int) -> Optional[np.ndarray]:
 
 
 def intrinsics_from_camera_info(camera_info: Any) -> Tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) in pixels from CameraInfo: from P like image_geometry, from K if P is all zero."""
+    """(fx, fy, cx, cy) in pixels of the image the CameraInfo describes, as image_geometry computes them.
+
+    Read from P (``PinholeCameraModel.fx()`` etc.), or from K when P is all zero; the principal point
+    is shifted by ``roi.x_offset/y_offset`` and focal length and principal point divided by
+    ``binning_x/y`` (> 1), like ``PinholeCameraModel.fromCameraInfo``.
+    """
     p = _matrix(camera_info, ("p", "P"), 12)
     k = _matrix(camera_info, ("k", "K"), 9)
     if p is not None and np.any(p != 0):
@@ -277,6 +282,16 @@ def intrinsics_from_camera_info(camera_info: Any) -> Tuple[float, float, float, 
         raise MessageConversionError(
             f"camera_info has zero or invalid intrinsics: fx={fx}, fy={fy}, cx={cx}, cy={cy} (fx, fy must be > 0)"
         )
+    roi = getattr(camera_info, "roi", None)
+    if roi is not None:
+        cx -= float(getattr(roi, "x_offset", 0) or 0)
+        cy -= float(getattr(roi, "y_offset", 0) or 0)
+    binning_x = int(getattr(camera_info, "binning_x", 0) or 0)
+    binning_y = int(getattr(camera_info, "binning_y", 0) or 0)
+    if binning_x > 1:
+        fx, cx = fx / binning_x, cx / binning_x
+    if binning_y > 1:
+        fy, cy = fy / binning_y, cy / binning_y
     return float(fx), float(fy), float(cx), float(cy)
 
 
@@ -291,6 +306,12 @@ def depth_to_xyz(depth_msg: Any, camera_info_msg: Any) -> np.ndarray:
             f"unsupported depth encoding '{encoding}'; supported: {', '.join(SUPPORTED_DEPTH_ENCODINGS)}"
         )
     info_w, info_h = int(getattr(camera_info_msg, "width", 0)), int(getattr(camera_info_msg, "height", 0))
+    binning = (max(int(getattr(camera_info_msg, "binning_x", 0) or 0), 1),
+               max(int(getattr(camera_info_msg, "binning_y", 0) or 0), 1))
+    roi = getattr(camera_info_msg, "roi", None)
+    if roi is not None and int(getattr(roi, "width", 0) or 0) and int(getattr(roi, "height", 0) or 0):
+        info_w, info_h = int(roi.width), int(roi.height)
+    info_w, info_h = info_w // binning[0], info_h // binning[1]
     fx, fy, cx, cy = intrinsics_from_camera_info(camera_info_msg)
     rows, height, width = _image_rows(depth_msg, 2 if encoding == "16UC1" else 4, f"depth image ({encoding})")
     if info_w and info_h and (info_w, info_h) != (width, height):
