@@ -100,3 +100,40 @@ def test_to_bag_cli(tmp_path, capsys):
     assert rc == 0 and "wrote 2 samples (2 with ground-truth masks)" in capsys.readouterr().out
     back = list(read_bag_samples(tmp_path / "t.bag", input_mode="depth"))
     assert [s.defect for s in back] == ["good", "scratch"] and [s.label for s in back] == [0, 1]
+
+
+def test_approximate_pairing_out_of_order_and_single_camera_info(tmp_path):
+    from rosbags.rosbag2 import Writer
+
+    from mentor3ad import msgconv
+    from mentor3ad.data.bags import MSG_TYPES, _MessageFactory, _typestore
+
+    ts = _typestore()
+    make = _MessageFactory(ts)
+    samples = _samples()[:3]
+    K = camera_matrix(RES)
+    t0 = 10**12
+    with Writer(tmp_path / "live", version=8) as w:
+        c_img = w.add_connection("/camera/image", MSG_TYPES["image"], typestore=ts)
+        c_dep = w.add_connection("/camera/depth", MSG_TYPES["depth"], typestore=ts)
+        c_inf = w.add_connection("/camera/camera_info", MSG_TYPES["camera_info"], typestore=ts)
+        info = make.camera_info(msgconv.camera_info_fields(K, RES[1], RES[0]), make.header(t0, "cam"))
+        w.write(c_inf, t0, ts.serialize_cdr(info, MSG_TYPES["camera_info"]))  # latched once
+        # depth arrives 7 ms after its image, and after the NEXT image (out of order)
+        events = []
+        for i, s in enumerate(samples):
+            stamp = t0 + i * 5_000_000
+            events.append((stamp, c_img, make.image(msgconv.rgb_to_image_fields(s.rgb), make.header(stamp, "cam")), "image"))
+            events.append((stamp + 7_000_000, c_dep,
+                           make.image(msgconv.xyz_to_depth_fields(s.xyz), make.header(stamp + 2_000_000, "cam")), "depth"))
+        for t, conn, msg, key in sorted(events, key=lambda e: e[0]):
+            w.write(conn, t, ts.serialize_cdr(msg, MSG_TYPES[key]))
+    got = list(read_bag_samples(tmp_path / "live", input_mode="depth", slop_ns=2_500_000))
+    assert [g.stamp_ns for g in got] == [t0, t0 + 5_000_000, t0 + 10_000_000]
+    for s, g in zip(samples, got):
+        assert np.array_equal(g.rgb, s.rgb) and g.label is None and g.mask is None
+        valid = s.xyz[..., 2] > 0
+        assert np.allclose(g.xyz[valid], s.xyz[valid], atol=2e-6)
+    assert list(read_bag_samples(tmp_path / "live", input_mode="depth", slop_ns=1_000_000)) == []
+    with pytest.raises(BagError, match="no topic.*gt_mask"):
+        list(read_bag_samples(tmp_path / "live", input_mode="depth", require_mask=True))

@@ -209,6 +209,55 @@ def _nearest(stamps: List[int], target: int) -> Optional[int]:
     return min(candidates, key=lambda j: abs(stamps[j] - target))
 
 
+def _raw_header_stamp(raw: Any) -> Optional[int]:
+    """Header stamp (ns) read straight from a CDR message that starts with std_msgs/Header, or None.
+
+    CDR layout: 4-byte encapsulation header (byte 1: 0 big endian, 1 little endian), then
+    ``stamp.sec`` int32 and ``stamp.nanosec`` uint32.
+    """
+    buf = memoryview(raw)
+    if len(buf) < 12 or buf[0] != 0 or buf[1] not in (0, 1):
+        return None
+    order = "<" if buf[1] == 1 else ">"
+    sec = int(np.frombuffer(buf[4:8], dtype=f"{order}i4")[0])
+    nanosec = int(np.frombuffer(buf[8:12], dtype=f"{order}u4")[0])
+    return sec * 1_000_000_000 + nanosec
+
+
+def _sample_from_messages(bag_path: Path, index: int, stamp: int, msgs: Dict[str, Any], input_mode: str) -> Sample:
+    """Convert one synchronized message set (keys image, points|depth, camera_info, mask, sample_info)."""
+    try:
+        rgb = msgconv.image_to_rgb(msgs["image"])
+        if input_mode == "points":
+            xyz = msgconv.cloud_to_xyz(msgs["points"])
+        else:
+            xyz = msgconv.depth_to_xyz(msgs["depth"], msgs["camera_info"])
+        msgconv.check_aligned(rgb, xyz)
+        sample = Sample(rgb=rgb, xyz=xyz, name=f"{bag_path.name}/{index:04d}", source=f"{bag_path}#{stamp}",
+                        stamp_ns=stamp)
+        if "mask" in msgs:
+            sample.mask = msgconv.mono_to_mask(msgs["mask"])
+            if sample.mask.shape != rgb.shape[:2]:
+                raise msgconv.MessageConversionError(
+                    f"mask size {sample.mask.shape[1]}x{sample.mask.shape[0]} does not match image size "
+                    f"{rgb.shape[1]}x{rgb.shape[0]}")
+            sample.label = int(sample.mask.any())
+            sample.defect = "good" if sample.label == 0 else "anomalous"
+    except msgconv.MessageConversionError as exc:
+        raise msgconv.MessageConversionError(f"bag {bag_path}, stamp {stamp}: {exc}") from exc
+    if "sample_info" in msgs:
+        try:
+            info = json.loads(msgs["sample_info"].data)
+        except (TypeError, ValueError):
+            info = {}
+        if isinstance(info, dict):
+            if info.get("name"):
+                sample.name = str(info["name"])
+            if info.get("defect") and sample.label is not None:
+                sample.defect = str(info["defect"])
+    return sample
+
+
 def read_bag_samples(
     bag_paths: Union[PathLike, Sequence[PathLike]],
     topics: Optional[BagTopics] = None,
@@ -216,94 +265,130 @@ def read_bag_samples(
     slop_ns: int = 20_000_000,
     require_mask: bool = False,
 ) -> Iterator[Sample]:
-    """Synchronized samples from one or more bags, in stamp order per bag.
+    """Synchronized samples from one or more bags, in image-stamp order per bag.
 
     Each Sample has rgb (H, W, 3) uint8, xyz (H, W, 3) float32 m (invalid NaN), ``stamp_ns`` (the
     image header stamp), mask/label from the mask topic when present (else None), name/defect from
     sample_info when present (else ``<bag>/<index>``). Images without a partner within ``slop_ns`` are
-    skipped. Raises BagError when a bag lacks the configured topics (listing the topics it has) or
-    cannot be read, and msgconv.MessageConversionError (naming the stamp) for a bad message.
-    """
-    from rosbags.rosbag2 import Reader
+    skipped (and, with ``require_mask``, images without a mask). Raises BagError when a bag lacks the
+    configured topics (listing the topics it has) or cannot be read, and
+    msgconv.MessageConversionError (naming the bag and stamp) for a bad message.
 
+    Streaming: a first pass reads only the header stamps (from the raw CDR bytes) to plan the
+    pairs, the second deserializes messages as they come and yields each sample as soon as it and
+    all earlier ones are complete, so memory stays bounded by the pairing window, not the bag size.
+    """
     _check_input_mode(input_mode)
     topics = topics or BagTopics()
     paths = [bag_paths] if isinstance(bag_paths, (str, Path)) else list(bag_paths)
     if not paths:
         raise BagError("no bag given")
+    for bag_path in paths:
+        yield from _read_one_bag(Path(bag_path), topics, input_mode, slop_ns, require_mask)
+
+
+def _read_one_bag(bag_path: Path, topics: BagTopics, input_mode: str, slop_ns: int,
+                  require_mask: bool) -> Iterator[Sample]:
+    from rosbags.rosbag2 import Reader
+
     ts = _typestore()
     keys = ["image", input_mode] + (["camera_info"] if input_mode == "depth" else []) + ["mask", "sample_info"]
-    for bag_path in paths:
-        bag_path = Path(bag_path)
-        available = bag_topics(bag_path)
-        required = ["image", input_mode] + (["camera_info"] if input_mode == "depth" else []) + (
-            ["mask"] if require_mask else [])
-        missing = [getattr(topics, k) for k in required if getattr(topics, k) not in available]
-        if missing:
-            have = ", ".join(f"{t} [{m}]" for t, m in sorted(available.items())) or "no topics"
-            raise BagError(f"bag {bag_path} has no topic(s) {', '.join(missing)} (input_mode '{input_mode}'); "
-                           f"it has: {have}")
-        for key in keys:
-            topic = getattr(topics, key)
-            if topic in available and available[topic] != MSG_TYPES[key]:
-                raise BagError(f"bag {bag_path}: topic {topic} has type {available[topic]}, expected {MSG_TYPES[key]}")
-        by_key: Dict[str, List[Tuple[int, Any]]] = {k: [] for k in keys}
-        topic_to_key = {getattr(topics, k): k for k in keys if getattr(topics, k) in available}
-        try:
-            with Reader(bag_path) as reader:
-                conns = [c for c in reader.connections if c.topic in topic_to_key]
-                for conn, timestamp, raw in reader.messages(connections=conns):
-                    key = topic_to_key[conn.topic]
-                    msg = ts.deserialize_cdr(raw, conn.msgtype)
-                    # String has no header: use the bag's receive time (written equal to the stamp)
-                    stamp = int(timestamp) if key == "sample_info" else _stamp_ns(msg)
-                    by_key[key].append((stamp, msg))
-        except Exception as exc:
-            raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {type(exc).__name__}: {exc}") from exc
-        for key in by_key:
-            by_key[key].sort(key=lambda item: item[0])
-        stamps = {k: [s for s, _ in v] for k, v in by_key.items()}
-        for index, (stamp, image_msg) in enumerate(by_key["image"]):
-            j = _nearest(stamps[input_mode], stamp)
-            if j is None or abs(stamps[input_mode][j] - stamp) > slop_ns:
+    available = bag_topics(bag_path)
+    required = ["image", input_mode] + (["camera_info"] if input_mode == "depth" else []) + (
+        ["mask"] if require_mask else [])
+    missing = [getattr(topics, k) for k in required if getattr(topics, k) not in available]
+    if missing:
+        have = ", ".join(f"{t} [{m}]" for t, m in sorted(available.items())) or "no topics"
+        raise BagError(f"bag {bag_path} has no topic(s) {', '.join(missing)} (input_mode '{input_mode}'); "
+                       f"it has: {have}")
+    for key in keys:
+        topic = getattr(topics, key)
+        if topic in available and available[topic] != MSG_TYPES[key]:
+            raise BagError(f"bag {bag_path}: topic {topic} has type {available[topic]}, expected {MSG_TYPES[key]}")
+    topic_to_key = {getattr(topics, k): k for k in keys if getattr(topics, k) in available}
+
+    def messages(reader):
+        conns = [c for c in reader.connections if c.topic in topic_to_key]
+        for position, (conn, timestamp, raw) in enumerate(reader.messages(connections=conns)):
+            yield position, topic_to_key[conn.topic], conn.msgtype, int(timestamp), raw
+
+    # pass 1: stamps only -> pairing plan
+    stamps: Dict[str, List[Tuple[int, int]]] = {k: [] for k in keys}  # key -> [(stamp, position)]
+    try:
+        with Reader(bag_path) as reader:
+            for position, key, msgtype, timestamp, raw in messages(reader):
+                # String has no header: use the bag's receive time (write_dataset_bag sets it to the stamp)
+                stamp = timestamp if key == "sample_info" else _raw_header_stamp(raw)
+                if stamp is None:
+                    stamp = _stamp_ns(ts.deserialize_cdr(raw, msgtype))
+                stamps[key].append((stamp, position))
+    except BagError:
+        raise
+    except Exception as exc:  # rosbags/sqlite3/mcap raise many types for broken files
+        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {type(exc).__name__}: {exc}") from exc
+    for key in stamps:
+        stamps[key].sort()
+    stamp_lists = {k: [s for s, _ in v] for k, v in stamps.items()}
+
+    def match(key: str, stamp: int, slop: Optional[int]) -> Optional[int]:
+        j = _nearest(stamp_lists[key], stamp)
+        if j is None or (slop is not None and abs(stamp_lists[key][j] - stamp) > slop):
+            return None
+        return stamps[key][j][1]
+
+    plan: List[Tuple[int, Dict[str, int]]] = []  # (image stamp, {key: message position})
+    for stamp, image_pos in stamps["image"]:
+        parts = {"image": image_pos}
+        partner = match(input_mode, stamp, slop_ns)
+        if partner is None:
+            continue
+        parts[input_mode] = partner
+        if input_mode == "depth":
+            info = match("camera_info", stamp, None)
+            if info is None:
                 continue
-            partner = by_key[input_mode][j][1]
-            try:
-                rgb = msgconv.image_to_rgb(image_msg)
-                if input_mode == "points":
-                    xyz = msgconv.cloud_to_xyz(partner)
-                else:
-                    k = _nearest(stamps["camera_info"], stamp)
-                    if k is None:
-                        continue
-                    xyz = msgconv.depth_to_xyz(partner, by_key["camera_info"][k][1])
-                msgconv.check_aligned(rgb, xyz)
-            except msgconv.MessageConversionError as exc:
-                raise msgconv.MessageConversionError(f"bag {bag_path}, stamp {stamp}: {exc}") from exc
-            sample = Sample(rgb=rgb, xyz=xyz, name=f"{bag_path.name}/{index:04d}", source=f"{bag_path}#{stamp}",
-                            stamp_ns=stamp)
-            m = _nearest(stamps["mask"], stamp)
-            if m is not None and abs(stamps["mask"][m] - stamp) <= slop_ns:
-                sample.mask = msgconv.mono_to_mask(by_key["mask"][m][1])
-                if sample.mask.shape != rgb.shape[:2]:
-                    raise msgconv.MessageConversionError(
-                        f"bag {bag_path}, stamp {stamp}: mask size {sample.mask.shape[::-1]} does not match image "
-                        f"size {rgb.shape[1::-1]}")
-                sample.label = int(sample.mask.any())
-                sample.defect = "good" if sample.label == 0 else "anomalous"
-            elif require_mask:
-                continue
-            n = _nearest(stamps["sample_info"], stamp)
-            if n is not None and abs(stamps["sample_info"][n] - stamp) <= slop_ns:
-                try:
-                    info = json.loads(by_key["sample_info"][n][1].data)
-                except (TypeError, ValueError):
-                    info = {}
-                if info.get("name"):
-                    sample.name = str(info["name"])
-                if info.get("defect") and sample.label is not None:
-                    sample.defect = str(info["defect"])
-            yield sample
+            parts["camera_info"] = info
+        mask = match("mask", stamp, slop_ns)
+        if mask is not None:
+            parts["mask"] = mask
+        elif require_mask:
+            continue
+        sample_info = match("sample_info", stamp, slop_ns)
+        if sample_info is not None:
+            parts["sample_info"] = sample_info
+        plan.append((stamp, parts))
+    if not plan:
+        return
+    refcount: Dict[int, int] = {}
+    for _, parts in plan:
+        for pos in parts.values():
+            refcount[pos] = refcount.get(pos, 0) + 1
+
+    # pass 2: deserialize needed messages in bag order, emit samples in plan order when complete
+    cache: Dict[int, Any] = {}
+    next_sample = 0
+    try:
+        with Reader(bag_path) as reader:
+            for position, key, msgtype, _, raw in messages(reader):
+                if position not in refcount:
+                    continue
+                cache[position] = ts.deserialize_cdr(raw, msgtype)
+                while next_sample < len(plan) and all(p in cache for p in plan[next_sample][1].values()):
+                    stamp, parts = plan[next_sample]
+                    sample = _sample_from_messages(bag_path, next_sample, stamp,
+                                                   {k: cache[p] for k, p in parts.items()}, input_mode)
+                    for p in parts.values():
+                        refcount[p] -= 1
+                        if refcount[p] == 0:
+                            del cache[p]
+                    next_sample += 1
+                    yield sample
+    except (BagError, msgconv.MessageConversionError):
+        raise
+    except Exception as exc:
+        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {type(exc).__name__}: {exc}") from exc
+    if next_sample < len(plan):
+        raise BagError(f"bag {bag_path}: {len(plan) - next_sample} planned samples were incomplete on the second read")
 
 
 __all__ = ["BagError", "BagTopics", "MSG_TYPES", "write_dataset_bag", "read_bag_samples", "bag_topics",
