@@ -83,3 +83,18 @@ def test_cli(tmp_path, capsys):
     assert main(["convert-eyecandies", str(tmp_path / "c"), str(tmp_path / "d"), "--frame", "camera"]) == 0
     assert "converted 1 samples" in capsys.readouterr().out
     assert (tmp_path / "d/train/good/xyz/000.tiff").is_file()
+
+
+def test_support_plane_removal_keeps_the_object():
+    from mentor3ad.data.eyecandies import depth_to_points
+
+    h, w = 40, 50
+    v, u = np.mgrid[0:h, 0:w]
+    depth = 0.6 + 0.001 * u  # tilted support plane
+    blob = (u - 25) ** 2 + (v - 20) ** 2 < 8 ** 2
+    depth = np.where(blob, depth - 0.02, depth)  # candy 2 cm above it
+    depth[0, 0] = np.nan
+    xyz = depth_to_points(depth, None, 100.0, frame="camera", plane_distance_m=0.003)
+    kept = np.abs(xyz).sum(-1) > 0
+    assert np.array_equal(kept, blob)
+    assert (xyz[~kept] == 0).all()

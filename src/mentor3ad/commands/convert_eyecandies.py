@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame", choices=["world", "camera"], default="world",
                    help="point coordinates: world (pose applied, as the public converter) or camera")
     p.add_argument("--max-depth", type=float, default=None, help="metres; farther points become background (0)")
+    p.add_argument("--remove-plane", type=float, default=None, metavar="METRES",
+                   help="also zero the points within METRES of the dominant (support) plane (RANSAC)")
     p.add_argument("--image-index", type=int, default=4, help="which lighting image <id>_image_<N>.png to use")
     p.set_defaults(func=run)
 
@@ -20,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.eyecandies import convert_eyecandies
 
-    counts = convert_eyecandies(args.src, args.dst, args.focal_length, args.frame, args.max_depth, args.image_index)
+    counts = convert_eyecandies(args.src, args.dst, args.focal_length, args.frame, args.max_depth, args.image_index,
+                                args.remove_plane)
     print(f"converted {sum(counts.values())} samples to {args.dst}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -11,9 +11,10 @@ Conversion (matching the benchmarks' published preprocessing, with its bugs fixe
 * camera point = depth * ((u - W/2) / f, (v - H/2) / f, 1) with f = ``focal_length`` (711.11 px for
   the 512 x 512 renders), then, with ``frame="world"`` (default, as the public converter), mapped by
   the inverse pose into the object/world frame; ``frame="camera"`` keeps camera coordinates;
-* background/invalid pixels (png value 0 or 65535, non-finite depth, or beyond ``max_depth_m``) are
-  written as all-zero points *after* the transform (the public converter transforms the zero points
-  too, which leaves the camera centre's world position in the background);
+* background/invalid pixels (png value 0 or 65535, non-finite depth, beyond ``max_depth_m``, or --
+  with ``plane_distance_m`` -- within that distance of the dominant plane the candy lies on, found
+  by RANSAC) are written as all-zero points *after* the transform (the public converter transforms
+  the zero points too, which leaves the camera centre's world position in the background);
 * paths are joined relative to ``src``/``dst`` (the public converter's absolute-path join wrote
   outside the destination);
 * ``train`` -> ``train/good``, ``val`` -> ``validation/good``, ``test_public`` -> ``test/good`` or
@@ -66,9 +67,36 @@ def load_eyecandies_depth(depth_png: PathLike, info_yaml: PathLike) -> np.ndarra
     return depth
 
 
+def dominant_plane_mask(points: np.ndarray, valid: np.ndarray, distance_m: float, iterations: int = 200,
+                        seed: int = 0) -> np.ndarray:
+    """(H, W) bool: valid points within ``distance_m`` of the plane with most inliers (RANSAC, seeded)."""
+    pts = points[valid].astype(np.float64)
+    out = np.zeros(valid.shape, bool)
+    if len(pts) < 3:
+        return out
+    rng = np.random.default_rng(seed)
+    probe = pts[rng.choice(len(pts), size=min(len(pts), 20000), replace=False)]
+    best_count, best = -1, None
+    for _ in range(iterations):
+        a, b, c = probe[rng.choice(len(probe), 3, replace=False)]
+        normal = np.cross(b - a, c - a)
+        norm = np.linalg.norm(normal)
+        if norm < 1e-12:
+            continue
+        normal /= norm
+        count = int((np.abs((probe - a) @ normal) < distance_m).sum())
+        if count > best_count:
+            best_count, best = count, (a, normal)
+    if best is None:
+        return out
+    a, normal = best
+    out[valid] = np.abs((pts - a) @ normal) < distance_m
+    return out
+
+
 def depth_to_points(
     depth: np.ndarray, pose: Optional[np.ndarray], focal_length: float = EYECANDIES_FOCAL_LENGTH,
-    frame: str = "world", max_depth_m: Optional[float] = None,
+    frame: str = "world", max_depth_m: Optional[float] = None, plane_distance_m: Optional[float] = None,
 ) -> np.ndarray:
     """(H, W) depth (m, NaN invalid) -> (H, W, 3) float32 points, invalid/background all-zero."""
     if frame not in ("world", "camera"):
@@ -84,13 +112,15 @@ def depth_to_points(
             raise ValueError("frame 'world' needs the 4x4 pose")
         inv = np.linalg.inv(np.asarray(pose, dtype=np.float64))
         cam = cam @ inv[:3, :3].T + inv[:3, 3]
+    if plane_distance_m is not None:
+        valid &= ~dominant_plane_mask(cam, valid, plane_distance_m)
     points = np.where(valid[..., None], cam, 0.0).astype(np.float32)
     return points
 
 
 def load_eyecandies_sample(
     data_dir: PathLike, sample_id: str, focal_length: float = EYECANDIES_FOCAL_LENGTH, frame: str = "world",
-    max_depth_m: Optional[float] = None, image_index: int = 4,
+    max_depth_m: Optional[float] = None, image_index: int = 4, plane_distance_m: Optional[float] = None,
 ) -> Sample:
     """One raw sample ``<data_dir>/<sample_id>_*`` as a Sample (mask from ``_mask.png`` when present)."""
     data_dir = Path(data_dir)
@@ -109,7 +139,7 @@ def load_eyecandies_sample(
         pose = np.loadtxt(pose_path)
         if pose.shape != (4, 4):
             raise ValueError(f"{pose_path}: expected a 4x4 matrix, got shape {pose.shape}")
-    xyz = depth_to_points(depth, pose, focal_length, frame, max_depth_m)
+    xyz = depth_to_points(depth, pose, focal_length, frame, max_depth_m, plane_distance_m)
     mask = None
     mask_path = data_dir / f"{sample_id}_mask.png"
     if mask_path.is_file():
@@ -120,7 +150,7 @@ def load_eyecandies_sample(
 
 def convert_eyecandies(
     src: PathLike, dst: PathLike, focal_length: float = EYECANDIES_FOCAL_LENGTH, frame: str = "world",
-    max_depth_m: Optional[float] = None, image_index: int = 4,
+    max_depth_m: Optional[float] = None, image_index: int = 4, plane_distance_m: Optional[float] = None,
 ) -> Dict[str, int]:
     """Convert one Eyecandies category folder into an MVTec 3D-AD category folder; returns counts."""
     src, dst = Path(src), Path(dst)
@@ -135,7 +165,8 @@ def convert_eyecandies(
         if not ids:
             raise ValueError(f"{data_dir}: no *_image_{image_index}.png files")
         for sample_id in ids:
-            sample = load_eyecandies_sample(data_dir, sample_id, focal_length, frame, max_depth_m, image_index)
+            sample = load_eyecandies_sample(data_dir, sample_id, focal_length, frame, max_depth_m, image_index,
+                                            plane_distance_m)
             out_split = SPLIT_MAP[split]
             if out_split == "test":
                 if sample.mask is None:
