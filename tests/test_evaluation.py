@@ -83,6 +83,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # ~17 s alone, more on a loaded machine (trains a tiny model)
 def test_evaluate_cli_on_folder_and_bag(tmp_path, capsys):
     pytest.importorskip("torch")
     from mentor3ad.cli import main
