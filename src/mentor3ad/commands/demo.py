@@ -1,0 +1,128 @@
+"""``mentor3ad demo``: the main job on the embedded default data (the synthetic inspection cell).
+
+1. generate the synthetic cell dataset (deterministic, seed 0) unless it already exists;
+2. train Mentor3AD on its good parts (backbone features cached on disk), calibrate the threshold on the
+   held-out good parts, save the checkpoint;
+3. evaluate on its test split beside the naive baseline: metric table, JSON report, curves, gallery;
+4. unless --no-ros: replay the test split as a rosbag through the real inspector and evaluator nodes
+   (console scripts over DDS) and print one PASS/FAIL line per part.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+LOG = logging.getLogger("mentor3ad.demo")
+
+# dataset sizes of the embedded default data
+DEMO_DATASET = dict(n_train=20, n_val=5, n_test_good=10, n_test_per_defect=4, resolution=(224, 224), seed=0)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the main job on the embedded synthetic inspection cell")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="outputs (model, report, bags)")
+    p.add_argument("--data", type=Path, default=Path("data/synthetic_cell"), help="dataset folder (generated if missing)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="backbone feature cache")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="where local backbone weight files are looked up")
+    p.add_argument("--config", type=Path, default=None, help="model config YAML (default: config/model.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.mgm_epochs=20; repeatable")
+    p.add_argument("--dataset-scale", type=float, default=1.0,
+                   help="scale the generated dataset's sample counts (e.g. 0.25 for a smoke run)")
+    p.add_argument("--resolution", type=int, default=224, help="generated image size (pixels, square)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
+    p.add_argument("--no-ros", action="store_true", help="skip the ROS replay stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def resolve_offline_weights(config, models_dir: Path) -> list:
+    """Point ``rgb_weights``/``point_weights`` at local files in ``models_dir`` when the config asks for
+    ``auto`` and such a file exists; otherwise fall back to random init (returned as notes to print).
+
+    Looked-up names: ``<rgb_backbone>.{safetensors,pth,bin}`` and ``pointmae_pretrain.pth``.
+    """
+    notes = []
+    f = config.features
+    if f.rgb_weights == "auto":
+        found = [models_dir / f"{f.rgb_backbone}.{ext}" for ext in ("safetensors", "pth", "bin")]
+        found = [p for p in found if p.is_file()]
+        if found:
+            f.rgb_weights = str(found[0])
+        else:
+            f.rgb_weights = "none"
+            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) "
+                         "and no model hub here -> RANDOM INIT (numbers are not those of pretrained DINO)")
+    if f.point_weights in ("auto", "none") and (models_dir / "pointmae_pretrain.pth").is_file():
+        f.point_weights = str(models_dir / "pointmae_pretrain.pth")
+    if f.point_weights == "none":
+        notes.append("Point-MAE: no local weights (models/pointmae_pretrain.pth) -> RANDOM INIT")
+    return notes
+
+
+def _dataset(args) -> Path:
+    from ..data.synthetic import generate_cell_dataset
+
+    spec = dict(DEMO_DATASET, resolution=(args.resolution, args.resolution))
+    for key in ("n_train", "n_val", "n_test_good", "n_test_per_defect"):
+        spec[key] = max(1 if key != "n_train" else 2, round(spec[key] * args.dataset_scale))
+    marker = args.data / "dataset.json"
+    if marker.is_file():
+        existing = json.loads(marker.read_text())
+        if existing.get("resolution") == list(spec["resolution"]) and existing.get("seed") == spec["seed"]:
+            LOG.info("using the existing synthetic cell dataset in %s", args.data)
+            return args.data
+        raise SystemExit(f"{args.data} holds another dataset ({marker}); remove it or pass --data")
+    print(f"[1/4] generating the synthetic inspection cell in {args.data} ...", flush=True)
+    info = generate_cell_dataset(args.data, **spec)
+    print(f"      {sum(info['counts'].values())} samples in {info['generation_seconds']} s: {info['counts']}")
+    return args.data
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..baselines import NaiveBaseline
+    from ..data.mvtec import load_mvtec_split
+    from ..evaluation import evaluate_predictions, print_metric_table, report_rows
+    from ..training import train_detector
+    from .train import load_config
+
+    data = _dataset(args)
+    config = load_config(args)
+    for note in resolve_offline_weights(config, args.models_dir):
+        print(f"      NOTE: {note}")
+    train = load_mvtec_split(data, "train")
+    val = load_mvtec_split(data, "validation")
+    test = load_mvtec_split(data, "test")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    model_path = args.work_dir / "model.safetensors"
+
+    print(f"[2/4] training Mentor3AD on {len(train)} good parts ({len(val)} held out for the threshold); "
+          f"features cached in {args.cache_dir}", flush=True)
+    detector = train_detector(train, config, val_samples=val, cache_dir=args.cache_dir, device=args.device,
+                              progress=not args.no_progress, log=LOG.info)
+    detector.training_info.update(data=str(data))
+    detector.save(model_path)
+    print(f"      model {detector.model_id} -> {model_path} (threshold {detector.threshold:.4f}, "
+          f"{detector.training_info.get('train_seconds', float('nan')):.1f} s of head training)")
+
+    print(f"[3/4] evaluating on {len(test)} test parts "
+          f"({sum(1 for s in test if s.label)} defective) beside the naive baseline", flush=True)
+    predictions = detector.predict_samples(test, cache_dir=args.cache_dir, progress=not args.no_progress)
+    naive = NaiveBaseline().fit(train).predict_samples(test)
+    report_dir = args.work_dir / "report"
+    report = evaluate_predictions(test, predictions, out_dir=report_dir, title="Mentor3AD on the synthetic cell",
+                                  naive=naive, extra={"model": str(model_path), "model_id": detector.model_id,
+                                                      "rgb_weights": config.features.rgb_weights,
+                                                      "point_weights": config.features.point_weights})
+    print_metric_table(report_rows(report, name="Mentor3AD"))
+    print(f"      report: {report_dir}/report.json, curves and gallery in {report_dir}")
+
+    if args.no_ros:
+        print("[4/4] ROS replay skipped (--no-ros)")
+        return 0
+    from .. import rosdemo
+
+    print("[4/4] replaying the test parts as a rosbag through inspector_node + evaluator_node over DDS", flush=True)
+    return rosdemo.replay_through_nodes(model_path, test, args.work_dir, data)
