@@ -242,3 +242,12 @@ def test_cache_batch_mixes_hits_and_misses(tmp_path):
     cache.path(samples[0]).write_bytes(b"garbage")
     again = cache.get(samples[0])
     assert torch.allclose(again.xyz, out[0].xyz, atol=1e-5) and cache.misses == 4
+
+
+def test_tensor_inputs_give_same_features(tiny_extractor):
+    rgb, xyz, _ = synthetic_scene()
+    from_numpy = tiny_extractor.extract(rgb, xyz)
+    from_tensor = tiny_extractor.extract(torch.from_numpy(rgb), torch.from_numpy(xyz))
+    assert torch.equal(from_numpy.xyz, from_tensor.xyz) and torch.equal(from_numpy.rgb, from_tensor.rgb)
+    with pytest.raises(ValueError, match="uint8"):
+        tiny_extractor.extract(torch.from_numpy(rgb).float(), torch.from_numpy(xyz))

@@ -214,7 +214,10 @@ class FeatureExtractor:
 
     @torch.inference_mode()
     def extract(self, rgb: np.ndarray, xyz: np.ndarray) -> Features:
-        """rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid 0/NaN) -> Features."""
+        """rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid 0/NaN) -> Features on the device.
+
+        Inputs may be numpy arrays or torch tensors (already on the device: no host copy is made).
+        """
         return self.extract_batch([rgb], [xyz])[0]
 
     @torch.inference_mode()

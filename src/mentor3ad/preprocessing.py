@@ -22,29 +22,36 @@ LOG = logging.getLogger(__name__)
 PLANE_METHODS = ("ransac", "open3d", "none")
 
 
-def check_inputs(rgb: np.ndarray, xyz: np.ndarray) -> None:
-    """Raise ValueError unless rgb is (H, W, 3) uint8 and xyz is (H, W, 3) float with the same H, W."""
-    if not isinstance(rgb, np.ndarray) or not isinstance(xyz, np.ndarray):
-        raise ValueError(f"rgb and xyz must be numpy arrays, got {type(rgb).__name__} and {type(xyz).__name__}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.floating):
-        raise ValueError(f"xyz must be (H, W, 3) float (metres), got {xyz.shape} {xyz.dtype}")
-    if rgb.shape[:2] != xyz.shape[:2]:
-        raise ValueError(f"rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (different H, W)")
+def check_inputs(rgb, xyz) -> None:
+    """Raise ValueError unless rgb is (H, W, 3) uint8 and xyz is (H, W, 3) float with the same H, W.
+
+    Both may be numpy arrays or torch tensors (e.g. already uploaded to the device).
+    """
+    kinds = (np.ndarray, torch.Tensor)
+    if not isinstance(rgb, kinds) or not isinstance(xyz, kinds):
+        raise ValueError(f"rgb and xyz must be numpy arrays or torch tensors, got {type(rgb).__name__} and "
+                         f"{type(xyz).__name__}")
+    rgb_uint8 = rgb.dtype == (torch.uint8 if isinstance(rgb, torch.Tensor) else np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb_uint8:
+        raise ValueError(f"rgb must be (H, W, 3) uint8, got {tuple(rgb.shape)} {rgb.dtype}")
+    xyz_float = xyz.is_floating_point() if isinstance(xyz, torch.Tensor) else np.issubdtype(xyz.dtype, np.floating)
+    if xyz.ndim != 3 or xyz.shape[2] != 3 or not xyz_float:
+        raise ValueError(f"xyz must be (H, W, 3) float (metres), got {tuple(xyz.shape)} {xyz.dtype}")
+    if tuple(rgb.shape[:2]) != tuple(xyz.shape[:2]):
+        raise ValueError(f"rgb {tuple(rgb.shape[:2])} and xyz {tuple(xyz.shape[:2])} are not pixel-aligned (different H, W)")
     if min(rgb.shape[:2]) < 2:
-        raise ValueError(f"image too small: {rgb.shape[:2]}")
+        raise ValueError(f"image too small: {tuple(rgb.shape[:2])}")
 
 
-def upload(rgb: np.ndarray, xyz: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """numpy -> device tensors: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 (NaN kept)."""
+def upload(rgb, xyz, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """numpy arrays or tensors -> device tensors: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 (NaN kept)."""
     check_inputs(rgb, xyz)
-    # read-only arrays (e.g. from PIL) are copied: torch cannot wrap them
-    rgb = rgb if rgb.flags.writeable else rgb.copy()
-    xyz = xyz if xyz.flags.writeable else xyz.copy()
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device, non_blocking=True)
-    xyz_t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).to(device, non_blocking=True)
-    return rgb_t, xyz_t
+    if isinstance(rgb, np.ndarray):
+        # read-only arrays (e.g. from PIL) are copied: torch cannot wrap them
+        rgb = torch.from_numpy(np.ascontiguousarray(rgb if rgb.flags.writeable else rgb.copy()))
+    if isinstance(xyz, np.ndarray):
+        xyz = torch.from_numpy(np.ascontiguousarray(xyz if xyz.flags.writeable else xyz.copy(), dtype=np.float32))
+    return rgb.to(device, non_blocking=True), xyz.to(device, dtype=torch.float32, non_blocking=True)
 
 
 def resize_rgb(rgb: torch.Tensor, size: int) -> torch.Tensor:
