@@ -9,7 +9,6 @@ output concatenates the final-norm'ed tokens of the selected blocks.
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -19,7 +18,6 @@ from torch import nn
 
 from . import pointops
 
-LOG = logging.getLogger(__name__)
 
 # public Point-MAE pretrain.pth: keys under "base_model", optionally with a DDP "module." prefix
 POINT_MAE_PREFIX_MAP: Dict[str, str] = {"MAE_encoder.": ""}

@@ -136,6 +136,10 @@ class RGBBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if self.is_vit:
+            expected = tuple(getattr(model.patch_embed, "img_size", None) or ())
+            if expected and expected != (image_size, image_size) and not getattr(model, "dynamic_img_size", False):
+                raise ValueError(f"'{model_name}' expects {expected[0]}x{expected[1]} inputs but image_size is "
+                                 f"{image_size}; pass rgb_model_kwargs={{'img_size': {image_size}}} or change image_size")
             self.num_prefix_tokens = int(model.num_prefix_tokens)
             self.out_dim = int(model.num_features)
             self.feature_index = None
