@@ -251,3 +251,13 @@ def test_tensor_inputs_give_same_features(tiny_extractor):
     assert torch.equal(from_numpy.xyz, from_tensor.xyz) and torch.equal(from_numpy.rgb, from_tensor.rgb)
     with pytest.raises(ValueError, match="uint8"):
         tiny_extractor.extract(torch.from_numpy(rgb).float(), torch.from_numpy(xyz))
+
+
+def test_features_are_ordinary_tensors_usable_in_training(tiny_extractor):
+    """Not inference-mode tensors: heads can be trained on them directly."""
+    rgb, xyz, _ = synthetic_scene()
+    features = tiny_extractor.extract(rgb, xyz)
+    assert not features.xyz.is_inference() and not features.rgb.requires_grad
+    head = torch.nn.Conv2d(features.xyz.shape[0], 1, 1)
+    head(features.xyz[None]).mean().backward()
+    assert head.weight.grad is not None

@@ -212,7 +212,7 @@ class FeatureExtractor:
         self._tick("projection", start)
         return maps
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def extract(self, rgb: np.ndarray, xyz: np.ndarray) -> Features:
         """rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid 0/NaN) -> Features on the device.
 
@@ -220,7 +220,7 @@ class FeatureExtractor:
         """
         return self.extract_batch([rgb], [xyz])[0]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def extract_batch(self, rgbs: Sequence[np.ndarray], xyzs: Sequence[np.ndarray]) -> List[Features]:
         """Batched extract: one RGB forward and one point-transformer forward for the whole batch."""
         if len(rgbs) != len(xyzs) or not len(rgbs):

@@ -201,7 +201,7 @@ class RGBBackbone(nn.Module):
         """(B, 3, S, S) float in [0, 1] -> ImageNet-normalised."""
         return (images - self.mean) / self.std
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) normalised -> (B, C, h, w) patch features."""
         if self.is_vit:
