@@ -138,6 +138,7 @@ def _make_node_class():
             self.model_identity = ""
             self.model_error = "no model loaded yet"
             self._counts = collections.Counter()
+            self._counts_lock = threading.Lock()
             self._latencies_ms: Deque[float] = collections.deque(maxlen=200)
             self._arrivals: Deque[float] = collections.deque(maxlen=200)
             self.enabled = True
@@ -186,6 +187,10 @@ def _make_node_class():
                 f"queue_policy={self.queue_policy} (size {self.queue_size}), model={self.model_identity or 'none'}"
             )
 
+        def _count(self, key: str, amount: int = 1) -> None:
+            with self._counts_lock:
+                self._counts[key] += amount
+
         # ------------------------------------------------------------------ model
         def load_model(self, path: str):
             """Load ``path``; on success swap it in, on failure keep the current model. -> (ok, message)."""
@@ -224,30 +229,27 @@ def _make_node_class():
         def _on_pair(self, image, *others) -> None:
             """Synchronizer callback (executor thread): enqueue, never infer here."""
             now = time.monotonic()
-            self._counts["received"] += 1
+            self._count("received")
             self._arrivals.append(now)
             if self.input_mode == "points":
                 pair = _Pair(image=image, cloud=others[0], received=now)
             else:
                 pair = _Pair(image=image, depth=others[0], camera_info=others[1], received=now)
             if not self.enabled:
-                self._counts["skipped"] += 1
+                self._count("skipped")
                 self._publish_result(pair, SKIPPED, reason="inspection disabled (~/enable)")
                 return
             with self._queue_cv:
                 if self.queue_policy == "latest":
-                    self._counts["dropped_stale"] += len(self._queue)
+                    self._count("dropped_stale", len(self._queue))
                     self._queue.clear()
-                elif len(self._queue) >= self.queue_size:
-                    overflow = True
-                    self._counts["skipped"] += 1
-                else:
-                    overflow = False
-                if self.queue_policy == "latest" or not overflow:
+                full = len(self._queue) >= self.queue_size
+                if not full:
                     self._queue.append(pair)
                     self._queue_cv.notify()
-                    return
-            self._publish_result(pair, SKIPPED, reason=f"inference queue full (queue_size={self.queue_size})")
+            if full:  # policy all: never a silent drop
+                self._count("skipped")
+                self._publish_result(pair, SKIPPED, reason=f"inference queue full (queue_size={self.queue_size})")
 
         # ------------------------------------------------------------------ worker
         def _work(self) -> None:
@@ -261,7 +263,7 @@ def _make_node_class():
                 try:
                     self._process(pair)
                 except Exception as exc:  # keep serving: report and go on with the next pair
-                    self._counts["errored"] += 1
+                    self._count("errored")
                     self.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}")
                     self._publish_result(pair, ERROR, reason=f"internal error: {type(exc).__name__}: {exc}")
 
@@ -284,19 +286,19 @@ def _make_node_class():
             try:
                 rgb, xyz = self._convert(pair)
             except MessageConversionError as exc:
-                self._counts["errored"] += 1
+                self._count("errored")
                 self._publish_result(pair, ERROR, reason=f"bad input: {exc}")
                 return
             with self._model_lock:
                 detector, identity, model_error = self.detector, self.model_identity, self.model_error
             if detector is None:
-                self._counts["errored"] += 1
+                self._count("errored")
                 self._publish_result(pair, ERROR, reason=model_error)
                 return
             try:
                 prediction = detector.predict(rgb, xyz)
             except ValueError as exc:
-                self._counts["errored"] += 1
+                self._count("errored")
                 self._publish_result(pair, ERROR, reason=f"bad input: {exc}", model=identity)
                 return
             score, threshold = float(prediction.score), float(prediction.threshold)
@@ -308,7 +310,7 @@ def _make_node_class():
                 threshold = override
                 is_anomalous = score > threshold
                 regions = extract_regions(prediction.anomaly_map, threshold, xyz) if is_anomalous else []
-            self._counts["failed" if is_anomalous else "passed"] += 1
+            self._count("failed" if is_anomalous else "passed")
             self._publish_result(pair, FAIL if is_anomalous else PASS, score=score, threshold=threshold,
                                  model=identity, regions=regions)
             header = pair.image.header
@@ -322,7 +324,7 @@ def _make_node_class():
             latency_ms = (time.monotonic() - pair.received) * 1e3
             fields.setdefault("model", self.model_identity)
             if verdict in (PASS, FAIL):
-                self._counts["processed"] += 1
+                self._count("processed")
                 self._latencies_ms.append(latency_ms)
             name = f"{self.get_fully_qualified_name()}/result"
             self.result_pub.publish(build_result(pair.image.header, verdict, name, latency_ms=latency_ms, **fields))

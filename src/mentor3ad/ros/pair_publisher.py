@@ -59,7 +59,11 @@ def cell_scene(width: int, height: int, seed: int = 0, defect: str = "good"):
 
 def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, scene: str = "plane",
                defect: str = "good") -> Dict[str, Dict[str, Any]]:
-    """Field dicts for one pair: {"image", "points"}, {"image", "depth", "camera_info"} or all four (both)."""
+    """Field dicts for one pair: {"image", "points"}, {"image", "depth", "camera_info"} or all four (both).
+
+    In ``both`` mode the cloud is the one depth_image_proc computes from the depth image and camera
+    info (:func:`mentor3ad.msgconv.depth_to_xyz`), so both 3D inputs describe exactly the same points.
+    """
     if kind not in PAIR_KINDS:
         raise ValueError(f"unknown pair kind {kind!r}; choose from {', '.join(PAIR_KINDS)}")
     if mode not in ("points", "depth", "both"):
@@ -80,6 +84,11 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, sce
     if kind == "truncated":
         image["data"] = image["data"][: len(image["data"]) // 2]
     pair: Dict[str, Dict[str, Any]] = {"image": image}
+    if mode == "both":
+        from types import SimpleNamespace
+
+        xyz = msgconv.depth_to_xyz(SimpleNamespace(**msgconv.xyz_to_depth_fields(xyz, "32FC1")),
+                                   SimpleNamespace(**msgconv.camera_info_fields(K, xyz.shape[1], xyz.shape[0])))
     if mode in ("points", "both"):
         cloud = msgconv.xyz_to_cloud_fields(xyz, padded=True)
         if kind == "unorganized":
@@ -154,6 +163,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         topics = {"points": ["image", "points"], "depth": ["image", "depth", "camera_info"],
                   "both": ["image", "points", "depth", "camera_info"]}[args.mode]
         pubs = {t: node.create_publisher(types[t], t, qos) for t in topics}
+        # build every pair (during discovery) so that the publishing rate is not limited by scene generation
+        batches = [to_messages(build_pair(kind, width, height, args.mode, seed=args.seed + i, scene=args.scene,
+                                          defect=args.defect), args.start_ns + i * args.period_ns)
+                   for i, kind in enumerate(kinds)]
         deadline = time.monotonic() + args.wait
         while any(p.get_subscription_count() == 0 for p in pubs.values()):
             if time.monotonic() > deadline:
@@ -162,10 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 1
             time.sleep(0.05)
         time.sleep(0.3)  # let the matched readers finish their handshake
-        for i, kind in enumerate(kinds):
-            stamp = args.start_ns + i * args.period_ns
-            msgs = to_messages(build_pair(kind, width, height, args.mode, seed=args.seed + i, scene=args.scene,
-                                           defect=args.defect), stamp)
+        for msgs in batches:
             for topic in topics:
                 pubs[topic].publish(msgs[topic])
             if args.rate > 0:
