@@ -141,3 +141,25 @@ def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_no
             assert ros_report["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert [s["name"] for s in ros_report["samples"]] == [s.name for s in samples]
     assert ros_report["verdicts"]["true_positives"] == offline["verdicts"]["true_positives"]
+
+
+def test_evaluator_lists_pairs_it_could_not_evaluate(bags, ros_node, tmp_path):
+    report_dir = tmp_path / "no_model_report"
+    inspector_cmd = [_exe("inspector_node"), "--ros-args", "-r", "image:=/camera/image", "-r", "points:=/camera/points"]
+    for topic in ("camera/image", "camera/points"):
+        inspector_cmd += ["-p", f"qos_overrides./{topic}.subscription.reliability:=reliable"]
+    evaluator_cmd = [_exe("evaluator_node"), "--ros-args", "-p", f"ground_truth_bag:={bags['test']}",
+                     "-p", f"output_dir:={report_dir}", "-p", "exit_when_done:=true",
+                     "-r", "result:=/inspector/result", "-r", "anomaly_map:=/inspector/anomaly_map"]
+    collector = ResultCollector(ros_node, "/inspector/result")
+    with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
+        assert collector.wait_for_publisher(60.0), inspector.output()
+        with NodeProcess([_exe("replay_node"), str(bags["test"]), "--rate", "10", "--wait-for-subscribers",
+                          "--topics", "/camera/image", "/camera/points"]) as replay:
+            assert replay.wait(60.0) == 0, replay.output()
+        assert evaluator.wait(60.0) == 1, evaluator.output()
+        assert "no pair could be evaluated" in evaluator.output()
+    summary = json.loads((report_dir / "ros_summary.json").read_text())
+    assert summary["evaluated_pairs"] == 0 and len(summary["not_evaluated"]) == bags["n_test"]
+    assert all(p["verdict"] == "ERROR" and "model_path is empty" in p["reason"] for p in summary["not_evaluated"])
+    assert [p["name"] for p in summary["not_evaluated"]][0].startswith("test/")

@@ -67,6 +67,7 @@ def _make_node_class():
             self.maps: Dict[int, np.ndarray] = {}
             self.last_arrival: Optional[float] = None
             self.report: Optional[Dict[str, Any]] = None
+            self.failed = ""
             self.done = threading.Event()
             self.ground_truth = self._load_ground_truth()
             qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
@@ -91,7 +92,11 @@ def _make_node_class():
             return {s.stamp_ns: s for s in samples}
 
         def _on_result(self, msg) -> None:
-            result = parse_result(msg)
+            try:
+                result = parse_result(msg)
+            except ValueError as exc:
+                self.get_logger().warning(f"ignoring a result message: {exc}")
+                return
             with self.lock:
                 self.results[result["stamp_ns"]] = result
                 self.last_arrival = time.monotonic()
@@ -119,7 +124,13 @@ def _make_node_class():
             idle = float(self.p["idle_timeout"])
             timed_out = idle > 0 and self.last_arrival is not None and time.monotonic() - self.last_arrival > idle
             if len(self.answered()) >= expected or timed_out:
-                self.write_report("idle timeout" if timed_out and len(self.answered()) < expected else "complete")
+                try:
+                    self.write_report("idle timeout" if timed_out and len(self.answered()) < expected else "complete")
+                except Exception as exc:  # noqa: BLE001 - reported; the node stays up for ~/write_report
+                    self.failed = f"{type(exc).__name__}: {exc}"
+                    self.get_logger().error(f"report not written: {self.failed}")
+                    self.report = {"error": self.failed}
+                    self.done.set()
 
         def _on_write_report(self, request, response):
             try:
@@ -159,10 +170,14 @@ def _make_node_class():
                 if latencies else {},
             }
             out = Path(self.p["output_dir"])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "ros_summary.json").write_text(json.dumps(summary, indent=2))
+            if not samples:
+                raise ValueError(f"no pair could be evaluated ({len(problems)} ERROR/SKIPPED/MISSING, "
+                                 f"see {out / 'ros_summary.json'})")
             report = evaluate_predictions(samples, predictions, out, title="mentor3ad (ROS)",
                                           extra={"source": "evaluator_node", "ground_truth_bag":
                                                  self.p["ground_truth_bag"], "models": models})
-            (out / "ros_summary.json").write_text(json.dumps(summary, indent=2))
             self.report = report
             self.get_logger().info(f"report ({why}) written to {out}: {len(samples)} pairs evaluated, "
                                    f"{len(problems)} not evaluated; metrics {json.dumps(report['metrics'])}")
@@ -189,7 +204,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     node = None
     code = 0
     try:
-        node = _make_node_class()()
+        try:
+            node = _make_node_class()()
+        except ValueError as exc:  # configuration / ground-truth errors: a clear message, no traceback
+            print(f"evaluator_node: error: {exc}", file=sys.stderr)
+            return 2
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while rclpy.ok():
@@ -199,9 +218,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:
-        print(f"evaluator_node: error: {exc}", file=sys.stderr)
-        code = 2
     finally:
         if node is not None:
             if node.report is None and node.results:
@@ -211,7 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     print(f"evaluator_node: no report written: {exc}", file=sys.stderr)
             node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    return 1 if node is not None and node.failed else code
 
 
 if __name__ == "__main__":

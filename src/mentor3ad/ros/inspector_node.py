@@ -383,7 +383,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
 
 
-def spin_node(node_factory, argv: Optional[List[str]]) -> int:
+def spin_node(node_factory, argv: Optional[List[str]], prog: str = "inspector_node") -> int:
     """Shared main loop: init rclpy (local discovery), spin a MultiThreadedExecutor, clean shutdown."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -392,15 +392,16 @@ def spin_node(node_factory, argv: Optional[List[str]]) -> int:
     rclpy.init(args=argv)
     node = None
     try:
-        node = node_factory()
+        try:
+            node = node_factory()
+        except ValueError as exc:  # configuration errors: a clear message, no traceback
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
         executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except ValueError as exc:  # configuration errors: a clear message, no traceback
-        print(f"{getattr(node_factory, '__name__', 'node')}: error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if node is not None:
             if hasattr(node, "stop"):
