@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from mentor3ad.types import Region
 
@@ -139,8 +139,3 @@ def parse_result(msg: Any) -> Dict[str, Any]:
         "message": status.message,
         "level": int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level),
     }
-
-
-def optional_float(value: Optional[float]) -> float:
-    """None -> NaN, else float."""
-    return math.nan if value is None else float(value)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
