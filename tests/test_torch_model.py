@@ -146,3 +146,30 @@ def test_ocsvm_objective_decreases_and_scores_outliers_higher(kernel):
     # about nu of the training points lie outside the learned support
     assert 0.02 < float((inlier_scores > 0).float().mean()) < 0.3
     assert float((outlier_scores > 0).float().mean()) > 0.9
+
+
+def test_feature_standardisation_removes_common_offset_and_scale():
+    rgb, xyz, valid = random_features()
+    torch.manual_seed(0)
+    plain = Mentor3ADHeads(RGB_DIM, XYZ_DIM, tiny_config(standardize_features=False))
+    torch.manual_seed(0)
+    standardised = Mentor3ADHeads(RGB_DIM, XYZ_DIM, tiny_config(standardize_features=True))
+    rgb_offset, xyz_offset = torch.linspace(5, 50, RGB_DIM), torch.linspace(-30, 30, XYZ_DIM)
+    rgb_scale, xyz_scale = torch.linspace(0.5, 3, RGB_DIM), torch.linspace(2, 0.1, XYZ_DIM)
+    with torch.no_grad():
+        standardised.rgb_mean.copy_(rgb_offset)
+        standardised.rgb_scale.copy_(rgb_scale)
+        standardised.xyz_mean.copy_(xyz_offset)
+        standardised.xyz_scale.copy_(xyz_scale)
+    shifted_rgb = rgb * rgb_scale[None, :, None, None] + rgb_offset[None, :, None, None]
+    shifted_xyz = xyz * xyz_scale[None, :, None, None] + xyz_offset[None, :, None, None]
+    expected = plain(rgb, xyz, valid)
+    got = standardised(shifted_rgb, shifted_xyz, valid)
+    for name in expected:
+        assert torch.allclose(expected[name], got[name], atol=1e-4), name
+    # statistics from patches
+    patches = torch.randn(100, RGB_DIM) * 3 + 7
+    standardised.set_feature_statistics(patches, torch.randn(100, XYZ_DIM))
+    assert torch.allclose(standardised.normalize_patches("rgb", patches).mean(0), torch.zeros(RGB_DIM), atol=1e-4)
+    with pytest.raises(ValueError, match="at least two"):
+        standardised.set_feature_statistics(patches[:1], torch.randn(1, XYZ_DIM))

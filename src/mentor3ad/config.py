@@ -21,6 +21,9 @@ SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 class ModelConfig:
     """Heads on top of the frozen features (see README, "Mentor3AD heads").
 
+    standardize_features: z-score every feature channel with the mean / std of the valid training
+        patches before the heads (a large common offset, e.g. of random-init backbones, otherwise makes
+        all cosine distances vanish).
     mentor_dim: channels of the mentor features F_Mtr (paper: "low-dimensional").
     mfm_hidden_dim: hidden width of the MFM per-modality projection MLPs and the fusion MLP.
     mfm_fusion: how the projected RGB / XYZ features are combined before the fusion MLP: "concat" or "sum".
@@ -47,6 +50,7 @@ class ModelConfig:
     smoothing_sigma: Gaussian sigma (pixels of the features.image_size grid) applied to the upsampled map.
     """
 
+    standardize_features: bool = True
     mentor_dim: int = 128
     mfm_hidden_dim: int = 512
     mfm_fusion: str = "concat"

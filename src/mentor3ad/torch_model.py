@@ -290,6 +290,11 @@ class Mentor3ADHeads(nn.Module):
         self.config = config
         self.rgb_dim = int(rgb_dim)
         self.xyz_dim = int(xyz_dim)
+        # per-channel feature standardisation (training statistics; identity until set)
+        self.register_buffer("rgb_mean", torch.zeros(self.rgb_dim))
+        self.register_buffer("rgb_scale", torch.ones(self.rgb_dim))
+        self.register_buffer("xyz_mean", torch.zeros(self.xyz_dim))
+        self.register_buffer("xyz_scale", torch.ones(self.xyz_dim))
         self.mfm = MentorFusionModule(rgb_dim, xyz_dim, config) if config.needs_mfm else None
         self.mgm = MentorGuidanceModule(rgb_dim, xyz_dim, config)
         self.voting = VotingModule(len(config.score_maps), config, seed=seed) if config.use_voting else None
@@ -305,6 +310,29 @@ class Mentor3ADHeads(nn.Module):
             raise ValueError(f"feature maps disagree in size: rgb {tuple(rgb.shape)}, xyz {tuple(xyz.shape)}, "
                              f"valid {tuple(valid.shape)}")
 
+    @torch.no_grad()
+    def set_feature_statistics(self, rgb_patches: torch.Tensor, xyz_patches: torch.Tensor) -> None:
+        """Per-channel mean / std from valid training patches (P, C_rgb), (P, C_xyz); used only when
+        config.standardize_features."""
+        for name, patches in (("rgb", rgb_patches), ("xyz", xyz_patches)):
+            if patches.shape[0] < 2:
+                raise ValueError(f"need at least two valid {name} patches for feature statistics")
+            getattr(self, f"{name}_mean").copy_(patches.mean(dim=0))
+            getattr(self, f"{name}_scale").copy_(patches.std(dim=0).clamp_min(1e-6))
+
+    def normalize_patches(self, name: str, patches: torch.Tensor) -> torch.Tensor:
+        """Channels-last (..., C) features of modality ``name`` ("rgb" / "xyz"), standardised when enabled."""
+        if not self.config.standardize_features:
+            return patches
+        return (patches - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_scale")
+
+    def normalize_maps(self, rgb: torch.Tensor, xyz: torch.Tensor):
+        """(B, C, R, R) maps standardised per channel when config.standardize_features."""
+        if not self.config.standardize_features:
+            return rgb, xyz
+        return (to_map(self.normalize_patches("rgb", to_patches(rgb))),
+                to_map(self.normalize_patches("xyz", to_patches(xyz))))
+
     def mentor(self, rgb: torch.Tensor, xyz: torch.Tensor) -> Optional[torch.Tensor]:
         return self.mfm(rgb, xyz) if self.mfm is not None else None
 
@@ -312,6 +340,7 @@ class Mentor3ADHeads(nn.Module):
         """Per-modality score maps (B, R, R) for the names in config.score_maps."""
         self._check(rgb, xyz, valid)
         valid = valid.bool()
+        rgb, xyz = self.normalize_maps(rgb, xyz)
         f_mtr = self.mentor(rgb, xyz)
         rgb_rec, xyz_rec = self.mgm(rgb, xyz, f_mtr if self.config.use_mentor else None)
         maps: Dict[str, torch.Tensor] = {}

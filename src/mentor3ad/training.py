@@ -92,16 +92,20 @@ def _batches(count: int, batch_size: int, generator: torch.Generator) -> List[to
     return [order[i:i + batch_size] for i in range(0, count, batch_size)]
 
 
-def _valid_patches(features: FeatureSet, device) -> Dict[str, torch.Tensor]:
+def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads] = None) -> Dict[str, torch.Tensor]:
+    """Valid patches (P, C) per modality, standardised by ``heads`` when given."""
     valid = features.valid.to(device)
-    return {"rgb": to_patches(features.rgb.to(device))[valid], "xyz": to_patches(features.xyz.to(device))[valid]}
+    patches = {"rgb": to_patches(features.rgb.to(device))[valid], "xyz": to_patches(features.xyz.to(device))[valid]}
+    if heads is not None:
+        patches = {name: heads.normalize_patches(name, value) for name, value in patches.items()}
+    return patches
 
 
 def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generator, device) -> torch.Tensor:
     """InfoNCE over the valid patches of a batch: RGB vs XYZ projections of the same patch are positives;
     plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP."""
     config = heads.config
-    patches = _valid_patches(batch, device)
+    patches = _valid_patches(batch, device, heads)
     count = patches["rgb"].shape[0]
     if count < 2:
         return None
@@ -121,7 +125,7 @@ def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generato
 
 def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
     """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch."""
-    patches = _valid_patches(batch, device)
+    patches = _valid_patches(batch, device, heads)
     if patches["rgb"].shape[0] == 0:
         return None
     mentor = None
@@ -224,6 +228,9 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
         torch.manual_seed(train_config.seed)
         heads = Mentor3ADHeads(train.rgb.shape[1], train.xyz.shape[1], model_config, seed=train_config.seed)
         heads.to(device).train()
+        statistics = _valid_patches(train, device)
+        heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
+        del statistics
         generator = torch.Generator().manual_seed(train_config.seed)
         if heads.mfm is not None:
             info["mfm_loss"] = _run_epochs(
