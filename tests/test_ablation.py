@@ -54,7 +54,7 @@ def test_train_command_writes_a_loadable_model(dataset, config_file, tmp_path, c
 def test_ablate_prints_table_for_all_variants(dataset, config_file, tmp_path, capsys):
     table_json = tmp_path / "ablation.json"
     code = ablate.main(["--data", str(dataset), "--config", str(config_file), "--cache-dir", str(tmp_path / "cache"),
-                        "--json", str(table_json), "--no-progress"])
+                        "--json", str(table_json), "--save-dir", str(tmp_path / "models"), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     for name in ablate.VARIANTS:
@@ -71,6 +71,10 @@ def test_ablate_prints_table_for_all_variants(dataset, config_file, tmp_path, ca
     assert identities["w/o voting"]["use_mentor"] is True and identities["w/o voting"]["use_voting"] is False
     assert identities["w/o mentor"]["score_maps"] == ["rgb", "xyz"]
     assert len({identity["model_id"] for identity in identities.values()}) == 4
+    saved = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert saved == ["cfm_baseline.safetensors", "mentor3ad.safetensors", "wo_mentor.safetensors",
+                     "wo_voting.safetensors"]
+    assert Detector.load(tmp_path / "models" / "cfm_baseline.safetensors").identity == identities["CFM baseline"]
 
 
 def test_without_voting_matches_a_separately_trained_model(dataset):

@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
                    help=f"rows to compute (default all: {', '.join(VARIANTS)})")
     p.add_argument("--json", type=Path, default=None, help="also write the table (and model identities) as JSON")
+    p.add_argument("--save-dir", type=Path, default=None, help="also save every variant's checkpoint here")
     p.set_defaults(func=run)
 
 
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
             detector = train_detector(train_samples, config, val_samples=val_samples, cache_dir=args.cache_dir,
                                       device=args.device, progress=progress, log=LOG.info, extractor=extractor)
         trained[name] = detector
+        if args.save_dir is not None:
+            slug = name.lower().replace("/", "").replace(" ", "_")
+            detector.save(args.save_dir / f"{slug}.safetensors")
         predictions = detector.predict_samples(test_samples, cache_dir=args.cache_dir, progress=progress)
         metrics = compute_metrics([p.score for p in predictions], [s.label for s in test_samples],
                                   [p.anomaly_map for p in predictions], [s.mask for s in test_samples])
