@@ -122,7 +122,46 @@ def run(args: argparse.Namespace) -> int:
     if args.no_ros:
         print("[4/4] ROS replay skipped (--no-ros)")
         return 0
-    from .. import rosdemo
+    return _replay_stage(model_path, test, data, args.work_dir, report)
 
-    print("[4/4] replaying the test parts as a rosbag through inspector_node + evaluator_node over DDS", flush=True)
-    return rosdemo.replay_through_nodes(model_path, test, args.work_dir, data)
+
+def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offline_report: dict) -> int:
+    """Write the test split as a rosbag and replay it through the live inspector + evaluator graph."""
+    import math
+
+    from ..data.bags import write_dataset_bag
+    from ..data.synthetic import load_camera_matrix
+    from ..ros.replay_evaluation import run_replay_evaluation
+
+    bag = work_dir / "test_bag"
+    start_ns, period_ns = 1_800_000_000 * 10**9, 100_000_000  # sample i is stamped start + i * period
+    write_dataset_bag(test, bag, storage="mcap", camera_info=load_camera_matrix(data), start_stamp_ns=start_ns,
+                      period_ns=period_ns, overwrite=True)
+    print(f"[4/4] replaying {len(test)} test parts from {bag} (mcap) through inspector_node + evaluator_node "
+          "over DDS", flush=True)
+    names = {start_ns + i * period_ns: sample.name for i, sample in enumerate(test)}
+
+    def show(result):
+        regions = result.get("regions") or []
+        where = ""
+        if regions:
+            r = regions[0]
+            area_txt = f", {r.area_mm2:.1f} mm^2" if math.isfinite(r.area_mm2) else ""
+            where = f"  largest region bbox {list(r.bbox)}{area_txt}"
+        score = result.get("score")
+        score_txt = f"score {score:.4f}" if isinstance(score, (int, float)) else ""
+        print(f"      {names.get(result['stamp_ns'], result['stamp_ns']):<22} {result['verdict']:<7} {score_txt}"
+              f"  {result.get('latency_ms', 0):.0f} ms{where}", flush=True)
+
+    out = run_replay_evaluation(model_path, bag, work_dir / "ros_report", n_pairs=len(test), rate=1.0,
+                                on_result=show)
+    verdicts = [r["verdict"] for r in out["results"]]
+    print(f"      {len(verdicts)} results for {len(test)} parts: " +
+          ", ".join(f"{v} {verdicts.count(v)}" for v in ("PASS", "FAIL", "ERROR", "SKIPPED")))
+    ros_metrics = out["report"]["metrics"]
+    same = all(abs(ros_metrics[k] - offline_report["metrics"][k]) < 1e-5
+               for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1")
+               if isinstance(ros_metrics.get(k), float) and math.isfinite(ros_metrics[k]))
+    print(f"      ROS replay metrics {'match' if same else 'DIFFER FROM'} the offline evaluation "
+          f"(I-AUROC {ros_metrics['i_auroc']:.3f}); report in {work_dir / 'ros_report'}")
+    return 0 if len(verdicts) == len(test) and same else 1

@@ -76,7 +76,8 @@ def spin_until(node: Any, predicate: Callable[[], bool], timeout: float, step: f
 class ResultCollector:
     """Subscribes to an inspector's result topic (reliable) and keeps parsed results in arrival order."""
 
-    def __init__(self, node: Any, topic: str = "/inspector/result") -> None:
+    def __init__(self, node: Any, topic: str = "/inspector/result",
+                 on_result: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -86,10 +87,17 @@ class ResultCollector:
         self.topic = topic
         self.results: List[Dict[str, Any]] = []
         self._parse = parse_result
+        self._on_result = on_result
         self.sub = node.create_subscription(
-            DiagnosticArray, topic, lambda m: self.results.append(self._parse(m)),
+            DiagnosticArray, topic, self._receive,
             QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE),
         )
+
+    def _receive(self, msg: Any) -> None:
+        result = self._parse(msg)
+        self.results.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
 
     def wait_for_publisher(self, timeout: float) -> bool:
         """True once the node's result publisher is matched with this subscription."""
