@@ -3,6 +3,7 @@ train from a bag (trainer_node), replay a test bag (replay_node) through inspect
 compare the evaluator's report with the offline evaluation of the same bag."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,12 +126,15 @@ def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_no
     assert sorted(r["stamp_ns"] for r in collector.results) == stamps
     assert all(r["verdict"] in ("PASS", "FAIL") for r in collector.results), collector.results
 
-    # the evaluator's report equals the offline evaluation of the same bag
-    from mentor3ad.detector import Detector
-    from mentor3ad.evaluation import evaluate_predictions
+    # the evaluator's report equals `mentor3ad evaluate` on the same bag
+    import subprocess
+    import sys
 
-    detector = Detector.load(model, "cpu")
-    offline = evaluate_predictions(samples, [detector.predict(s.rgb, s.xyz) for s in samples], tmp_path / "offline")
+    cli = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), "evaluate", "--model", str(model),
+                          "--data", str(bags["test"]), "--out", str(tmp_path / "offline"), "--no-naive",
+                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    offline = json.loads((tmp_path / "offline" / "report.json").read_text())
     ros_report = json.loads((report_dir / "report.json").read_text())
     summary = json.loads((report_dir / "ros_summary.json").read_text())
     assert summary["evaluated_pairs"] == len(samples) and summary["not_evaluated"] == []
