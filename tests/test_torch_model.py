@@ -173,3 +173,20 @@ def test_feature_standardisation_removes_common_offset_and_scale():
     assert torch.allclose(standardised.normalize_patches("rgb", patches).mean(0), torch.zeros(RGB_DIM), atol=1e-4)
     with pytest.raises(ValueError, match="at least two"):
         standardised.set_feature_statistics(patches[:1], torch.randn(1, XYZ_DIM))
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rff"])
+def test_ocsvm_batch_statistics_make_objective_scale_invariant(kernel):
+    """The VM is trained with batch statistics so that shrinking every level map cannot lower the loss."""
+    generator = torch.Generator().manual_seed(3)
+    features = 2.0 + 0.3 * torch.randn(200, 4, generator=generator)
+    svm = OneClassSVM(4, kernel=kernel, nu=0.2, rff_dim=32)
+    with torch.no_grad():
+        svm.weight_raw.normal_(generator=generator)
+        svm.rho.fill_(3.0 if kernel == "linear" else 0.5)  # hinge active for part of the points
+    base = svm.objective(features, batch_statistics=True)
+    scaled = svm.objective(3.0 * features, batch_statistics=True)
+    assert torch.allclose(base, scaled, atol=1e-5)
+    svm.set_standardisation(features)
+    assert torch.allclose(svm.objective(features), base, atol=1e-5)  # frozen stats = the batch's
+    assert not torch.allclose(svm.objective(3.0 * features), base, atol=1e-3)

@@ -181,32 +181,42 @@ class OneClassSVM(nn.Module):
         the root mean square only (no centring, so the origin of Schoelkopf's formulation keeps its
         meaning); RBF: centre and divide by the standard deviation."""
         with torch.no_grad():
-            if self.kernel == "rff":
-                self.input_mean.copy_(features.mean(dim=0))
-                scale = features.std(dim=0) if features.shape[0] > 1 else torch.ones(features.shape[1])
-            else:
-                self.input_mean.zero_()
-                scale = features.pow(2).mean(dim=0).sqrt()
-            self.input_scale.copy_(scale.clamp_min(1e-6))
+            mean, scale = self.statistics(features)
+            self.input_mean.copy_(mean)
+            self.input_scale.copy_(scale)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """(P, K) -> phi(x) (P, K) or (P, D)."""
-        x = (x - self.input_mean) / self.input_scale
+    def statistics(self, features: torch.Tensor):
+        """(mean, scale) of features (P, K) as used by the standardisation (differentiable)."""
+        if self.kernel == "rff":
+            mean = features.mean(dim=0)
+            scale = features.std(dim=0) if features.shape[0] > 1 else torch.ones_like(mean)
+        else:
+            mean = torch.zeros(features.shape[1], dtype=features.dtype, device=features.device)
+            scale = features.pow(2).mean(dim=0).sqrt()
+        return mean, scale.clamp_min(1e-6)
+
+    def feature_map(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
+        """(P, K) -> phi(x) (P, K) or (P, D); ``statistics`` = (mean, scale) overrides the stored ones."""
+        mean, scale = statistics if statistics is not None else (self.input_mean, self.input_scale)
+        x = (x - mean) / scale
         if self.kernel == "rff":
             return math.sqrt(2.0 / self.rff_bias.numel()) * torch.cos(x @ self.rff_weight + self.rff_bias)
         return x
 
-    def decision(self, x: torch.Tensor) -> torch.Tensor:
+    def decision(self, x: torch.Tensor, statistics=None) -> torch.Tensor:
         """<w, phi(x)> for (P, K) -> (P,)."""
-        return self.feature_map(x) @ self.weight
+        return self.feature_map(x, statistics) @ self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Anomaly score rho - <w, phi(x)>: (P, K) -> (P,)."""
         return self.rho - self.decision(x)
 
-    def objective(self, x: torch.Tensor) -> torch.Tensor:
-        """Schoelkopf's primal objective on training features (P, K)."""
-        hinge = F.relu(self.rho - self.decision(x))
+    def objective(self, x: torch.Tensor, batch_statistics: bool = False) -> torch.Tensor:
+        """Schoelkopf's primal objective on training features (P, K). ``batch_statistics``: standardise
+        with the (differentiable) statistics of ``x`` itself, which makes the objective invariant to a
+        common rescaling of learnable input features (no collapse by scaling)."""
+        statistics = self.statistics(x) if batch_statistics else None
+        hinge = F.relu(self.rho - self.decision(x, statistics))
         return 0.5 * (self.weight ** 2).sum() + hinge.mean() / self.nu - self.rho
 
 

@@ -180,9 +180,10 @@ def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Ten
                anchor_weight: float, progress: bool = False, log: Callable[[str], None] = LOG.info) -> List[float]:
     """Train the Voting Module (exponents, refinement convs, OC-SVM) on normal score maps (M, num_maps, R, R).
 
-    Loss: Schoelkopf's OC-SVM objective on the per-pixel level features of the valid pixels
-    + anchor_weight * |theta - theta_0|^2 over the exponents and conv weights (prevents the collapse
-    of all maps that would trivially lower the OC-SVM objective).
+    Loss: Schoelkopf's OC-SVM objective on the per-pixel level features of the valid pixels, standardised
+    with their own (differentiable) statistics, so rescaling every map cannot lower it
+    + anchor_weight * |theta - theta_0|^2 over the exponents and conv weights (keeps the levels close
+    to their initial meaning). The final statistics are then frozen into the OC-SVM.
     """
     from tqdm import tqdm
 
@@ -200,7 +201,7 @@ def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Ten
     history = []
     for step in tqdm(range(steps), desc="VM", disable=not progress, leave=False):
         features = voting.pixel_features(score_maps)[valid]
-        loss = voting.ocsvm.objective(features)
+        loss = voting.ocsvm.objective(features, batch_statistics=True)
         if anchor_weight > 0:
             loss = loss + anchor_weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, initial))
         optimiser.zero_grad(set_to_none=True)
@@ -209,6 +210,8 @@ def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Ten
         history.append(float(loss.detach()))
         if step == 0 or step == steps - 1 or (step + 1) % max(1, steps // 5) == 0:
             log(f"VM step {step + 1}/{steps} loss {history[-1]:.5f}")
+    with torch.no_grad():  # freeze the standardisation the last steps were trained with
+        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
     return history
 
 
