@@ -14,3 +14,15 @@ def configure_local_discovery() -> None:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     if os.environ.get("ROS_DISTRO") == "humble":
         os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
+
+
+def log_outcome(logger, ok: bool, message: str) -> None:
+    """Log ``message`` at INFO when ``ok`` else ERROR.
+
+    One call site per severity: rclpy raises "Logger severity cannot be changed between calls" when a
+    single line logs at different severities.
+    """
+    if ok:
+        logger.info(message)
+    else:
+        logger.error(message)

@@ -23,7 +23,7 @@ from typing import Any, Deque, List, Optional
 
 import numpy as np
 
-from mentor3ad.ros import configure_local_discovery
+from mentor3ad.ros import configure_local_discovery, log_outcome
 from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
 from mentor3ad.ros.result_msg import ERROR, FAIL, PASS, SKIPPED, build_result
 
@@ -147,7 +147,7 @@ def _make_node_class():
             self._stopping = False
 
             ok, message = self.load_model(p["model_path"])
-            (self.get_logger().info if ok else self.get_logger().error)(message)
+            log_outcome(self.get_logger(), ok, message)
 
             reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
             self.result_pub = self.create_publisher(DiagnosticArray, "~/result", reliable)
@@ -215,7 +215,7 @@ def _make_node_class():
         def _on_reload(self, request, response):
             path = self.get_parameter("model_path").value
             response.success, response.message = self.load_model(path)
-            (self.get_logger().info if response.success else self.get_logger().error)(response.message)
+            log_outcome(self.get_logger(), response.success, response.message)
             return response
 
         def _on_enable(self, request, response):

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
+from mentor3ad.ros import log_outcome
 from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
 
 TRAINER_PARAMETERS = [
@@ -114,7 +115,7 @@ def _make_node_class():
             self.stage = "start"
 
         def report(self, text: str, level: bytes = DiagnosticStatus.OK, **values: object) -> None:
-            (self.get_logger().error if level == DiagnosticStatus.ERROR else self.get_logger().info)(text)
+            log_outcome(self.get_logger(), level != DiagnosticStatus.ERROR, text)
             fields = {"stage": self.stage, "elapsed_s": f"{time.monotonic() - self.started:.1f}"}
             fields.update({k: str(v) for k, v in values.items()})
             self.progress_pub.publish(DiagnosticStatus(
