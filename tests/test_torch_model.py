@@ -113,11 +113,38 @@ def test_voting_initialisation_is_plain_product_at_level_one():
     scores = torch.rand(2, 3, RES, RES, generator=generator) * 0.5 + 0.01
     levels = voting.levels(scores)
     assert levels.shape == (2, 4, RES, RES)
-    assert torch.allclose(levels[:, 0], scores.prod(dim=1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(voting.exponents[0], torch.ones(3))  # level 1: exactly the plain product's exponents
+    assert torch.allclose(voting.exponents[1:], torch.eye(3), atol=1e-3)
+    # the refinement kernels start at 1 - 4e-4 on the centre tap
+    assert torch.allclose(levels[:, 0], scores.prod(dim=1), rtol=0, atol=2e-3 * float(scores.prod(dim=1).max()))
     for level in range(1, 4):
-        assert torch.allclose(levels[:, level], scores[:, level - 1], rtol=1e-4, atol=1e-6)
+        assert torch.allclose(levels[:, level], scores[:, level - 1], rtol=0, atol=2e-3)
     refine = RefinementConv(4, 3)
-    assert torch.allclose(refine(scores[:, :1]), scores[:, :1], atol=1e-6)
+    smooth = torch.linspace(0.1, 0.5, RES * RES).view(1, 1, RES, RES)
+    assert torch.allclose(refine(smooth), smooth, rtol=2e-3)
+    lower, upper = refine.kernels()
+    assert torch.allclose(lower.sum(dim=(1, 2, 3)), torch.ones(4)) and torch.isclose(upper.sum(), torch.tensor(1.0))
+
+
+def test_trained_voting_keeps_level_maps_informative():
+    """The OC-SVM objective prefers constant features; the constrained VM must not collapse to them."""
+    from mentor3ad.training import fit_voting
+
+    torch.manual_seed(0)
+    heads = Mentor3ADHeads(RGB_DIM, XYZ_DIM, tiny_config(vote_levels=4))
+    generator = torch.Generator().manual_seed(5)
+    maps = torch.rand(6, 3, RES, RES, generator=generator) * 0.5 + 0.05
+    valid = torch.ones(6, RES, RES, dtype=torch.bool)
+    before = heads.voting.levels(maps).detach()
+    history = fit_voting(heads, maps, valid, steps=300, lr=0.05, anchor_weight=0.0)
+    after = heads.voting.levels(maps).detach()
+    assert history[-1] < history[0]
+    assert torch.allclose(heads.voting.exponents.sum(dim=1), torch.tensor([3.0, 1.0, 1.0, 1.0]), atol=1e-5)
+    for level in range(4):
+        spread_before = torch.log(before[:, level]).std()
+        spread_after = torch.log(after[:, level]).std()
+        assert spread_after > 0.2 * spread_before, level
+        assert after[:, level].min() > 10 * heads.config.score_eps
 
 
 @pytest.mark.parametrize("kernel", ["linear", "rff"])

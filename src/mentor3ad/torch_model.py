@@ -220,31 +220,48 @@ class OneClassSVM(nn.Module):
         return 0.5 * (self.weight ** 2).sum() + hinge.mean() / self.nu - self.rho
 
 
+SATURATED_LOGIT = 10.0  # softmax logit that makes one entry ~1 (1 - 4e-4 for 9 taps)
+
+
 class RefinementConv(nn.Module):
-    """f = C^U(C^L(S)): (B, 1, R, R) -> (B, 1, R, R), non-negative; initialised to the identity on S >= 0."""
+    """f = C^U(C^L(S)): (B, 1, R, R) -> (B, 1, R, R), two convolutions whose kernels are non-negative and sum
+    to one (softmax over taps / channels x taps), no bias: f is a learnable local weighted average, so it
+    can redistribute but never erase a score map. Initialised to (almost exactly) the identity."""
 
     def __init__(self, channels: int, kernel_size: int):
         super().__init__()
-        padding = kernel_size // 2
-        self.lower = nn.Conv2d(1, channels, kernel_size, padding=padding, padding_mode="replicate")
-        self.upper = nn.Conv2d(channels, 1, kernel_size, padding=padding, padding_mode="replicate")
-        with torch.no_grad():
-            for conv, value in ((self.lower, 1.0), (self.upper, 1.0 / channels)):
-                conv.weight.zero_()
-                conv.weight[:, :, padding, padding] = value
-                conv.bias.zero_()
+        self.padding = kernel_size // 2
+        centre = self.padding * kernel_size + self.padding
+        lower = torch.zeros(channels, kernel_size * kernel_size)
+        lower[:, centre] = SATURATED_LOGIT
+        upper = torch.zeros(channels, kernel_size * kernel_size)
+        upper[:, centre] = SATURATED_LOGIT
+        self.lower_logits = nn.Parameter(lower)
+        self.upper_logits = nn.Parameter(upper)
+        self.kernel_size = kernel_size
+
+    def kernels(self):
+        """Lower (C, 1, k, k) and upper (1, C, k, k) kernels, each summing to one."""
+        k = self.kernel_size
+        lower = torch.softmax(self.lower_logits, dim=1).view(-1, 1, k, k)
+        upper = torch.softmax(self.upper_logits.flatten(), dim=0).view(1, -1, k, k)
+        return lower, upper
 
     def forward(self, score: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.upper(F.relu(self.lower(score))))
+        lower, upper = self.kernels()
+        pad = (self.padding,) * 4
+        hidden = F.conv2d(F.pad(score, pad, mode="replicate"), lower)
+        return F.conv2d(F.pad(hidden, pad, mode="replicate"), upper)
 
 
 class VotingModule(nn.Module):
     """Voting Module on M used score maps (B, M, R, R).
 
-    level_n = f_n(prod_m S_m^{e_nm}) (exponents learnable; level 1 starts as the plain product, level n >= 2
-    as map (n-2) mod M alone); S_All = prod_n level_n. The OC-SVM scores the per-pixel vector of
-    -log(level_n) [and -log S_m for the raw maps]; the output map is exp(rho - <w, phi(x)>), 0 on invalid
-    patches (= a learned weighted product of the levels for the linear kernel).
+    level_n = f_n(prod_m S_m^{e_nm}) with exponents e_n = T_n softmax(logits_n) (learnable mix, fixed total
+    T_n: level 1 starts as the plain product, T_1 = M, e_1m = 1; level n >= 2 as map (n-2) mod M alone,
+    T_n = 1); S_All = prod_n level_n. The OC-SVM scores the per-pixel vector of -log(level_n) [and -log S_m
+    for the raw maps]; the output map is exp(rho - <w, phi(x)>), 0 on invalid patches (= a learned weighted
+    product of the levels for the linear kernel).
     """
 
     def __init__(self, num_maps: int, config: ModelConfig, seed: int = 0):
@@ -252,16 +269,24 @@ class VotingModule(nn.Module):
         self.num_maps = num_maps
         self.eps = config.score_eps
         self.include_raw = config.ocsvm_include_raw
-        init = torch.zeros(config.vote_levels, num_maps)
-        init[0] = 1.0
+        logits = torch.zeros(config.vote_levels, num_maps)
+        totals = torch.ones(config.vote_levels)
+        totals[0] = float(num_maps)
         for level in range(1, config.vote_levels):
-            init[level, (level - 1) % num_maps] = 1.0
-        self.exponents = nn.Parameter(init)
+            if num_maps > 1:
+                logits[level, (level - 1) % num_maps] = SATURATED_LOGIT
+        self.exponent_logits = nn.Parameter(logits)
+        self.register_buffer("exponent_totals", totals)
         self.refinements = nn.ModuleList(RefinementConv(config.vote_conv_channels, config.vote_kernel_size)
                                          for _ in range(config.vote_levels))
         ocsvm_in = config.vote_levels + (num_maps if self.include_raw else 0)
         self.ocsvm = OneClassSVM(ocsvm_in, config.ocsvm_kernel, config.ocsvm_nu, config.ocsvm_rff_dim,
                                  config.ocsvm_rff_gamma, seed=seed)
+
+    @property
+    def exponents(self) -> torch.Tensor:
+        """(N, M) exponents alpha_n, beta_n, gamma_n of the used maps per level."""
+        return self.exponent_totals[:, None] * torch.softmax(self.exponent_logits, dim=1)
 
     def levels(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, M, R, R) -> level maps (B, N, R, R), each >= eps."""
