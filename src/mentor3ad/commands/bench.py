@@ -66,6 +66,33 @@ ROS_STAGES: List[Tuple[str, str]] = [
     ("ros_transport", "ROS: transport + sync (difference)"),
 ]
 RATIO_LINE = "ratio end-to-end / RGB-backbone-forward = {:.2f}"
+# Fast DDS profile for frames of several hundred KiB on one host: a shared-memory segment large enough for
+# a whole organized cloud (224 x 224 x 16 B = 784 KiB), UDP kept for everything else
+LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>mentor3ad_shm</transport_id>
+      <type>SHM</type>
+      <segment_size>16777216</segment_size>
+      <maxMessageSize>4194304</maxMessageSize>
+    </transport_descriptor>
+    <transport_descriptor>
+      <transport_id>mentor3ad_udp</transport_id>
+      <type>UDPv4</type>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="mentor3ad_large_data" is_default_profile="true">
+    <rtps>
+      <userTransports>
+        <transport_id>mentor3ad_shm</transport_id>
+        <transport_id>mentor3ad_udp</transport_id>
+      </userTransports>
+      <useBuiltinTransports>false</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
 
 # extractor stage name (FeatureExtractor.timings(), prefixed "features_" by Detector.timings()) -> row key
 EXTRACTOR_STAGES = {
@@ -106,6 +133,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-samples", type=int, default=20, help="good samples to train on")
     p.add_argument("--val-samples", type=int, default=5, help="held-out good samples for the threshold")
     p.add_argument("--ros-timeout", type=float, default=120.0, help="seconds to wait for one ROS result / start-up")
+    p.add_argument("--ros-input-qos", choices=("reliable", "sensor"), default="reliable",
+                   help="inspector input subscriptions: reliable (qos_overrides parameters) or the node's "
+                        "sensor-data default (best effort: a lost fragment of a large cloud loses the pair)")
+    p.add_argument("--dds-profile", choices=("large-shm", "default"), default="large-shm",
+                   help="large-shm: run both ROS processes with a Fast DDS profile whose shared-memory segment "
+                        "(16 MiB) carries a whole 224x224 cloud (the default 512 KiB segment sends it as UDP "
+                        "fragments that loopback drops: lost pairs or 3 s repair stalls); default: Fast DDS as "
+                        "configured (an existing FASTDDS_DEFAULT_PROFILES_FILE is always kept)")
+    p.add_argument("--save-model", type=Path, default=None, help="also save the trained bench model here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -463,8 +499,33 @@ def inspector_command() -> List[str]:
 
 
 def run_ros(model_path: Path, frames: Sequence[SerializedFrame], warmup: int, count: int, device, threads: int,
-            timeout: float, log: Callable[[str], None]) -> Dict[str, Any]:
-    """Publish pairs one at a time to a real inspector_node and time publish -> ~/result receipt."""
+            timeout: float, log: Callable[[str], None], input_qos: str = "reliable",
+            dds_profile: Optional[Path] = None) -> Dict[str, Any]:
+    """Publish pairs one at a time to a real inspector_node and time publish -> ~/result receipt.
+
+    dds_profile: Fast DDS XML profile for both processes (ignored when FASTDDS_DEFAULT_PROFILES_FILE is set).
+    The environment is restored afterwards.
+    """
+    from ..ros import configure_local_discovery
+
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    configure_local_discovery()
+    saved_env = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE")}
+    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))  # keep apart from parallel runs
+    if dds_profile is not None and not os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(dds_profile)  # read when the participant is created
+    try:
+        return _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, input_qos)
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, input_qos) -> Dict[str, Any]:
+    """run_ros once the environment is set."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -472,26 +533,27 @@ def run_ros(model_path: Path, frames: Sequence[SerializedFrame], warmup: int, co
     from sensor_msgs.msg import Image, PointCloud2
 
     import mentor3ad
-    from ..ros import configure_local_discovery
     from ..ros.result_msg import parse_result
     from ..ros.testing import NodeProcess
 
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    configure_local_discovery()
-    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))  # keep apart from parallel runs
     namespace = f"/mentor3ad_bench_{os.getpid()}"
     package_root = str(Path(mentor3ad.__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
     cmd = inspector_command() + ["--ros-args", "-r", f"__ns:={namespace}", "-p", f"model_path:={model_path}",
                                  "-p", f"device:={device}", "-p", "queue_policy:=all"]
+    if input_qos == "reliable":
+        for topic in ("image", "points"):
+            cmd += ["-p", f"qos_overrides.{namespace}/{topic}.subscription.reliability:=reliable"]
     received: Dict[int, Tuple[float, dict]] = {}
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("mentor3ad_bench", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
-    out: Dict[str, Any] = {"namespace": namespace, "command": cmd, "domain_id": os.environ["ROS_DOMAIN_ID"]}
+    out: Dict[str, Any] = {"namespace": namespace, "command": cmd, "domain_id": os.environ["ROS_DOMAIN_ID"],
+                           "input_qos": input_qos,
+                           "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")}
     try:
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         image_pub = node.create_publisher(Image, f"{namespace}/image", qos)
@@ -617,6 +679,9 @@ def run(args: argparse.Namespace) -> int:
             training["heads_train_s"] = detector.training_info.get("train_seconds")
             model_path = work_dir / "bench_model.safetensors"
             detector.save(model_path)
+            if args.save_model is not None:
+                args.save_model.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(model_path, args.save_model)
         report["training"] = training
         report["model"] = {"model_id": detector.model_id, "threshold": detector.threshold,
                            "rgb_backbone": config.features.rgb_backbone, "rgb_weights": config.features.rgb_weights,
@@ -657,7 +722,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"--ros: starting inspector_node on the bench model, {args.warmup} warm-up + {args.frames} "
                   f"timed pairs one at a time ...", flush=True)
             del detector
-            ros = run_ros(model_path, frames, args.warmup, args.frames, device, threads, args.ros_timeout, log)
+            profile = None
+            if args.dds_profile == "large-shm":
+                profile = work_dir / "fastdds_large_shm.xml"
+                profile.write_text(LARGE_SHM_PROFILE)
+            ros = run_ros(model_path, frames, args.warmup, args.frames, device, threads, args.ros_timeout, log,
+                          args.ros_input_qos, profile)
             for key, values in ros.pop("series").items():
                 series[key] = values
                 stats[key] = summarize(values)
@@ -668,6 +738,7 @@ def run(args: argparse.Namespace) -> int:
 
     rgb_median = stats["rgb_backbone"]["median_ms"] if "rgb_backbone" in stats else float("nan")
     ratio = stats[end_to_end_key]["median_ms"] / rgb_median if rgb_median and rgb_median > 0 else float("nan")
+    report["series_ms"] = {k: [round(v * 1e3, 3) for v in values] for k, values in series.items()}
     report.update(stages={k: dict(v, label=dict(rows).get(k, k)) for k, v in stats.items()}, ratio=ratio,
                   ratio_end_to_end=end_to_end_key, machine=machine_info(device))
 
