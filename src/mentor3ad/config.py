@@ -38,8 +38,9 @@ class ModelConfig:
     score_maps: which of "rgb", "xyz", "mtr" enter the final score.
     use_voting: Voting Module (levels + conv refinement + OC-SVM); False = plain product of the score maps.
     vote_levels: number N of voting levels; level 1 starts as the plain product, level n >= 2 as the
-        single map number (n - 2) mod len(score_maps).
-    vote_conv_channels: channels of the hidden conv C^L of the refinement f = C^U(C^L(.)).
+        single map number (n - 2) mod len(score_maps); exponents = fixed total x softmax(logits).
+    vote_conv_channels: channels of the hidden conv C^L of the refinement f = C^U(C^L(.)) (kernels are
+        non-negative and sum to one: a learnable local weighted average).
     vote_kernel_size: kernel size of both refinement convs (odd).
     ocsvm_kernel: "linear" (on -log of the level maps; monotone in every map) or "rff" (RBF kernel
         approximated with random Fourier features).
@@ -113,8 +114,9 @@ class TrainConfig:
 
     batch_size: samples (feature maps) per step in the MFM and MGM stages.
     vm_steps: full-batch Adam steps of the Voting Module + OC-SVM stage.
-    vm_anchor_weight: L2 pull of the VM exponents / conv weights to their initialisation (the OC-SVM
-        objective alone can be lowered by shrinking every map; the anchor prevents that collapse).
+    vm_anchor_weight: L2 pull of the VM exponent logits / conv kernel logits to their initialisation
+        (keeps the levels close to their initial meaning; the constrained parametrisation and the
+        batch-statistics standardisation already rule out the collapse to constant maps).
     vm_data: score maps the VM is fitted on: "train" (the MGM training samples, as in the paper) or
         "validation" (held-out normal samples; falls back to train when none are given).
     deterministic: torch.use_deterministic_algorithms during training.
