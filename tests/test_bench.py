@@ -119,6 +119,7 @@ def test_bench_cuda_bf16_reports_gpu_memory(tmp_path, capsys):
     (["--amp", "fp16"], "--amp fp16 needs --device cuda"),
     (["--device", "tpu"], "--device"),
     (["--model", "does/not/exist.safetensors"], "no such file"),
+    (["--model", "m.safetensors", "--train"], "cannot be combined with --model"),
 ])
 def test_bench_rejects_bad_options_clearly(tmp_path, extra, message):
     with pytest.raises(SystemExit) as excinfo:

@@ -630,6 +630,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--frames must be >= 1 and --warmup >= 0, got {args.frames} and {args.warmup}")
     if args.resolution < 16:
         raise SystemExit(f"--resolution must be >= 16 pixels, got {args.resolution}")
+    if args.train and args.model is not None:
+        raise SystemExit("--train times training on the default data; it cannot be combined with --model")
     if args.train_samples < 1 or args.val_samples < 0:
         raise SystemExit("--train-samples must be >= 1 and --val-samples >= 0")
     try:
