@@ -155,6 +155,7 @@ def test_refuses_mismatched_identity_format_and_corrupt_files(saved, extractor, 
 def test_atomic_save_keeps_old_file_on_failure(detector, saved, tmp_path, monkeypatch):
     target = tmp_path / "model.safetensors"
     detector.save(target)
+    assert target.stat().st_mode & 0o777 == 0o644  # readable by other users (nodes), unlike mkstemp's 0600
     before = target.read_bytes()
     old_threshold = detector.threshold
 

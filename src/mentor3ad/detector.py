@@ -309,6 +309,9 @@ class Detector:
                 stream.write(payload)
                 stream.flush()
                 os.fsync(stream.fileno())
+            # mkstemp creates 0600; keep the replaced file's mode, else make the model world-readable
+            mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
+            os.chmod(temp_name, mode)
             os.replace(temp_name, path)
         except BaseException:
             try:
