@@ -37,6 +37,33 @@ def test_fps_respects_lengths_of_padded_batch():
     assert idx[1].tolist() == brute_force_fps(b, 10)
 
 
+def reference_fps(points, num_samples, lengths):
+    """The straightforward float32 formulation (B, N, 3) the optimised FPS must reproduce bit for bit."""
+    batch, num_points, _ = points.shape
+    valid = torch.arange(num_points)[None, :] < lengths[:, None]
+    min_dist = torch.where(valid, torch.full_like(points[..., 0], float("inf")), torch.full_like(points[..., 0], -1.0))
+    selected = torch.empty(batch, num_samples, dtype=torch.long)
+    current = torch.zeros(batch, dtype=torch.long)
+    for i in range(num_samples):
+        selected[:, i] = current
+        centre = points[torch.arange(batch), current]
+        min_dist = torch.minimum(min_dist, ((points - centre[:, None, :]) ** 2).sum(-1))
+        current = torch.argmax(min_dist, dim=1)
+    return selected
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fps_is_bit_identical_to_reference_formulation(batch):
+    # metre-scale cloud with many near-ties: any change in float rounding would change some index
+    g = torch.Generator().manual_seed(5)
+    points = (torch.rand(batch, 3000, 3, generator=g) * 0.08).round(decimals=3)
+    lengths = torch.tensor([3000, 2100][:batch])
+    idx = pointops.farthest_point_sampling(points, 200, lengths=lengths)
+    assert torch.equal(idx, reference_fps(points, 200, lengths))
+    assert (idx[batch - 1] < int(lengths[-1])).all()
+    assert len(set(idx[0].tolist())) == 200  # no point chosen twice
+
+
 def test_knn_matches_brute_force_with_chunks_and_padding():
     g = torch.Generator().manual_seed(2)
     points = torch.rand(2, 200, 3, generator=g)

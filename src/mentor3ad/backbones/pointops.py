@@ -46,18 +46,28 @@ def farthest_point_sampling(
     if not 0 <= start_index < int(lengths.min()):
         raise ValueError(f"start_index {start_index} outside the valid points")
     device = points.device
+    # Coordinate planes (3, B, N): each per-axis difference is a contiguous (B, N) operation instead of
+    # a strided (B, N, 3) one, and every per-iteration result goes into a preallocated buffer (no
+    # allocation, no host synchronisation in the loop).
+    planes = points.permute(2, 0, 1).contiguous()
     # padded points get distance -1 so they are never selected
     valid = torch.arange(num_points, device=device)[None, :] < lengths[:, None]
-    min_dist = torch.where(valid, torch.full_like(points[..., 0], float("inf")), torch.full_like(points[..., 0], -1.0))
+    min_dist = torch.full((batch, num_points), float("inf"), dtype=points.dtype, device=device)
+    min_dist.masked_fill_(~valid, -1.0)
+    dist = torch.empty_like(min_dist)
+    axis_diff = torch.empty_like(min_dist)
     selected = torch.empty(batch, num_samples, dtype=torch.long, device=device)
-    batch_index = torch.arange(batch, device=device)
-    current = torch.full((batch,), start_index, dtype=torch.long, device=device)
+    current = torch.full((batch, 1), start_index, dtype=torch.long, device=device)
     for i in range(num_samples):
-        selected[:, i] = current
-        centre = points[batch_index, current]  # (B, 3)
-        dist = ((points - centre[:, None, :]) ** 2).sum(-1)  # (B, N)
-        min_dist = torch.minimum(min_dist, dist)
-        current = torch.argmax(min_dist, dim=1)
+        selected[:, i : i + 1] = current
+        # squared distance to the current centre, rounded like ((points - centre) ** 2).sum(-1)
+        # (x + y, then + z), so the indices are bit-identical to that formulation
+        torch.sub(planes[0], torch.gather(planes[0], 1, current), out=dist).mul_(dist)
+        for axis in (1, 2):
+            torch.sub(planes[axis], torch.gather(planes[axis], 1, current), out=axis_diff)
+            dist.add_(axis_diff.mul_(axis_diff))  # not addcmul_: its fused multiply-add rounds differently
+        torch.minimum(min_dist, dist, out=min_dist)
+        current = torch.argmax(min_dist, dim=1, keepdim=True)
     return selected
 
 
