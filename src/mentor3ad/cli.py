@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "to_bag",
     "train",
     "evaluate",
+    "calibrate",
+    "ablate",
     "replay",
     "bench",
 ]
