@@ -5,6 +5,7 @@ import math
 import pytest
 import yaml
 
+from mentor3ad.cli import main as cli_main
 from mentor3ad.commands import ablate, train
 from mentor3ad.detector import Detector
 from test_training import TINY_FEATURES, TINY_MODEL, TINY_TRAIN, synthetic_sample
@@ -53,16 +54,16 @@ def test_train_command_writes_a_loadable_model(dataset, config_file, tmp_path, c
 
 def test_ablate_prints_table_for_all_variants(dataset, config_file, tmp_path, capsys):
     table_json = tmp_path / "ablation.json"
-    code = ablate.main(["--data", str(dataset), "--config", str(config_file), "--cache-dir", str(tmp_path / "cache"),
+    code = cli_main(["ablate", "--data", str(dataset), "--config", str(config_file), "--cache-dir", str(tmp_path / "cache"),
                         "--json", str(table_json), "--save-dir", str(tmp_path / "models"), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     for name in ablate.VARIANTS:
         assert f"| {name} |" in printed
-    assert "I-AUROC" in printed and "AUPRO@1%" in printed
+    assert "I-AUROC" in printed and "AUPRO@1%" in printed and "| naive baseline |" in printed
     result = json.loads(table_json.read_text())
     rows = {row["variant"]: row for row in result["rows"]}
-    assert set(rows) == set(ablate.VARIANTS)
+    assert set(rows) == set(ablate.VARIANTS) | {"naive baseline"}
     for row in rows.values():
         for key in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"):
             assert 0.0 <= row[key] <= 1.0 and not math.isnan(row[key])

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -105,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
         LOG.info("%s: %s", name, {k: metrics.get(k) for k, _ in METRIC_COLUMNS})
         rows.append((name, metrics))
         identities[name] = detector.identity
+    # the naive per-pixel baseline (distance to the mean training image / depth) on the same split
+    from ..baselines import NaiveBaseline
+
+    naive = NaiveBaseline().fit(train_samples).predict_samples(test_samples)
+    rows.append(("naive baseline", compute_metrics([p.score for p in naive], [s.label for s in test_samples],
+                                                   [p.anomaly_map for p in naive], [s.mask for s in test_samples])))
     weights = f"rgb_weights={base.features.rgb_weights}, point_weights={base.features.point_weights}"
     print(f"\nAblation on {args.data} ({len(train_samples)} train / {len(test_samples)} test; {base.features.rgb_backbone}, "
           f"{weights})\n")
@@ -114,17 +119,3 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps({"data": str(args.data), "rows": [{"variant": n, **m} for n, m in rows],
                                          "identities": identities}, indent=2, default=str))
     return 0
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry (``python -m mentor3ad.commands.ablate``) while the CLI does not list ``ablate``."""
-    parser = argparse.ArgumentParser(prog="mentor3ad")
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    args = parser.parse_args(["ablate", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
