@@ -6,18 +6,32 @@ With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/t
 ``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``.
 The topic arguments default to the names ``mentor3ad to-bag`` records.
+
+``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
+the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 SHARE = get_package_share_directory("mentor3ad")
 INSPECTOR_CONFIG = os.path.join(SHARE, "config", "inspector.yaml")
 EVALUATOR_CONFIG = os.path.join(SHARE, "config", "evaluator.yaml")
+DDS_PROFILE = os.path.join(SHARE, "config", "fastdds_large_shm.xml")
+DDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def _dds_profile(profile):
+    """SetEnvironmentVariable for Fast DDS' XML profile, unless ``profile`` is empty or the user set one."""
+    if not profile or os.environ.get(DDS_PROFILE_ENV):
+        return []
+    if not os.path.isfile(profile):
+        raise RuntimeError(f"dds_profile {profile!r} does not exist (dds_profile:='' leaves Fast DDS as configured)")
+    return [SetEnvironmentVariable(DDS_PROFILE_ENV, profile)]
 
 
 def _nodes(context):
@@ -82,7 +96,7 @@ def _nodes(context):
                 output="screen",
             )
         )
-    return nodes
+    return _dds_profile(arg("dds_profile")) + nodes
 
 
 def generate_launch_description():
@@ -122,6 +136,11 @@ def generate_launch_description():
                                   description="Use /clock from the bag replay."),
             DeclareLaunchArgument("log_level", default_value="info",
                                   description="Logging level: debug, info, warn, error."),
+            DeclareLaunchArgument("dds_profile", default_value=DDS_PROFILE,
+                                  description="Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the nodes: "
+                                              "the package's 16 MiB shared-memory segment, so 224x224 clouds are not "
+                                              "sent as UDP fragments; empty, or FASTDDS_DEFAULT_PROFILES_FILE already "
+                                              "set, leaves the environment alone. Ignored by other RMWs."),
             OpaqueFunction(function=_nodes),
         ]
     )

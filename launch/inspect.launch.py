@@ -4,16 +4,30 @@
 
 Parameters come from ``params_file`` (default: the package's config/inspector.yaml); the arguments
 model_path, device and input_mode override it when they are not empty.
+
+``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
+the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 CONFIG = os.path.join(get_package_share_directory("mentor3ad"), "config", "inspector.yaml")
+DDS_PROFILE = os.path.join(get_package_share_directory("mentor3ad"), "config", "fastdds_large_shm.xml")
+DDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def _dds_profile(profile):
+    """SetEnvironmentVariable for Fast DDS' XML profile, unless ``profile`` is empty or the user set one."""
+    if not profile or os.environ.get(DDS_PROFILE_ENV):
+        return []
+    if not os.path.isfile(profile):
+        raise RuntimeError(f"dds_profile {profile!r} does not exist (dds_profile:='' leaves Fast DDS as configured)")
+    return [SetEnvironmentVariable(DDS_PROFILE_ENV, profile)]
 
 
 def _inspector(context):
@@ -24,7 +38,7 @@ def _inspector(context):
     for key in ("model_path", "device", "input_mode"):
         if arg(key):
             overrides[key] = arg(key)
-    return [
+    return _dds_profile(arg("dds_profile")) + [
         Node(
             package="mentor3ad",
             executable="inspector_node",
@@ -68,6 +82,11 @@ def generate_launch_description():
                                   description="Use /clock (true when replaying bags)."),
             DeclareLaunchArgument("log_level", default_value="info",
                                   description="Logging level: debug, info, warn, error."),
+            DeclareLaunchArgument("dds_profile", default_value=DDS_PROFILE,
+                                  description="Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the nodes: "
+                                              "the package's 16 MiB shared-memory segment, so 224x224 clouds are not "
+                                              "sent as UDP fragments; empty, or FASTDDS_DEFAULT_PROFILES_FILE already "
+                                              "set, leaves the environment alone. Ignored by other RMWs."),
             OpaqueFunction(function=_inspector),
         ]
     )

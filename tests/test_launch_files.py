@@ -5,13 +5,15 @@ launch/launch_ros are not on PyPI, so the files are inspected as source (AST); w
 """
 import ast
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
-COMMON_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "log_level", "device"}
+COMMON_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "log_level", "device", "dds_profile"}
 REQUIRED = {
     "inspect.launch.py": COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic",
                                              "depth_topic", "camera_info_topic"},
@@ -72,6 +74,57 @@ def test_referenced_executables_and_configs_exist(path):
     assert configs, f"{path.name} loads no config/*.yaml"
     for name in configs:
         assert (REPO / "config" / name).is_file(), f"{path.name} references missing config/{name}"
+    profiles = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and n.value.endswith(".xml")}
+    assert profiles == {"fastdds_large_shm.xml"}, f"{path.name}: DDS profiles {profiles}"
+    assert (REPO / "config" / "fastdds_large_shm.xml").is_file()
+
+
+def _stub_launch_modules(monkeypatch, share_dir):
+    """Minimal stand-ins for launch / launch_ros / ament_index so a launch file's module imports here."""
+    class SetEnvironmentVariable:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    modules = {
+        "launch": types.SimpleNamespace(LaunchDescription=Recorder),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder,
+                                                SetEnvironmentVariable=SetEnvironmentVariable),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=Recorder),
+        "launch_ros": types.SimpleNamespace(),
+        "launch_ros.actions": types.SimpleNamespace(Node=Recorder),
+        "ament_index_python": types.SimpleNamespace(),
+        "ament_index_python.packages": types.SimpleNamespace(get_package_share_directory=lambda _: str(share_dir)),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return SetEnvironmentVariable
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_dds_profile_argument_sets_fastdds_profile_unless_user_set_one(path, monkeypatch, tmp_path):
+    set_env_type = _stub_launch_modules(monkeypatch, REPO)
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_") + "_stubbed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DDS_PROFILE == str(REPO / "config" / "fastdds_large_shm.xml")  # share/config layout
+    default_arg = [a for a in module.generate_launch_description().args[0]
+                   if getattr(a, "args", None) and a.args[0] == "dds_profile"]
+    assert default_arg and default_arg[0].kwargs["default_value"] == module.DDS_PROFILE
+
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+    actions = module._dds_profile(module.DDS_PROFILE)
+    assert len(actions) == 1 and isinstance(actions[0], set_env_type)
+    assert (actions[0].name, actions[0].value) == ("FASTDDS_DEFAULT_PROFILES_FILE", module.DDS_PROFILE)
+    assert module._dds_profile("") == []  # empty: environment left alone
+    with pytest.raises(RuntimeError, match="does not exist"):
+        module._dds_profile(str(tmp_path / "missing.xml"))
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/etc/user_profile.xml")
+    assert module._dds_profile(module.DDS_PROFILE) == []  # the user's profile wins
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,

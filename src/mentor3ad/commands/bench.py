@@ -66,33 +66,6 @@ ROS_STAGES: List[Tuple[str, str]] = [
     ("ros_transport", "ROS: transport + sync (difference)"),
 ]
 RATIO_LINE = "ratio end-to-end / RGB-backbone-forward = {:.2f}"
-# Fast DDS profile for frames of several hundred KiB on one host: a shared-memory segment large enough for
-# a whole organized cloud (224 x 224 x 16 B = 784 KiB), UDP kept for everything else
-LARGE_SHM_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>mentor3ad_shm</transport_id>
-      <type>SHM</type>
-      <segment_size>16777216</segment_size>
-      <maxMessageSize>4194304</maxMessageSize>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>mentor3ad_udp</transport_id>
-      <type>UDPv4</type>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="mentor3ad_large_data" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>mentor3ad_shm</transport_id>
-        <transport_id>mentor3ad_udp</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
 
 # extractor stage name (FeatureExtractor.timings(), prefixed "features_" by Detector.timings()) -> row key
 EXTRACTOR_STAGES = {
@@ -726,8 +699,9 @@ def run(args: argparse.Namespace) -> int:
             del detector
             profile = None
             if args.dds_profile == "large-shm":
-                profile = work_dir / "fastdds_large_shm.xml"
-                profile.write_text(LARGE_SHM_PROFILE)
+                from ..ros.testing import large_shm_profile_path
+
+                profile = large_shm_profile_path()  # config/fastdds_large_shm.xml (16 MiB shared-memory segment)
             ros = run_ros(model_path, frames, args.warmup, args.frames, device, threads, args.ros_timeout, log,
                           args.ros_input_qos, profile)
             for key, values in ros.pop("series").items():

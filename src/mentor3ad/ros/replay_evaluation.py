@@ -41,7 +41,7 @@ def run_replay_evaluation(
     configure_local_discovery()
     import rclpy
 
-    from .testing import NodeProcess, ResultCollector, spin_until
+    from .testing import NodeProcess, ResultCollector, spin_until, with_dds_profile
 
     out_dir, model_path, bag_path = Path(out_dir).resolve(), Path(model_path).resolve(), Path(bag_path).resolve()
     inspector_cmd = [_exe("inspector_node"), "--ros-args", "-p", f"model_path:={model_path}",
@@ -56,16 +56,20 @@ def run_replay_evaluation(
     replay_cmd = [_exe("replay_node"), str(bag_path), "--rate", str(rate), "--clock", "--wait-for-subscribers",
                   "--topics", "/camera/image", "/camera/points"]
 
+    # 224x224 clouds exceed Fast DDS' default 512 KiB shared-memory segment: the node processes get the
+    # package's large-segment profile (an existing FASTDDS_DEFAULT_PROFILES_FILE is kept)
+    node_env = with_dds_profile()
+
     context = rclpy.context.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("mentor3ad_replay_evaluation", context=context)
     results: List[Dict[str, Any]] = []
     try:
         collector = ResultCollector(node, "/inspector/result", on_result=on_result)
-        with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
+        with NodeProcess(inspector_cmd, node_env) as inspector, NodeProcess(evaluator_cmd, node_env) as evaluator:
             if not collector.wait_for_publisher(120.0):
                 raise RuntimeError("inspector_node did not come up:\n" + inspector.output()[-2000:])
-            with NodeProcess(replay_cmd) as replay:
+            with NodeProcess(replay_cmd, node_env) as replay:
                 collector.wait_for(n_pairs, timeout_s)
                 if replay.wait(120.0) != 0:
                     raise RuntimeError("replay_node failed:\n" + replay.output()[-2000:])

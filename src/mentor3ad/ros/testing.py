@@ -1,7 +1,9 @@
 """Helpers for integration tests and commissioning scripts: start node processes, collect results.
 
 ``NodeProcess`` starts an executable (console script) with local-only discovery and always cleans
-up; ``ResultCollector`` is an rclpy node that gathers the inspector's results by stamp.
+up; ``ResultCollector`` is an rclpy node that gathers the inspector's results by stamp;
+``large_shm_profile_path`` / ``with_dds_profile`` give node processes the package's Fast DDS profile
+for large clouds (no ROS import here).
 """
 from __future__ import annotations
 
@@ -9,8 +11,51 @@ import os
 import signal
 import subprocess
 import tempfile
+import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+FASTDDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+LARGE_SHM_PROFILE_FILE = "fastdds_large_shm.xml"
+
+
+def large_shm_profile_path() -> Path:
+    """The package's Fast DDS profile with a 16 MiB shared-memory segment (config/fastdds_large_shm.xml).
+
+    Looked up in the source checkout first, then in the installed share directory
+    (``share/mentor3ad/config``, via ament_index when available, else under ``sys.prefix``).
+    """
+    candidates = [Path(__file__).resolve().parents[3] / "config" / LARGE_SHM_PROFILE_FILE]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("mentor3ad")) / "config" / LARGE_SHM_PROFILE_FILE)
+    except Exception:  # ament_index missing or package not installed: fall back to the prefix
+        pass
+    candidates.append(Path(sys.prefix) / "share" / "mentor3ad" / "config" / LARGE_SHM_PROFILE_FILE)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"Fast DDS profile {LARGE_SHM_PROFILE_FILE} not found (looked in {', '.join(map(str, candidates))}); "
+        "reinstall the package (./run.sh setup)"
+    )
+
+
+def with_dds_profile(env: Optional[Mapping[str, str]] = None, profile: Optional[Path] = None) -> Dict[str, str]:
+    """A copy of ``env`` (default: os.environ) that makes Fast DDS read ``profile``.
+
+    profile: XML profile (default: ``large_shm_profile_path()``). An existing non-empty
+    FASTDDS_DEFAULT_PROFILES_FILE is kept (the user's choice wins). Other RMWs ignore the variable.
+    """
+    out = dict(os.environ if env is None else env)
+    if not out.get(FASTDDS_PROFILE_ENV):
+        path = Path(profile) if profile is not None else large_shm_profile_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"Fast DDS profile {path} does not exist")
+        out[FASTDDS_PROFILE_ENV] = str(path)
+    return out
 
 
 class NodeProcess:
