@@ -7,7 +7,8 @@ import yaml
 from mentor3ad.ros.evaluator_node import EVALUATOR_PARAMETERS
 from mentor3ad.ros.inspector_node import INSPECTOR_PARAMETERS, resolve_device
 from mentor3ad.ros.params import markdown_table
-from mentor3ad.ros.trainer_node import TRAINER_PARAMETERS, split_validation
+from mentor3ad.data.bags import split_validation
+from mentor3ad.ros.trainer_node import TRAINER_PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,10 @@ from pathlib import Path
 LOG = logging.getLogger("mentor3ad.train")
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
+def add_common_arguments(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     """Arguments shared by ``train`` and ``ablate``."""
-    p.add_argument("--data", type=Path, required=True, help="MVTec 3D-AD category folder (train/, validation/, test/)")
+    p.add_argument("--data", type=Path, required=data_required,
+                   help="MVTec 3D-AD category folder (train/, validation/, test/)")
     p.add_argument("--config", type=Path, default=None, help="model YAML (default: the packaged config/model.yaml)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder (second runs skip the backbones)")
     p.add_argument("--shots", type=int, default=None, help="train on the first K training samples only (few-shot)")
@@ -22,8 +23,20 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a Mentor3AD detector on normal samples (MVTec 3D-AD layout)")
-    add_common_arguments(p)
+    p = sub.add_parser("train", help="train a Mentor3AD detector on good parts (dataset folder or rosbag2 recordings)")
+    add_common_arguments(p, data_required=False)
+    bags = p.add_argument_group("rosbag2 input (instead of --data; as trainer_node)")
+    bags.add_argument("--bag", type=Path, nargs="+", default=None, metavar="BAG",
+                      help="recordings of good parts (sqlite3 or mcap rosbag2 directories)")
+    bags.add_argument("--val-bag", type=Path, nargs="+", default=(), metavar="BAG",
+                      help="held-out good recordings for the threshold (default: the last --val-fraction of --bag)")
+    bags.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of --bag pairs")
+    bags.add_argument("--input-mode", default="points", choices=["points", "depth"], help="cloud or depth + camera_info")
+    bags.add_argument("--image-topic", default="/camera/image")
+    bags.add_argument("--points-topic", default="/camera/points")
+    bags.add_argument("--depth-topic", default="/camera/depth")
+    bags.add_argument("--camera-info-topic", default="/camera/camera_info")
+    bags.add_argument("--slop-ms", type=float, default=20.0, help="image to cloud/depth pairing tolerance, ms")
     p.add_argument("--out", type=Path, default=Path("models/mentor3ad.safetensors"), help="checkpoint to write")
     p.add_argument("--no-validation", action="store_true",
                    help="ignore validation/ (then the threshold is calibrated on the training scores)")
@@ -56,22 +69,34 @@ def load_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.bags import BagTopics, read_good_parts
     from ..data.mvtec import load_mvtec_split
     from ..training import train_detector
 
+    if (args.data is None) == (args.bag is None):
+        raise SystemExit("train: give either --data DIR (dataset folder) or --bag BAG [BAG ...] (recordings)")
     config = load_config(args)
+    source = args.data or [str(b) for b in args.bag]
     try:
-        train_samples = load_mvtec_split(args.data, "train", shots=args.shots)
-    except ValueError as err:
+        if args.bag:
+            topics = BagTopics(image=args.image_topic, points=args.points_topic, depth=args.depth_topic,
+                               camera_info=args.camera_info_topic)
+            train_samples, val_samples = read_good_parts(args.bag, args.val_bag, args.val_fraction, topics,
+                                                         args.input_mode, int(args.slop_ms * 1e6))
+            train_samples = train_samples[: args.shots] if args.shots else train_samples
+            val_samples = None if args.no_validation else (val_samples or None)
+        else:
+            train_samples = load_mvtec_split(args.data, "train", shots=args.shots)
+            val_samples = None
+            if not args.no_validation and (args.data / "validation").is_dir():
+                val_samples = load_mvtec_split(args.data, "validation")
+    except ValueError as err:  # includes BagError: missing topics (listed), broken bags
         raise SystemExit(f"train: {err}") from None
-    val_samples = None
-    if not args.no_validation and (args.data / "validation").is_dir():
-        val_samples = load_mvtec_split(args.data, "validation")
-    LOG.info("training on %d samples from %s (%s validation samples)", len(train_samples), args.data,
+    LOG.info("training on %d samples from %s (%s validation samples)", len(train_samples), source,
              len(val_samples) if val_samples else "no")
     detector = train_detector(train_samples, config, val_samples=val_samples, cache_dir=args.cache_dir,
                               device=args.device, progress=not args.no_progress, log=LOG.info)
-    detector.training_info.update(data=str(args.data), shots=args.shots)
+    detector.training_info.update(data=str(source), shots=args.shots)
     detector.save(args.out)
     print(json.dumps({"model": str(args.out), "model_id": detector.model_id, "threshold": detector.threshold,
                       "train_seconds": detector.training_info.get("train_seconds")}))

@@ -393,3 +393,42 @@ def _read_one_bag(bag_path: Path, topics: BagTopics, input_mode: str, slop_ns: i
 
 __all__ = ["BagError", "BagTopics", "MSG_TYPES", "write_dataset_bag", "read_bag_samples", "bag_topics",
            "DEFAULT_START_STAMP_NS"]
+
+
+def split_validation(samples: list, val_fraction: float):
+    """-> (train, val): the last ``ceil(val_fraction * n)`` samples (at least 1 when n >= 2) held out."""
+    import math
+
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(samples)
+    n_val = 0 if val_fraction == 0 or n < 2 else max(1, math.ceil(val_fraction * n))
+    return samples[: n - n_val], samples[n - n_val:]
+
+
+def read_good_parts(
+    bag_paths: Sequence[PathLike],
+    val_bag_paths: Sequence[PathLike] = (),
+    val_fraction: float = 0.2,
+    topics: Optional[BagTopics] = None,
+    input_mode: str = "points",
+    slop_ns: int = 20_000_000,
+) -> Tuple[List[Sample], List[Sample]]:
+    """Training and held-out samples from recordings of good parts.
+
+    Without ``val_bag_paths`` the last ``val_fraction`` of the pairs are held out for calibration.
+    Unlabelled pairs are labelled good (0); a pair labelled anomalous is left so for the trainer to refuse.
+    """
+    if not bag_paths:
+        raise ValueError("no training recordings given")
+    samples = list(read_bag_samples(list(bag_paths), topics, input_mode, slop_ns))
+    if not samples:
+        raise ValueError(f"no synchronized image/{input_mode} pairs in {list(map(str, bag_paths))} within {slop_ns} ns")
+    if val_bag_paths:
+        train, val = samples, list(read_bag_samples(list(val_bag_paths), topics, input_mode, slop_ns))
+    else:
+        train, val = split_validation(samples, val_fraction)
+    for sample in train + val:
+        if sample.label is None:
+            sample.label = 0
+    return train, val

@@ -52,24 +52,13 @@ def _paths(values: Sequence[str]) -> List[str]:
     return [v for v in (values or []) if v and v.strip()]
 
 
-def split_validation(samples: list, val_fraction: float):
-    """-> (train, val): the last ``ceil(val_fraction * n)`` samples (at least 1 when n >= 2) held out."""
-    import math
-
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n = len(samples)
-    n_val = 0 if val_fraction == 0 or n < 2 else max(1, math.ceil(val_fraction * n))
-    return samples[: n - n_val], samples[n - n_val:]
-
-
 def train_from_bags(bag_paths: Sequence[str], output_model_path: str, *, val_bag_paths: Sequence[str] = (),
                     val_fraction: float = 0.2, config_file: str = "", input_mode: str = "points", topics=None,
                     slop_ns: int = 20_000_000, device: str = "cpu", cache_dir: str = "",
                     log: Callable[[str], None] = print):
     """Read good pairs from bags, train, calibrate, save atomically; returns the Detector (no ROS needed)."""
     from mentor3ad.config import Mentor3ADConfig, default_config_path
-    from mentor3ad.data.bags import read_bag_samples
+    from mentor3ad.data.bags import read_good_parts
     from mentor3ad.training import train_detector
 
     if not bag_paths:
@@ -78,16 +67,7 @@ def train_from_bags(bag_paths: Sequence[str], output_model_path: str, *, val_bag
         raise ValueError("output_model_path is empty")
     config = Mentor3ADConfig.from_yaml(config_file or default_config_path())
     log(f"reading {len(bag_paths)} recording(s): {', '.join(map(str, bag_paths))}")
-    samples = list(read_bag_samples(list(bag_paths), topics, input_mode, slop_ns))
-    if not samples:
-        raise ValueError(f"no synchronized image/{input_mode} pairs in {list(bag_paths)} within {slop_ns} ns")
-    if val_bag_paths:
-        train, val = samples, list(read_bag_samples(list(val_bag_paths), topics, input_mode, slop_ns))
-    else:
-        train, val = split_validation(samples, val_fraction)
-    for sample in train + val:  # recordings of good parts: anything else is a user error caught by train_detector
-        if sample.label is None:
-            sample.label = 0
+    train, val = read_good_parts(bag_paths, val_bag_paths, val_fraction, topics, input_mode, slop_ns)
     log(f"training on {len(train)} pairs, calibrating on {len(val)} held-out pairs, device {device}")
     started = time.monotonic()
     detector = train_detector(train, config, val or None, cache_dir=cache_dir or None, device=device,
