@@ -217,3 +217,19 @@ def test_ocsvm_batch_statistics_make_objective_scale_invariant(kernel):
     svm.set_standardisation(features)
     assert torch.allclose(svm.objective(features), base, atol=1e-5)  # frozen stats = the batch's
     assert not torch.allclose(svm.objective(3.0 * features), base, atol=1e-3)
+
+
+def test_valid_patch_path_equals_the_dense_grid_computation():
+    """On CPU the heads run on the valid patches only; the maps must equal the dense computation."""
+    torch.manual_seed(0)
+    heads = Mentor3ADHeads(RGB_DIM, XYZ_DIM, tiny_config()).eval()
+    rgb, xyz, valid = random_features(seed=3)
+    assert 0 < valid.sum() < valid.numel()
+    with torch.no_grad():
+        sparse = heads.score_maps(rgb, xyz, valid)
+        dense = heads.score_maps(rgb, xyz, torch.ones_like(valid))  # every patch valid: the dense path
+        empty = heads.score_maps(rgb, xyz, torch.zeros_like(valid))
+    for name in ("rgb", "xyz", "mtr"):
+        expected = torch.where(valid, dense[name], torch.zeros_like(dense[name]))
+        torch.testing.assert_close(sparse[name], expected, rtol=1e-5, atol=1e-6)
+        assert torch.all(empty[name] == 0)

@@ -375,6 +375,13 @@ class Mentor3ADHeads(nn.Module):
         """Per-modality score maps (B, R, R) for the names in config.score_maps."""
         self._check(rgb, xyz, valid)
         valid = valid.bool()
+        if not rgb.is_cuda and not bool(valid.all()):
+            # Every head operation is per patch: on CPU run them on the valid patches only (about half of
+            # the grid on a part) as a (1, C, P, 1) map and scatter the scores back; invalid patches are 0.
+            patch_valid = torch.ones((1, int(valid.sum()), 1), dtype=torch.bool, device=valid.device)
+            sparse = self.score_maps(self._gather(rgb, valid), self._gather(xyz, valid), patch_valid)
+            return {name: torch.zeros(valid.shape, dtype=m.dtype, device=m.device).masked_scatter(valid, m.reshape(-1))
+                    for name, m in sparse.items()}
         rgb, xyz = self.normalize_maps(rgb, xyz)
         f_mtr = self.mentor(rgb, xyz)
         rgb_rec, xyz_rec = self.mgm(rgb, xyz, f_mtr if self.config.use_mentor else None)
@@ -387,6 +394,11 @@ class Mentor3ADHeads(nn.Module):
             mtr_rec = self.mfm(rgb_rec, xyz_rec)
             maps["mtr"] = cosine_distance_map(mtr_rec, f_mtr, valid)
         return maps
+
+    @staticmethod
+    def _gather(feature_map: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, C, R, R) features of the valid patches (B, R, R) -> (1, C, P, 1), in row-major patch order."""
+        return feature_map.permute(1, 0, 2, 3)[:, valid].reshape(1, feature_map.shape[1], -1, 1)
 
     def stacked(self, maps: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Dict of (B, R, R) -> (B, M, R, R) in config.score_maps order."""
