@@ -36,8 +36,10 @@ INSPECTOR_PARAMETERS = [
               "(registered depth Image on `depth` + CameraInfo on `camera_info`).", read_only=True),
     ParamSpec("threshold", -1.0, "Decision threshold override on the image score; negative: use the "
               "model's calibrated threshold."),
-    ParamSpec("publish_anomaly_map", True, "Publish ~/anomaly_map (32FC1, input resolution)."),
-    ParamSpec("publish_overlay", True, "Publish ~/overlay (bgr8 heat map blended over the image, regions boxed)."),
+    ParamSpec("publish_anomaly_map", True, "Publish ~/anomaly_map (32FC1, input resolution) while it has "
+              "subscribers."),
+    ParamSpec("publish_overlay", True, "Publish ~/overlay (bgr8 heat map blended over the image, regions boxed) "
+              "while it has subscribers (not rendered otherwise)."),
     ParamSpec("queue_policy", "all", "all: every pair is processed in order through a bounded queue, an "
               "overflowing pair gets a SKIPPED result; latest: only the newest pending pair is kept, "
               "stale pairs are dropped and counted.", read_only=True),
@@ -313,10 +315,12 @@ def _make_node_class():
             self._count("failed" if is_anomalous else "passed")
             self._publish_result(pair, FAIL if is_anomalous else PASS, score=score, threshold=threshold,
                                  model=identity, regions=regions)
+            # map and overlay are volatile: with no matched subscriber nobody could receive them, so the
+            # rendering and message building are skipped
             header = pair.image.header
-            if self.get_parameter("publish_anomaly_map").value:
+            if self.get_parameter("publish_anomaly_map").value and self.map_pub.get_subscription_count() > 0:
                 self.map_pub.publish(_image_msg(header, np.asarray(prediction.anomaly_map, np.float32), "32FC1"))
-            if self.get_parameter("publish_overlay").value:
+            if self.get_parameter("publish_overlay").value and self.overlay_pub.get_subscription_count() > 0:
                 self.overlay_pub.publish(
                     _image_msg(header, overlay_bgr(rgb, prediction.anomaly_map, threshold, regions), "bgr8"))
 
