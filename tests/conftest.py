@@ -26,3 +26,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYT
 SHARED_DATA = Path(
     os.environ.get("MENTOR3AD_MVTEC_ROOT", REPO_ROOT / ".." / "shared" / "data" / "mvtec3d" / "cable_gland")
 ).resolve()
+
+
+def run_mentor3ad(*args, timeout=300):
+    """Run the installed ``mentor3ad`` console script; returns (exit code, stdout, stdout + stderr)."""
+    import subprocess
+
+    proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stdout + proc.stderr

@@ -1,11 +1,9 @@
 """`mentor3ad calibrate`: the threshold is re-computed by the chosen rule and stored in the model file."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_mentor3ad
 
 pytest.importorskip("torch")
 
@@ -17,9 +15,7 @@ from mentor3ad.ros.testing import train_tiny_model  # noqa: E402
 
 
 def _cli(*args):
-    proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), "calibrate", "--no-progress", *args],
-                          capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout, proc.stdout + proc.stderr
+    return run_mentor3ad("calibrate", "--no-progress", *args)
 
 
 @pytest.fixture(scope="module")

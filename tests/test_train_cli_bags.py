@@ -1,12 +1,10 @@
 """`mentor3ad train --bag`: training from rosbag2 recordings of good parts, as trainer_node does."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import run_mentor3ad
 
 pytest.importorskip("torch")
 pytest.importorskip("rosbags")
@@ -20,9 +18,7 @@ SIZE = (64, 64)
 
 
 def _train(*args):
-    proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), "train", "--no-progress", *args],
-                          capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout, proc.stdout + proc.stderr
+    return run_mentor3ad("train", "--no-progress", *args)
 
 
 @pytest.fixture(scope="module")
