@@ -1,5 +1,6 @@
 """``replay_node`` / ``mentor3ad replay``: bag messages in recording-time order with /clock, over DDS."""
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -84,3 +85,34 @@ def test_replay_errors_are_named(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mentor3ad.ros.replay", str(bag), "--topics", "/missing"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "/missing" in proc.stderr and "/image" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_replay_evaluation_runs_nodes_with_the_large_shm_profile(tmp_path, monkeypatch):
+    """mentor3ad demo's ROS stage: 224x224 parts from a bag through inspector + evaluator + replay processes,
+    each started with FASTDDS_DEFAULT_PROFILES_FILE = the package's large shared-memory profile."""
+    pytest.importorskip("torch")
+    from mentor3ad.data.bags import write_dataset_bag
+    from mentor3ad.data.synthetic import generate_sample
+    from mentor3ad.ros import testing
+    from mentor3ad.ros.replay_evaluation import run_replay_evaluation
+
+    started = []
+
+    class RecordingNodeProcess(testing.NodeProcess):
+        def __init__(self, cmd, env=None):
+            started.append((cmd[0], (env or {}).get(testing.FASTDDS_PROFILE_ENV)))
+            super().__init__(cmd, env)
+
+    monkeypatch.setattr(testing, "NodeProcess", RecordingNodeProcess)
+    monkeypatch.delenv(testing.FASTDDS_PROFILE_ENV, raising=False)
+    model_path = tmp_path / "tiny.m3ad"
+    testing.train_tiny_model(model_path, n_train=4, n_val=2)
+    parts = [generate_sample(300, (224, 224), name="test/good/0"),
+             generate_sample(301, (224, 224), defect="dent", name="test/dent/0")]
+    bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * SEC)
+    out = run_replay_evaluation(model_path, bag, tmp_path / "report", n_pairs=len(parts), rate=5.0, timeout_s=60.0)
+    assert [r["verdict"] in ("PASS", "FAIL") for r in out["results"]] == [True, True], out["results"]
+    profile = str(testing.large_shm_profile_path())
+    assert sorted(Path(exe).name for exe, _ in started) == ["evaluator_node", "inspector_node", "replay_node"]
+    assert all(env_profile == profile for _, env_profile in started), started
