@@ -10,24 +10,16 @@ the nodes unless that variable is already set; ``dds_profile:=''`` leaves the en
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-CONFIG = os.path.join(get_package_share_directory("mentor3ad"), "config", "inspector.yaml")
-DDS_PROFILE = os.path.join(get_package_share_directory("mentor3ad"), "config", "fastdds_large_shm.xml")
-DDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile, package_file
 
+CONFIG = package_file("config", "inspector.yaml")
+DDS_PROFILE = package_file("config", "fastdds_large_shm.xml")
 
-def _dds_profile(profile):
-    """SetEnvironmentVariable for Fast DDS' XML profile, unless ``profile`` is empty or the user set one."""
-    if not profile or os.environ.get(DDS_PROFILE_ENV):
-        return []
-    if not os.path.isfile(profile):
-        raise RuntimeError(f"dds_profile {profile!r} does not exist (dds_profile:='' leaves Fast DDS as configured)")
-    return [SetEnvironmentVariable(DDS_PROFILE_ENV, profile)]
 
 
 def _inspector(context):
