@@ -3,6 +3,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 if os.environ.get("ROS_DISTRO") == "humble":
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")
@@ -35,3 +37,17 @@ def run_mentor3ad(*args, timeout=300):
     proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def ros_node():
+    """An rclpy node in its own context (local discovery, this session's domain), shut down afterwards."""
+    rclpy = pytest.importorskip("rclpy")
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("mentor3ad_test", context=context)
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -1,5 +1,4 @@
 """rosbag2 (sqlite3 and mcap) dataset bags: round trip, depth mode, pairing, errors."""
-import sqlite3
 
 import numpy as np
 import pytest

@@ -48,18 +48,6 @@ def bags(tmp_path_factory):
     return {"root": root, "train": train_bag, "test": test_bag, "config": config, "n_test": len(test)}
 
 
-@pytest.fixture
-def ros_node():
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("acceptance_test", context=context)
-    try:
-        yield node
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-
-
 def run_trainer(extra_params, timeout=180):
     args = [_exe("trainer_node"), "--ros-args"]
     for key, value in extra_params.items():

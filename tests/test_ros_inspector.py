@@ -26,18 +26,6 @@ def tiny_model(tmp_path_factory):
     return path, detector.identity["model_id"]
 
 
-@pytest.fixture
-def ros_node():
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("inspector_test", context=context)
-    try:
-        yield node
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-
-
 def start_inspector(name="inspector", **params):
     exe = shutil.which("inspector_node")
     assert exe, "console script inspector_node not on PATH (run ./run.sh setup)"

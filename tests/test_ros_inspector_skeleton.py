@@ -15,18 +15,6 @@ START_NS = 1_700_000_000_123_456_789
 PERIOD_NS = 100_000_000
 
 
-@pytest.fixture
-def ros_node():
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("skeleton_test", context=context)
-    try:
-        yield node
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-
-
 def test_every_pair_gets_one_result_with_its_stamp(ros_node):
     exe = shutil.which("inspector_node")
     assert exe, "console script inspector_node not on PATH (run ./run.sh setup)"

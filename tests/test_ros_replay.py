@@ -37,18 +37,6 @@ def write_bag(path):
             writer.write(conns[topic], t, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
 
 
-@pytest.fixture
-def ros_node():
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("replay_test", context=context)
-    try:
-        yield node
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
-
-
 @pytest.mark.parametrize("launcher", ["replay_node", "mentor3ad"])
 def test_replay_in_time_order_with_clock(tmp_path, ros_node, launcher):
     from rclpy.qos import QoSProfile, ReliabilityPolicy

@@ -9,7 +9,7 @@ from conftest import run_mentor3ad
 pytest.importorskip("torch")
 pytest.importorskip("rosbags")
 
-from mentor3ad.data.bags import BagTopics, write_dataset_bag  # noqa: E402
+from mentor3ad.data.bags import write_dataset_bag  # noqa: E402
 from mentor3ad.data.synthetic import camera_matrix, generate_sample  # noqa: E402
 from mentor3ad.detector import Detector  # noqa: E402
 from mentor3ad.ros.testing import TINY_MODEL_CONFIG  # noqa: E402

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage

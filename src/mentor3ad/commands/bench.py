@@ -646,7 +646,7 @@ def run(args: argparse.Namespace) -> int:
                 cache = work_dir / "features"
                 print(f"training on {args.train_samples} good parts, cold feature cache ...", flush=True)
                 _, training["train_cold_s"] = train_model(args, config, device, cache, log)
-                print(f"training again, cached features ...", flush=True)
+                print("training again, cached features ...", flush=True)
                 detector, training["train_cached_s"] = train_model(args, config, device, cache, log)
             else:
                 print(f"training on {args.train_samples} good parts (feature cache {args.cache_dir}) ...", flush=True)
