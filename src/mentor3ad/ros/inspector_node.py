@@ -388,9 +388,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def spin_node(node_factory, argv: Optional[List[str]], prog: str = "inspector_node") -> int:
-    """Shared main loop: init rclpy (local discovery), spin a MultiThreadedExecutor, clean shutdown."""
+    """Main loop: init rclpy (local discovery), spin a single-threaded executor, clean shutdown.
+
+    Inference runs on the node's own worker thread, so every executor callback is short. A
+    MultiThreadedExecutor was measured to go into a GIL-holding busy loop under sim time (/clock at
+    100 Hz), starving the inference thread (pair latency 0.33 s -> 10+ s); a single thread does not.
+    """
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     configure_local_discovery()
     rclpy.init(args=argv)
@@ -401,7 +406,7 @@ def spin_node(node_factory, argv: Optional[List[str]], prog: str = "inspector_no
         except ValueError as exc:  # configuration errors: a clear message, no traceback
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 2
-        executor = MultiThreadedExecutor(num_threads=3)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
