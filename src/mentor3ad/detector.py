@@ -227,6 +227,21 @@ class Detector:
                 return {}
         return {}
 
+    def warmup(self, runs: int = 1) -> float:
+        """Run ``runs`` predictions on a synthetic part at ``features.image_size`` so that lazy
+        initialisation (kernels, allocator, CUDA context) is paid before the first real part.
+        Returns the seconds of the last run."""
+        from .data.synthetic import generate_sample
+
+        size = int(getattr(self.config.features, "image_size", 224))
+        sample = generate_sample(0, (size, size))
+        seconds = 0.0
+        for _ in range(max(1, runs)):
+            started = time.perf_counter()
+            self.predict(sample.rgb, sample.xyz)
+            seconds = time.perf_counter() - started
+        return seconds
+
     def predict(self, rgb: np.ndarray, xyz: np.ndarray) -> Prediction:
         """Score one observation: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid = 0/NaN)."""
         return self.predict_batch([(rgb, xyz)])[0]

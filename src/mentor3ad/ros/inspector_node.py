@@ -209,6 +209,11 @@ def _make_node_class():
                 if self.detector is None:
                     self.model_error = f"no model loaded: {message}"
                 return False, message + ("" if self.detector is None else f"; keeping {self.model_identity}")
+            try:
+                warm_s = detector.warmup()  # lazy initialisation before the first part, not during it
+                self.get_logger().info(f"warm-up prediction: {warm_s * 1e3:.0f} ms")
+            except Exception as exc:  # noqa: BLE001 - the real parts will report their own errors
+                self.get_logger().warning(f"warm-up prediction failed: {type(exc).__name__}: {exc}")
             identity = model_id_of(detector, path)
             with self._model_lock:
                 self.detector, self.model_identity, self.model_error = detector, identity, ""
