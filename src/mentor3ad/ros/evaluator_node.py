@@ -12,7 +12,6 @@ reasons, pairs that never got a result, latencies).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
@@ -22,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
+from mentor3ad.ros.params import ParamSpec, declare_parameters, parse_node_help
 
 EVALUATOR_PARAMETERS = [
     ParamSpec("output_dir", "runs/ros_evaluation", "Report directory (report.json, curves, gallery, "
@@ -190,15 +189,12 @@ def _make_node_class():
 def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.utilities import remove_ros_args
 
     from mentor3ad.ros import configure_local_discovery
 
     argv = list(sys.argv if argv is None else argv)
-    argparse.ArgumentParser(
-        prog="evaluator_node", description="Mentor3AD evaluator: inspector results + test bag ground truth -> report.",
-        epilog=help_text(EVALUATOR_PARAMETERS), formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(remove_ros_args(argv)[1:])
+    parse_node_help(argv, "evaluator_node", "Mentor3AD evaluator: inspector results + test bag ground truth -> report.",
+                    EVALUATOR_PARAMETERS)
     configure_local_discovery()
     rclpy.init(args=argv)
     node = None

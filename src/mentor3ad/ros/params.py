@@ -69,3 +69,13 @@ def markdown_table(specs: Sequence[ParamSpec]) -> str:
         ro = " (read-only)" if spec.read_only else ""
         rows.append(f"| `{spec.name}` | {spec.type_name} | `{spec.default!r}` | {spec.description}{ro} |")
     return "\n".join(rows)
+
+
+def parse_node_help(argv: Sequence[str], prog: str, description: str, specs: Sequence[ParamSpec]) -> None:
+    """``<node> --help`` listing the parameters; every other argument belongs to ROS (after --ros-args)."""
+    import argparse
+
+    from rclpy.utilities import remove_ros_args
+
+    argparse.ArgumentParser(prog=prog, description=description, epilog=help_text(specs),
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(remove_ros_args(list(argv))[1:])

@@ -11,13 +11,12 @@ Exit code 0 on success, 1 when training failed (the reason is logged and publish
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Callable, List, Optional, Sequence
 
 from mentor3ad.ros import log_outcome
-from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
+from mentor3ad.ros.params import ParamSpec, declare_parameters, parse_node_help
 
 TRAINER_PARAMETERS = [
     ParamSpec("bag_paths", [""], "rosbag2 recordings (directories, sqlite3 or mcap) of good parts to train on.",
@@ -151,15 +150,12 @@ def _make_node_class():
 
 def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
-    from rclpy.utilities import remove_ros_args
 
     from mentor3ad.ros import configure_local_discovery
 
     argv = list(sys.argv if argv is None else argv)
-    argparse.ArgumentParser(
-        prog="trainer_node", description="Mentor3AD trainer: rosbag2 recordings of good parts -> model file.",
-        epilog=help_text(TRAINER_PARAMETERS), formatter_class=argparse.RawDescriptionHelpFormatter,
-    ).parse_args(remove_ros_args(argv)[1:])
+    parse_node_help(argv, "trainer_node", "Mentor3AD trainer: rosbag2 recordings of good parts -> model file.",
+                    TRAINER_PARAMETERS)
     configure_local_discovery()
     rclpy.init(args=argv)
     node = _make_node_class()()
