@@ -374,8 +374,11 @@ class Detector:
         return metadata, tensors
 
     @classmethod
-    def load(cls, path: Union[str, Path], device="cpu", extractor=None) -> "Detector":
+    def load(cls, path: Union[str, Path], device="cpu", extractor=None, precision: Optional[str] = None) -> "Detector":
         """Load a checkpoint and build (or check) its FeatureExtractor from the stored feature config.
+
+        precision: run the backbones in "fp32", "bf16" or "fp16" (CUDA) regardless of the precision the
+        model was trained with (None: the stored one).
 
         Raises ModelLoadError when the file is missing/corrupt, its format version differs, or the
         extractor's identity (backbones, weights, preprocessing) differs from the stored one.
@@ -388,6 +391,12 @@ class Detector:
             rgb_dim, xyz_dim = int(metadata["rgb_dim"]), int(metadata["xyz_dim"])
         except (KeyError, TypeError, ValueError) as err:
             raise ModelLoadError(f"{path}: invalid checkpoint metadata: {err}") from None
+        if precision is not None:
+            from .features import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+            config.features.precision = precision
         if extractor is None:
             from .features import FeatureExtractor
 
@@ -396,6 +405,8 @@ class Detector:
             except Exception as err:  # noqa: BLE001
                 raise ModelLoadError(f"{path}: cannot build the feature extractor of this model: "
                                      f"{type(err).__name__}: {err}") from err
+        if isinstance(stored_identity.get("config"), dict):
+            stored_identity["config"].pop("precision", None)  # earlier checkpoints recorded it; not identity
         current_identity = json.loads(_canonical_json(extractor.identity()))
         if _canonical_json(current_identity) != _canonical_json(stored_identity):
             differences = sorted(set(_flatten(stored_identity).items()) ^ set(_flatten(current_identity).items()))

@@ -150,7 +150,10 @@ class FeatureExtractor:
         self.backbone_calls = 0  # number of backbone forward batches run (tests, cache checks)
 
     def identity(self) -> dict:
-        """JSON-able description of everything that determines the features."""
+        """JSON-able description of everything that determines the features (checked by checkpoints).
+
+        The arithmetic ``precision`` is left out: a model trained in fp32 may run in bf16/fp16. Cache keys
+        add it back (:meth:`identity_hash`), so features of different precisions are never mixed."""
         return {
             "format": IDENTITY_FORMAT,
             "rgb_backbone": self.config.rgb_backbone,
@@ -159,11 +162,14 @@ class FeatureExtractor:
             "point_weights": self.point_weights_id,
             "rgb_dim": self.rgb_dim,
             "xyz_dim": self.xyz_dim,
-            "config": {k: v for k, v in self.config.to_dict().items() if k not in ("rgb_weights", "point_weights")},
+            "config": {k: v for k, v in self.config.to_dict().items()
+                       if k not in ("rgb_weights", "point_weights", "precision")},
         }
 
     def identity_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the identity plus the precision: the feature cache's key."""
+        keyed = {**self.identity(), "precision": self.config.precision}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
     def timings(self) -> dict:
         """Per-stage seconds of the last extract/extract_batch call."""
