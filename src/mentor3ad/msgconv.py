@@ -59,6 +59,22 @@ def _data_bytes(msg: Any) -> np.ndarray:
         return np.asarray(list(data), dtype=np.uint8)
 
 
+def _rows(msg: Any, height: int, step: int, what: str, step_name: str) -> np.ndarray:
+    """(height, step) uint8 view of ``msg.data``; the size must be exactly height * step."""
+    data = _data_bytes(msg)
+    expected = height * step
+    if data.size < expected:
+        raise MessageConversionError(
+            f"{what} data is truncated or has the wrong size: {data.size} bytes, expected height*{step_name} = "
+            f"{height}*{step} = {expected}"
+        )
+    if data.size > expected:
+        raise MessageConversionError(
+            f"{what} data size {data.size} does not match height*{step_name} = {height}*{step} = {expected}"
+        )
+    return data.reshape(height, step)
+
+
 def _image_rows(msg: Any, bytes_per_pixel: int, what: str) -> Tuple[np.ndarray, int, int]:
     """Validated (H, W * bytes_per_pixel) uint8 view of an image's pixel bytes (row padding removed)."""
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
@@ -69,17 +85,7 @@ def _image_rows(msg: Any, bytes_per_pixel: int, what: str) -> Tuple[np.ndarray, 
         raise MessageConversionError(
             f"{what} step {step} is smaller than width*bytes_per_pixel = {width}*{bytes_per_pixel} = {row_bytes}"
         )
-    data = _data_bytes(msg)
-    if data.size < height * step:
-        raise MessageConversionError(
-            f"{what} data is truncated or has the wrong size: {data.size} bytes, expected height*step = "
-            f"{height}*{step} = {height * step}"
-        )
-    if data.size > height * step:
-        raise MessageConversionError(
-            f"{what} data size {data.size} does not match height*step = {height}*{step} = {height * step}"
-        )
-    rows = data.reshape(height, step)[:, :row_bytes]
+    rows = _rows(msg, height, step, what, "step")[:, :row_bytes]
     return rows, height, width
 
 
@@ -205,17 +211,8 @@ def cloud_to_xyz(msg: Any, require_organized: bool = True) -> np.ndarray:
         raise MessageConversionError(
             f"point cloud row_step {row_step} is smaller than width*point_step = {width}*{point_step}"
         )
-    data = _data_bytes(msg)
-    if data.size < height * row_step:
-        raise MessageConversionError(
-            f"point cloud data is truncated or has the wrong size: {data.size} bytes, expected "
-            f"height*row_step = {height}*{row_step} = {height * row_step}"
-        )
-    if data.size > height * row_step:
-        raise MessageConversionError(
-            f"point cloud data size {data.size} does not match height*row_step = {height}*{row_step}"
-        )
-    rows = data.reshape(height, row_step)[:, : width * point_step].reshape(height, width, point_step)
+    rows = _rows(msg, height, row_step, "point cloud", "row_step")[:, : width * point_step]
+    rows = rows.reshape(height, width, point_step)
     dtype = np.dtype(">f4" if int(getattr(msg, "is_bigendian", False)) else "<f4")
     xyz = np.empty((height, width, 3), np.float32)
     for channel, name in enumerate(("x", "y", "z")):
