@@ -51,3 +51,14 @@ def ros_node():
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def setup_executables() -> list:
+    """Console-script names from setup.py's EXECUTABLES dict (parsed, not executed)."""
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no EXECUTABLES dict")

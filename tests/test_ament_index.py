@@ -3,25 +3,17 @@
 Needs the package installed into the venv (``./run.sh setup``/``./run.sh test`` do it when packaging
 files change).
 """
-import ast
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import setup_executables
 
 ament_index = pytest.importorskip("ament_index_python.packages")
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _executables():
-    """Console-script names from setup.py's EXECUTABLES dict (parsed, not executed)."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("setup.py has no EXECUTABLES dict")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def test_share_directory_has_manifest_launch_and_config(share):
 def test_executables_in_lib_run(share):
     prefix = Path(ament_index.get_package_prefix("mentor3ad"))
     lib = prefix / "lib" / "mentor3ad"
-    names = _executables()
+    names = setup_executables()
     assert {"inspector_node", "trainer_node", "evaluator_node", "replay_node", "mentor3ad"} <= set(names)
     for name in names:
         path = lib / name

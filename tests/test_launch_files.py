@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import setup_executables
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
@@ -27,13 +28,6 @@ REQUIRED = {
 def _calls(tree, name):
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
 
-
-def _executables():
-    tree = ast.parse((REPO / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
-            return set(ast.literal_eval(node.value))
-    raise AssertionError("setup.py has no EXECUTABLES dict")
 
 
 def test_expected_launch_files_exist():
@@ -66,7 +60,7 @@ def test_referenced_executables_and_configs_exist(path):
     executables = {k.value.value for c in _calls(tree, "Node") for k in c.keywords
                    if k.arg == "executable" and isinstance(k.value, ast.Constant)}
     assert executables, f"{path.name} starts no node"
-    assert executables <= _executables(), f"{path.name}: unknown executables {executables - _executables()}"
+    assert executables <= set(setup_executables()), f"{path.name}: unknown executables {executables - set(setup_executables())}"
     packages = {k.value.value for c in _calls(tree, "Node") for k in c.keywords if k.arg == "package"}
     assert packages == {"mentor3ad"}
     configs = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
