@@ -11,7 +11,6 @@ ones it drops.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import re
@@ -24,7 +23,7 @@ from typing import Any, Deque, List, Optional
 import numpy as np
 
 from mentor3ad.ros import configure_local_discovery, log_outcome
-from mentor3ad.ros.params import ParamSpec, declare_parameters, help_text
+from mentor3ad.ros.params import ParamSpec, declare_parameters, parse_node_help
 from mentor3ad.ros.result_msg import ERROR, FAIL, PASS, SKIPPED, build_result
 
 INSPECTOR_PARAMETERS = [
@@ -382,15 +381,6 @@ def _make_node_class():
     return InspectorNode
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="inspector_node",
-        description="Mentor3AD inspector: subscribes image + points (or depth + camera_info), publishes "
-        "~/result, ~/anomaly_map, ~/overlay and /diagnostics. ROS arguments follow --ros-args.",
-        epilog=help_text(INSPECTOR_PARAMETERS),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
 
 def spin_node(node_factory, argv: Optional[List[str]], prog: str = "inspector_node") -> int:
     """Main loop: init rclpy (local discovery), spin a single-threaded executor, clean shutdown.
@@ -427,9 +417,10 @@ def spin_node(node_factory, argv: Optional[List[str]], prog: str = "inspector_no
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    from rclpy.utilities import remove_ros_args
-
-    build_arg_parser().parse_args(remove_ros_args(argv)[1:])
+    parse_node_help(argv, "inspector_node",
+                    "Mentor3AD inspector: subscribes image + points (or depth + camera_info), publishes "
+                    "~/result, ~/anomaly_map, ~/overlay and /diagnostics. ROS arguments follow --ros-args.",
+                    INSPECTOR_PARAMETERS)
     return spin_node(_make_node_class(), argv)
 
 
