@@ -464,10 +464,9 @@ def run_in_process(detector, frames: Sequence[SerializedFrame], warmup: int, cou
 # ------------------------------------------------------------------------------------------ ROS mode
 def inspector_command() -> List[str]:
     """The inspector_node console script of this environment (else ``python -m``)."""
-    beside = Path(sys.executable).parent / "inspector_node"
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("inspector_node")
+    from ..ros.testing import console_script
+
+    found = console_script("inspector_node")
     return [found] if found else [sys.executable, "-m", "mentor3ad.ros.inspector_node"]
 
 

@@ -6,8 +6,6 @@ runs as its console script in its own process over DDS (local discovery only). U
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -15,9 +13,10 @@ from . import configure_local_discovery
 
 
 def _exe(name: str) -> str:
-    """A console script of this installation: beside the running interpreter first, then on PATH."""
-    beside = Path(sys.executable).parent / name
-    path = str(beside) if beside.is_file() else shutil.which(name)
+    """A console script of this installation (:func:`mentor3ad.ros.testing.console_script`), or an error."""
+    from .testing import console_script
+
+    path = console_script(name)
     if not path:
         raise FileNotFoundError(f"console script {name!r} not on PATH (install the package: ./run.sh setup)")
     return path

@@ -58,6 +58,16 @@ def with_dds_profile(env: Optional[Mapping[str, str]] = None, profile: Optional[
     return out
 
 
+def console_script(name: str) -> Optional[str]:
+    """Path of a console script of this installation: beside the running interpreter, else on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 class NodeProcess:
     """A node process with its output captured in a temporary file (read with ``output()``)."""
 
