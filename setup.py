@@ -19,10 +19,10 @@ PACKAGE = "mentor3ad"
 
 # executable name -> "module:function"
 EXECUTABLES = {
-    "inspector_node": "mentor3ad.ros.inspector_node:main",
-    "trainer_node": "mentor3ad.ros.trainer_node:main",
-    "evaluator_node": "mentor3ad.ros.evaluator_node:main",
-    "replay_node": "mentor3ad.ros.replay:main",
+    "inspector_node": "mentor3ad.ros.nodes.inspector:main",
+    "trainer_node": "mentor3ad.ros.nodes.trainer:main",
+    "evaluator_node": "mentor3ad.ros.nodes.evaluator:main",
+    "replay_node": "mentor3ad.ros.nodes.replay:main",
     "mentor3ad": "mentor3ad.cli:main",
 }
 

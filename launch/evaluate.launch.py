@@ -10,8 +10,6 @@ The topic arguments default to the names ``mentor3ad to-bag`` records.
 ``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
-import os
-
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration

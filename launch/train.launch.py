@@ -8,8 +8,6 @@ arguments override it. The node exits when the model is written.
 ``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
-import os
-
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration

@@ -1,4 +1,5 @@
-"""Test-wide settings: local-only DDS discovery, an isolated ROS domain, shared fixtures."""
+"""Test-wide settings (local-only DDS discovery, an isolated ROS domain, the working tree's code on the
+path of tests and of the processes they start) and shared fixtures. Helpers: ``helpers.py``."""
 import os
 import sys
 from pathlib import Path
@@ -19,24 +20,13 @@ _bin = str(Path(sys.executable).parent)
 if _bin not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _bin + os.pathsep + os.environ.get("PATH", "")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# tests (and the console scripts they start) use the working tree's code, not a stale installed copy
-_src = str(REPO_ROOT / "src")
-if _src not in sys.path:
-    sys.path.insert(0, _src)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_src, os.environ.get("PYTHONPATH")) if p)
-SHARED_DATA = Path(
-    os.environ.get("MENTOR3AD_MVTEC_ROOT", REPO_ROOT / ".." / "shared" / "data" / "mvtec3d" / "cable_gland")
-).resolve()
-
-
-def run_mentor3ad(*args, timeout=300):
-    """Run the installed ``mentor3ad`` console script; returns (exit code, stdout, stdout + stderr)."""
-    import subprocess
-
-    proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stdout + proc.stderr
+TESTS = Path(__file__).resolve().parent
+# tests (and the console scripts they start) use the working tree's code, not a stale installed copy;
+# tests/ itself holds helpers.py
+for _path in (str(TESTS.parent / "src"), str(TESTS)):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture
@@ -51,14 +41,3 @@ def ros_node():
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
-
-
-def setup_executables() -> list:
-    """Console-script names from setup.py's EXECUTABLES dict (parsed, not executed)."""
-    import ast
-
-    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("setup.py has no EXECUTABLES dict")

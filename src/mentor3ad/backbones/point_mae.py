@@ -8,15 +8,20 @@ output concatenates the final-norm'ed tokens of the selected blocks.
 """
 from __future__ import annotations
 
-import hashlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import pointops
+from ..errors import ConfigError, InputError
+from ..features.projection import project_point_features
+from ..features.timing import StageTimer
+from . import autocast, options_dict, pointops, register
+from .weights import NO_WEIGHTS, file_sha256, preview_keys, read_state_file, strict_load
 
 
 # public Point-MAE pretrain.pth: keys under "base_model", optionally with a DDP "module." prefix
@@ -91,7 +96,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by heads {num_heads}")
+            raise ConfigError(f"width {dim} is not divisible by heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
@@ -142,9 +147,9 @@ class PointMAEEncoder(nn.Module):
     ):
         super().__init__()
         if not feature_blocks or any(not 0 <= b < depth for b in feature_blocks):
-            raise ValueError(f"feature_blocks {tuple(feature_blocks)} must be non-empty indices in [0, {depth})")
+            raise ConfigError(f"feature_blocks {tuple(feature_blocks)} must be non-empty indices in [0, {depth})")
         if num_groups < 1 or group_size < 1:
-            raise ValueError(f"num_groups and group_size must be >= 1, got {num_groups}, {group_size}")
+            raise ConfigError(f"num_groups and group_size must be >= 1, got {num_groups}, {group_size}")
         self.num_groups = num_groups
         self.group_size = group_size
         self.width = width
@@ -211,51 +216,12 @@ def map_point_mae_state_dict(raw: Dict[str, torch.Tensor]) -> Dict[str, torch.Te
             if not key.startswith(POINT_MAE_IGNORED_PREFIXES):
                 unknown.append(key)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Point-MAE checkpoint has {len(unknown)} unexpected key(s) outside the known layout "
             f"(expected prefixes {list(POINT_MAE_PREFIX_MAP)} or ignored {list(POINT_MAE_IGNORED_PREFIXES)}): "
-            f"{_preview(unknown)}"
+            f"{preview_keys(unknown)}"
         )
     return mapped
-
-
-def _preview(keys: Iterable[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def strict_load(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict that raises ValueError listing missing/unexpected keys and shape mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-                  if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_preview(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {_preview(mismatched)}")
-        raise ValueError(f"{what} does not match the architecture; " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-
-
-def read_state_file(path: str | Path) -> Dict[str, torch.Tensor]:
-    """Read a weight file without unpickling code (.safetensors, or torch.load weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files
-        raise ValueError(f"cannot read weight file {path} with torch.load(weights_only=True): {exc}") from exc
 
 
 def load_point_mae_weights(model: PointMAEEncoder, path: str | Path) -> None:
@@ -266,7 +232,7 @@ def load_point_mae_weights(model: PointMAEEncoder, path: str | Path) -> None:
     elif isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         raw = raw["model"]
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(f"{path}: expected a state dict (optionally under 'base_model'), got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a state dict (optionally under 'base_model'), got {type(raw).__name__}")
     state = _strip_module_prefix(raw)
     if not any(k.startswith(tuple(POINT_MAE_PREFIX_MAP)) for k in state):
         # a bare encoder state dict (e.g. saved from PointMAEEncoder): keys are taken as they are
@@ -275,9 +241,102 @@ def load_point_mae_weights(model: PointMAEEncoder, path: str | Path) -> None:
         strict_load(model, map_point_mae_state_dict(state), f"Point-MAE weights {path}")
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class PointMAEOptions:
+    """Point-MAE encoder and grouping (paper/peers: 1024 groups of 32 points, blocks 3/7/11 -> 1152-d).
+
+    num_groups: FPS centres (256 measured as good as 1024 on cable_gland: ~7.5k object points at 224
+    after plane removal, so 256 x 32 already covers every point, at a quarter of the cost);
+    group_size: k-NN points per group; depth / width / heads: transformer; feature_blocks: blocks whose
+    normalised tokens are concatenated; smoothing_kernel: box filter (pixels at image_size) of the
+    projection onto the grid (odd)."""
+
+    num_groups: int = 256
+    group_size: int = 32
+    depth: int = 12
+    width: int = 384
+    heads: int = 6
+    feature_blocks: Tuple[int, ...] = (3, 7, 11)
+    smoothing_kernel: int = 3
+
+    def __post_init__(self):
+        if self.num_groups < 3 or self.group_size < 1:
+            raise ConfigError(f"point_options.num_groups must be >= 3 (3-NN interpolation) and group_size >= 1, "
+                              f"got {self.num_groups}, {self.group_size}")
+        if self.smoothing_kernel < 1 or self.smoothing_kernel % 2 == 0:
+            raise ConfigError(f"point_options.smoothing_kernel must be odd and >= 1, got {self.smoothing_kernel}")
+
+
+class PointMAEBackbone:
+    """Point-MAE features on the heads' grid: FPS + k-NN groups -> transformer -> 3-NN projection."""
+
+    def __init__(self, options: PointMAEOptions, weights: str, image_size: int, device, precision: str = "fp32"):
+        self.options = options
+        self.image_size = image_size
+        self.device = torch.device(device)
+        self.precision = precision
+        self.encoder = PointMAEEncoder(options.num_groups, options.group_size, options.depth, options.width,
+                                       options.heads, options.feature_blocks)
+        if weights in NO_WEIGHTS:
+            LOG.warning("Point-MAE backbone uses RANDOM weights (point_weights='none')")
+            self.weights_id = "random-init"
+        else:
+            load_point_mae_weights(self.encoder, weights)
+            self.weights_id = f"sha256:{file_sha256(weights)}"
+        self.encoder.to(self.device).eval()
+        self.encoder.requires_grad_(False)
+        self.out_dim = self.encoder.out_dim
+        self._timer = StageTimer(self.device)
+
+    @property
+    def timings(self) -> Dict[str, float]:
+        """Seconds of the last encode: point_fps_knn, point_transformer, projection."""
+        return dict(self._timer.seconds)
+
+    def identity(self) -> dict:
+        return {"name": "point_mae", "weights": self.weights_id, "options": options_dict(self.options),
+                "out_dim": self.out_dim}
+
+    @torch.no_grad()
+    def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int):
+        """(S, S, 3) metres + (S, S) bool per sample -> [(features (out_dim, R, R), valid (R, R))]."""
+        options, size = self.options, self.image_size
+        self._timer.reset()
+        start = self._timer.now()
+        point_sets, pixel_sets = [], []
+        for i, (grid, valid) in enumerate(zip(grids, valids)):
+            pixel_index = torch.nonzero(valid.reshape(-1)).squeeze(1)
+            count = pixel_index.numel()
+            if count < options.num_groups or count < options.group_size:
+                raise InputError(
+                    f"sample {i}: only {count} valid 3D points after preprocessing (resize to {size}, plane "
+                    f"removal, cluster filter); Point-MAE needs at least "
+                    f"{max(options.num_groups, options.group_size)} (point_options num_groups / group_size). "
+                    f"Is the XYZ map empty, all NaN/0, or not in metres?")
+            pixel_sets.append(pixel_index)
+            point_sets.append(grid.reshape(-1, 3)[pixel_index])
+        lengths = torch.tensor([p.shape[0] for p in point_sets], device=self.device)
+        padded = torch.nn.utils.rnn.pad_sequence(point_sets, batch_first=True)
+        neighbourhoods, centres = self.encoder.group(padded, lengths)
+        start = self._timer.tick("point_fps_knn", start)
+        with autocast(self.device, self.precision):
+            centre_features = self.encoder.encode_groups(neighbourhoods, centres).float()
+        start = self._timer.tick("point_transformer", start)
+        results = [project_point_features(points, pixel_index, centres[i], centre_features[i], size, resolution,
+                                          options.smoothing_kernel)
+                   for i, (points, pixel_index) in enumerate(zip(point_sets, pixel_sets))]
+        self._timer.tick("projection", start)
+        return results
+
+
+@register("points", "point_mae", options=PointMAEOptions)
+def build_point_mae(features, options: PointMAEOptions, device) -> PointMAEBackbone:
+    """Point-MAE (Pang et al.) with ``features.point_weights`` (public pretrain.pth) or random init."""
+    import torch as _torch
+
+    with _torch.random.fork_rng(devices=[]):
+        _torch.manual_seed(features.init_seed)
+        return PointMAEBackbone(options, features.point_weights, features.image_size, device, features.precision)

@@ -18,7 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from mentor3ad import msgconv
+from ..io import depth as depth_io
+from ..io import msgconv
+from ..io.inputs import INPUT_MODES, TOPICS, input_mode
+from .messages import build_messages
 
 PAIR_KINDS = (
     "good",
@@ -49,7 +52,7 @@ def synthetic_scene(width: int, height: int, seed: int = 0) -> Tuple[np.ndarray,
 
 def cell_scene(width: int, height: int, seed: int = 0, defect: str = "good"):
     """The synthetic cell's sample -> rgb, xyz (invalid = NaN, as ROS drivers publish), K."""
-    from mentor3ad.data.synthetic import camera_matrix, generate_sample
+    from ..io.datasets.synthetic import camera_matrix, generate_sample
 
     sample = generate_sample(seed, (height, width), defect=defect)
     xyz = sample.xyz.astype(np.float32).copy()
@@ -57,17 +60,26 @@ def cell_scene(width: int, height: int, seed: int = 0, defect: str = "good"):
     return sample.rgb, xyz, camera_matrix((height, width))
 
 
+MODES = {**{name: (name,) for name in INPUT_MODES}, "both": tuple(INPUT_MODES)}
+
+
+def mode_keys(mode: str) -> List[str]:
+    """The topic keys published in ``mode`` (an input mode, or "both": every input mode's topics)."""
+    return list(dict.fromkeys(key for name in MODES[mode] for key in input_mode(name).keys))
+
+
 def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, scene: str = "plane",
                defect: str = "good") -> Dict[str, Dict[str, Any]]:
-    """Field dicts for one pair: {"image", "points"}, {"image", "depth", "camera_info"} or all four (both).
+    """Field dicts of one pair for the topics of ``mode`` (see :func:`mode_keys`), written by the input
+    modes' own writers (:mod:`mentor3ad.io.inputs`), then broken as ``kind`` says.
 
     In ``both`` mode the cloud is the one depth_image_proc computes from the depth image and camera
-    info (:func:`mentor3ad.msgconv.depth_to_xyz`), so both 3D inputs describe exactly the same points.
+    info (:func:`mentor3ad.io.depth.depth_to_xyz`), so both 3D inputs describe exactly the same points.
     """
     if kind not in PAIR_KINDS:
         raise ValueError(f"unknown pair kind {kind!r}; choose from {', '.join(PAIR_KINDS)}")
-    if mode not in ("points", "depth", "both"):
-        raise ValueError(f"mode must be points, depth or both, got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if scene == "cell":
         rgb, xyz, K = cell_scene(width, height, seed, defect)
     elif scene == "plane":
@@ -78,62 +90,41 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, sce
         xyz = np.full_like(xyz, np.nan)
     if kind == "mismatched_sizes":
         xyz = xyz[:-1, :-1]
-    image = msgconv.rgb_to_image_fields(rgb, "rgb8")
-    if kind == "bad_encoding":
-        image["encoding"] = "32FC1"
-    if kind == "truncated":
-        image["data"] = image["data"][: len(image["data"]) // 2]
-    pair: Dict[str, Dict[str, Any]] = {"image": image}
-    if mode == "both":
+    if len(MODES[mode]) > 1:
         from types import SimpleNamespace
 
-        xyz = msgconv.depth_to_xyz(SimpleNamespace(**msgconv.xyz_to_depth_fields(xyz, "32FC1")),
-                                   SimpleNamespace(**msgconv.camera_info_fields(K, xyz.shape[1], xyz.shape[0])))
-    if mode in ("points", "both"):
-        cloud = msgconv.xyz_to_cloud_fields(xyz, padded=True)
-        if kind == "unorganized":
-            cloud.update(height=1, width=cloud["height"] * cloud["width"],
-                         row_step=cloud["height"] * cloud["width"] * cloud["point_step"])
-        if kind == "missing_fields":
-            cloud["fields"] = [f for f in cloud["fields"] if f[0] != "z"]
-        pair["points"] = cloud
-    if mode in ("depth", "both"):
-        pair["depth"] = msgconv.xyz_to_depth_fields(xyz, "32FC1")
-        info = msgconv.camera_info_fields(K, xyz.shape[1], xyz.shape[0])
-        if kind == "zero_intrinsics":
-            info["k"] = [0.0] * 9
-            info["p"] = [0.0] * 12
-        pair["camera_info"] = info
+        xyz = depth_io.depth_to_xyz(SimpleNamespace(**depth_io.xyz_to_depth_fields(xyz, "32FC1")),
+                                    SimpleNamespace(**depth_io.camera_info_fields(K, xyz.shape[1], xyz.shape[0])))
+    pair: Dict[str, Dict[str, Any]] = {"image": msgconv.rgb_to_image_fields(rgb, "rgb8")}
+    for name in MODES[mode]:
+        pair.update(input_mode(name).to_fields(xyz, K, "32FC1"))
+    pair = {key: pair[key] for key in mode_keys(mode)}
+    if kind == "bad_encoding":
+        pair["image"]["encoding"] = "32FC1"
+    if kind == "truncated":
+        pair["image"]["data"] = pair["image"]["data"][: len(pair["image"]["data"]) // 2]
+    if "points" in pair and kind == "unorganized":
+        cloud = pair["points"]
+        cloud.update(height=1, width=cloud["height"] * cloud["width"],
+                     row_step=cloud["height"] * cloud["width"] * cloud["point_step"])
+    if "points" in pair and kind == "missing_fields":
+        pair["points"]["fields"] = [f for f in pair["points"]["fields"] if f[0] != "z"]
+    if "camera_info" in pair and kind == "zero_intrinsics":
+        pair["camera_info"].update(k=[0.0] * 9, p=[0.0] * 12)
     return pair
 
 
 def to_messages(pair: Dict[str, Dict[str, Any]], stamp_ns: int, frame_id: str = "camera") -> Dict[str, Any]:
     """Field dicts -> rclpy messages sharing one header (stamp_ns, frame_id)."""
-    from builtin_interfaces.msg import Time
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
-    from std_msgs.msg import Header
-
-    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
-    out = {}
-    for topic, fields in pair.items():
-        fields = dict(fields)
-        if topic == "points":
-            fields["fields"] = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in fields["fields"]]
-            out[topic] = PointCloud2(header=header, **fields)
-        elif topic == "camera_info":
-            fields.pop("frame_id", None)
-            out[topic] = CameraInfo(header=header, **fields)
-        else:
-            out[topic] = Image(header=header, **fields)
-    return out
+    return build_messages(pair, stamp_ns, frame_id)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="pair_publisher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=5, help="number of good pairs (ignored with --sequence)")
     parser.add_argument("--sequence", default="", help=f"comma-separated pair kinds: {', '.join(PAIR_KINDS)}")
-    parser.add_argument("--mode", choices=("points", "depth", "both"), default="points",
-                        help="3D topics: points, depth + camera_info, or both")
+    parser.add_argument("--mode", choices=list(MODES), default="points",
+                        help="3D topics: an input mode's, or both (every input mode's)")
     parser.add_argument("--scene", choices=("plane", "cell"), default="plane")
     parser.add_argument("--defect", default="good", help="defect type of the cell scene")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first pair (pair i uses seed + i)")
@@ -150,19 +141,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from mentor3ad.ros import configure_local_discovery
+    from . import configure_local_discovery
+    from .messages import message_class
 
     configure_local_discovery()
     rclpy.init()
     node = rclpy.create_node("pair_publisher", namespace=args.namespace or None)
     try:
         qos = QoSProfile(depth=max(10, len(kinds)), reliability=ReliabilityPolicy.RELIABLE)
-        types = {"image": Image, "points": PointCloud2, "depth": Image, "camera_info": CameraInfo}
-        topics = {"points": ["image", "points"], "depth": ["image", "depth", "camera_info"],
-                  "both": ["image", "points", "depth", "camera_info"]}[args.mode]
-        pubs = {t: node.create_publisher(types[t], t, qos) for t in topics}
+        topics = mode_keys(args.mode)
+        pubs = {t: node.create_publisher(message_class(TOPICS[t].msg_type), TOPICS[t].relative, qos) for t in topics}
         # build every pair (during discovery) so that the publishing rate is not limited by scene generation
         batches = [to_messages(build_pair(kind, width, height, args.mode, seed=args.seed + i, scene=args.scene,
                                           defect=args.defect), args.start_ns + i * args.period_ns)

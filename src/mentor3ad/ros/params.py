@@ -6,7 +6,7 @@ defaults in code, the config files and the README cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,22 @@ class ParamSpec:
         if isinstance(self.default, (list, tuple)):
             return "string[]"
         return "string"
+
+
+def topic_parameters(keys: Sequence[str], prefix: str = "", what: str = "in the recordings") -> List[ParamSpec]:
+    """``<prefix><key>_topic`` parameters (read-only) with the recorded default names of
+    :data:`mentor3ad.io.inputs.TOPICS`."""
+    from ..io.inputs import TOPICS
+
+    return [ParamSpec(f"{prefix}{key}_topic", TOPICS[key].recorded, f"{TOPICS[key].description[:1].upper()}"
+                      f"{TOPICS[key].description[1:]}: topic {what}.", read_only=True) for key in keys]
+
+
+def topics_from_parameters(values: Mapping[str, Any], prefix: str = "") -> Dict[str, str]:
+    """{key: topic} from the values of :func:`topic_parameters` (defaults for keys not declared)."""
+    from ..io.inputs import TOPICS, recorded_topics
+
+    return recorded_topics({key: values.get(f"{prefix}{key}_topic", "") for key in TOPICS})
 
 
 def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:

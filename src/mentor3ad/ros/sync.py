@@ -24,24 +24,15 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-USING_MESSAGE_FILTERS = False
-try:  # pragma: no cover - depends on the machine
-    from message_filters import ApproximateTimeSynchronizer, Subscriber  # type: ignore  # noqa: F401
+from ..io.msgconv import stamp_to_ns
 
-    USING_MESSAGE_FILTERS = True
+try:  # pragma: no cover - depends on the machine
+    import message_filters
 except ImportError:
-    pass
+    message_filters = None
+USING_MESSAGE_FILTERS = message_filters is not None
 
 _log = logging.getLogger(__name__)
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (``sec``, ``nanosec``), rclpy Time (``nanoseconds``) or int -> nanoseconds."""
-    if isinstance(stamp, int):
-        return stamp
-    if hasattr(stamp, "nanoseconds"):
-        return int(stamp.nanoseconds)
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class SimpleFilter:
@@ -137,14 +128,13 @@ class _ApproximateTimeSynchronizer(SimpleFilter):
         self.signalMessage(*msgs)
 
 
-if not USING_MESSAGE_FILTERS:
-    Subscriber = _Subscriber  # type: ignore[misc,assignment]
-    ApproximateTimeSynchronizer = _ApproximateTimeSynchronizer  # type: ignore[misc,assignment]
+Subscriber = message_filters.Subscriber if USING_MESSAGE_FILTERS else _Subscriber
+ApproximateTimeSynchronizer = (message_filters.ApproximateTimeSynchronizer if USING_MESSAGE_FILTERS
+                               else _ApproximateTimeSynchronizer)
 
 __all__ = [
     "Subscriber",
     "ApproximateTimeSynchronizer",
     "SimpleFilter",
     "USING_MESSAGE_FILTERS",
-    "stamp_to_ns",
 ]

@@ -1,0 +1,46 @@
+"""``mentor3ad calibrate``: re-calibrate a trained model's decision threshold and store it in the model.
+
+Two rules (:mod:`mentor3ad.model.calibration`, via :func:`mentor3ad.jobs.recalibrate`):
+* ``--rule frr`` (default): from good parts only, so that at most ``--target-frr`` of them FAIL;
+* ``--rule f1``: from labelled parts (good and defective), the F1-optimal threshold.
+The model file is rewritten atomically (or ``--out`` is written); the backbones run once per sample
+(features cached with ``--cache-dir``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..common import add_recording_arguments, topics_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="set a model's threshold from good parts (false-reject rate) or labelled parts (F1)")
+    p.add_argument("--model", type=Path, required=True, help="trained checkpoint (.safetensors)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (MVTec 3D-AD layout) or rosbag2 directory")
+    p.add_argument("--split", default=None, choices=["train", "validation", "test"],
+                   help="split of a dataset folder (default: validation for frr, test for f1)")
+    p.add_argument("--rule", default="frr", choices=["frr", "f1"], help="frr: good parts only; f1: labelled parts")
+    p.add_argument("--target-frr", type=float, default=None,
+                   help="allowed false-reject rate for --rule frr (default: the model's calibration.target_false_reject_rate)")
+    p.add_argument("--out", type=Path, default=None, help="write the re-calibrated model here (default: overwrite --model)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache folder")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
+    add_recording_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ...jobs import load_samples, recalibrate
+    from ...model.detector import Detector
+
+    detector = Detector.load(args.model, device=args.device)
+    split = args.split or ("validation" if args.rule == "frr" else "test")
+    samples = load_samples(args.data, split, args.input_mode, topics_from_args(args), int(args.slop_ms * 1e6))
+    info = recalibrate(detector, samples, args.rule, args.target_frr, args.cache_dir, progress=not args.no_progress)
+    detector.training_info.update(threshold_source=str(args.data))
+    out = detector.save(args.out or args.model)
+    print(json.dumps({"model": str(out), "model_id": detector.model_id, **info}))
+    return 0

@@ -1,0 +1,165 @@
+"""Evaluation reports: metrics table, JSON report, ROC/PRO plots, gallery of worst and best samples.
+
+:func:`evaluate_predictions` takes test samples (with ground-truth masks) and the detector's
+predictions (any object with ``score``, ``anomaly_map``, ``threshold``, ``is_anomalous``) and returns a
+report dict; with ``out_dir`` it also writes::
+
+    report.json      metrics (+ per defect type, verdict counts at the model threshold, naive baseline)
+    curves.json      image ROC, pixel ROC and PRO curves
+    roc.png, pro.png curve plots (matplotlib, Agg backend)
+    gallery.html     worst and best test samples: RGB | depth | heatmap overlay (GT outlined in green)
+    gallery/*.png    one strip per gallery sample, and gallery.png with all strips stacked
+
+"Worst" samples are those the detector gets most wrong relative to its threshold (anomalous parts
+with the lowest scores, good parts with the highest), "best" the most confidently correct ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.files import atomic_write_text
+from ..types import Sample
+from .metrics import compute_metrics, compute_metrics_per_defect
+from .visualize import plot_curves, write_gallery
+
+PathLike = Union[str, Path]
+
+
+def _labels_and_masks(samples: Sequence[Sample]):
+    masks, labels = [], []
+    for i, s in enumerate(samples):
+        if s.mask is None:
+            raise InputError(
+                f"sample {s.name or i} has no ground-truth mask; evaluation needs labelled test data "
+                "(a dataset test split or a bag with the mask topic)"
+            )
+        mask = (np.asarray(s.mask) > 0).astype(np.uint8)
+        masks.append(mask)
+        labels.append(int(s.label) if s.label is not None else int(mask.any()))
+    return labels, masks
+
+
+def _check_predictions(samples: Sequence[Sample], predictions: Sequence[Any], what: str) -> None:
+    if len(samples) != len(predictions):
+        raise InputError(f"{len(samples)} samples but {len(predictions)} {what} predictions")
+    for i, (s, p) in enumerate(zip(samples, predictions)):
+        shape = np.asarray(p.anomaly_map).shape
+        if shape != s.rgb.shape[:2]:
+            raise InputError(f"{what} anomaly map {i} has shape {shape}, sample {s.name or i} is {s.rgb.shape[:2]}")
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _verdicts(labels: Sequence[int], predictions: Sequence[Any]) -> Dict[str, Any]:
+    tp = sum(1 for y, p in zip(labels, predictions) if y == 1 and p.is_anomalous)
+    fn = sum(1 for y, p in zip(labels, predictions) if y == 1 and not p.is_anomalous)
+    fp = sum(1 for y, p in zip(labels, predictions) if y == 0 and p.is_anomalous)
+    tn = sum(1 for y, p in zip(labels, predictions) if y == 0 and not p.is_anomalous)
+    n = max(tp + fn + fp + tn, 1)
+    thresholds = sorted({float(p.threshold) for p in predictions})
+    return {
+        "threshold": thresholds[0] if len(thresholds) == 1 else thresholds,
+        "true_positives": tp, "false_negatives": fn, "false_positives": fp, "true_negatives": tn,
+        "accuracy": (tp + tn) / n,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
+        "false_positive_rate": fp / (fp + tn) if fp + tn else math.nan,
+    }
+
+
+def evaluate_predictions(
+    samples: Sequence[Sample],
+    predictions: Sequence[Any],
+    out_dir: Optional[PathLike] = None,
+    title: str = "mentor3ad",
+    naive: Optional[Union[Sequence[Any], Mapping[str, Any]]] = None,
+    gallery_size: int = 4,
+    extra: Optional[Mapping[str, Any]] = None,
+    defect_groups: Optional[Mapping[str, Sequence[str]]] = None,
+) -> Dict[str, Any]:
+    """Metrics and (with ``out_dir``) report files for predictions on labelled test samples.
+
+    naive: the naive baseline's predictions on the same samples, or its metrics dict; reported as
+    ``report["naive"]``. extra: additional JSON-able info stored under ``report["info"]`` (model id,
+    data path, backbone weights ...). defect_groups: {group: [defect types]} (e.g. the synthetic
+    cell's families geometry/appearance/both): metrics of good + each group's samples in
+    ``report["per_group"]``. Returns the report dict (curves are in ``report["curves"]``).
+    """
+    samples, predictions = list(samples), list(predictions)
+    if not samples:
+        raise InputError("no test samples to evaluate")
+    _check_predictions(samples, predictions, "model")
+    labels, masks = _labels_and_masks(samples)
+    scores = [float(p.score) for p in predictions]
+    maps = [np.asarray(p.anomaly_map, dtype=np.float32) for p in predictions]
+    metrics = compute_metrics(scores, labels, maps, masks, with_curves=True)
+    curves = metrics.pop("curves")
+    defects = [s.defect for s in samples]
+    report: Dict[str, Any] = {"title": title, "metrics": metrics}
+    if len(set(defects) - {"good"}) > 1:
+        report["per_defect"] = compute_metrics_per_defect(scores, labels, maps, masks, defects)
+    if defect_groups:
+        report["per_group"] = {}
+        for group, members in defect_groups.items():
+            idx = [i for i, d in enumerate(defects) if d == "good" or d in set(members)]
+            if any(labels[i] for i in idx) and not all(labels[i] for i in idx):
+                report["per_group"][group] = compute_metrics(
+                    [scores[i] for i in idx], [labels[i] for i in idx], [maps[i] for i in idx], [masks[i] for i in idx])
+    report["verdicts"] = _verdicts(labels, predictions)
+    if naive is not None:
+        if isinstance(naive, Mapping):
+            report["naive"] = dict(naive)
+        else:
+            naive = list(naive)
+            _check_predictions(samples, naive, "naive")
+            report["naive"] = compute_metrics([float(p.score) for p in naive], labels,
+                                              [np.asarray(p.anomaly_map) for p in naive], masks)
+    report["samples"] = [
+        {"name": s.name, "defect": s.defect, "label": y, "score": sc, "is_anomalous": bool(p.is_anomalous),
+         **({"stamp_ns": s.stamp_ns} if s.stamp_ns is not None else {})}
+        for s, y, sc, p in zip(samples, labels, scores, predictions)
+    ]
+    if extra:
+        report["info"] = dict(extra)
+    report["curves"] = curves
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "report.json", json.dumps(_finite({k: v for k, v in report.items() if k != "curves"}),
+                                                           indent=2))
+        atomic_write_text(out / "curves.json", json.dumps(_finite(curves)))
+        plot_curves(curves, metrics, out, title)
+        write_gallery(samples, predictions, labels, masks, out, gallery_size, title)
+        report["files"] = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return report
+
+
+def dataset_defect_groups(dataset_dir: PathLike) -> Optional[Dict[str, List[str]]]:
+    """{family: [defect types]} from a synthetic dataset's ``dataset.json``; None for other datasets."""
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        families = json.loads(path.read_text()).get("defect_families") or {}
+    except (ValueError, AttributeError):
+        return None
+    groups: Dict[str, List[str]] = {}
+    for defect, family in families.items():
+        groups.setdefault(str(family), []).append(str(defect))
+    return groups or None

@@ -1,0 +1,177 @@
+"""Frozen feature extraction for Mentor3AD: RGB + 3D patch features on one grid.
+
+``FeatureExtractor.extract_batch(rgbs, xyzs)`` -> list of :class:`Features` with rgb (C_rgb, R, R),
+xyz (C_xyz, R, R) and valid (R, R), R = ``FeatureConfig.feature_resolution``. The two backbones come
+from the registry (:mod:`mentor3ad.backbones`: ``rgb_backbone``, ``point_backbone``); preprocessing
+(resize, background plane removal, largest cluster) and every op after the input upload run on the
+configured device. :class:`FeatureSet` stacks the features of many samples for the heads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import backbones
+from ..config import FeatureConfig
+from ..errors import ConfigError, InputError
+from . import preprocessing
+from .timing import StageTimer
+
+IDENTITY_FORMAT = 2
+STAGES = ("preprocess", "plane_removal", "rgb_backbone", "projection")  # + the 3D backbone's own sub-stages
+
+
+@dataclass
+class Features:
+    """rgb (C_rgb, R, R) float32, xyz (C_xyz, R, R) float32, valid (R, R) bool (cell has valid 3D points)."""
+
+    rgb: torch.Tensor
+    xyz: torch.Tensor
+    valid: torch.Tensor
+
+    def to(self, device) -> "Features":
+        return Features(self.rgb.to(device), self.xyz.to(device), self.valid.to(device))
+
+
+@dataclass
+class FeatureSet:
+    """Stacked features of M samples: rgb (M, C_rgb, R, R), xyz (M, C_xyz, R, R), valid (M, R, R) bool."""
+
+    rgb: torch.Tensor
+    xyz: torch.Tensor
+    valid: torch.Tensor
+
+    def __post_init__(self):
+        if self.rgb.dim() != 4 or self.xyz.dim() != 4 or self.valid.dim() != 3:
+            raise ValueError(f"FeatureSet expects rgb/xyz (M,C,R,R) and valid (M,R,R), got {tuple(self.rgb.shape)}, "
+                             f"{tuple(self.xyz.shape)}, {tuple(self.valid.shape)}")
+        if not (self.rgb.shape[0] == self.xyz.shape[0] == self.valid.shape[0]):
+            raise ValueError("FeatureSet: rgb, xyz and valid hold different numbers of samples")
+        self.valid = self.valid.bool()
+
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def subset(self, index) -> "FeatureSet":
+        return FeatureSet(self.rgb[index], self.xyz[index], self.valid[index])
+
+    def to(self, device) -> "FeatureSet":
+        return FeatureSet(self.rgb.to(device), self.xyz.to(device), self.valid.to(device))
+
+
+def stack_features(features: Sequence[Features]) -> FeatureSet:
+    """List of :class:`Features` -> FeatureSet (on the CPU)."""
+    if not features:
+        raise ValueError("no features to stack (empty sample list)")
+    return FeatureSet(torch.stack([f.rgb.float().cpu() for f in features]),
+                      torch.stack([f.xyz.float().cpu() for f in features]),
+                      torch.stack([f.valid.bool().cpu() for f in features]))
+
+
+class FeatureExtractor:
+    """Frozen RGB + 3D backbones with preprocessing (see module doc)."""
+
+    def __init__(self, config: FeatureConfig, device: str | torch.device = "cpu"):
+        config.validate()
+        self.config = config
+        self.device = torch.device(device)
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("features.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            self.rgb_model = backbones.build("rgb", config, self.device)
+            self.point_model = backbones.build("points", config, self.device)
+        self.rgb_dim = int(self.rgb_model.out_dim)
+        self.xyz_dim = int(self.point_model.out_dim)
+        self._timer = StageTimer(self.device)
+        self.backbone_calls = 0  # number of backbone forward batches run (tests, cache checks)
+
+    def identity(self) -> dict:
+        """JSON-able description of everything that determines the features (checked by checkpoints).
+
+        The arithmetic ``precision`` is left out: a model trained in fp32 may run in bf16/fp16. Cache keys
+        add it back (:meth:`identity_hash`), so features of different precisions are never mixed."""
+        return json.loads(json.dumps({
+            "format": IDENTITY_FORMAT,
+            "rgb": self.rgb_model.identity(),
+            "points": self.point_model.identity(),
+            "rgb_dim": self.rgb_dim,
+            "xyz_dim": self.xyz_dim,
+            "config": self.config.common(),
+        }))
+
+    def identity_hash(self) -> str:
+        """sha256 of the identity plus the precision: the feature cache's key."""
+        keyed = {**self.identity(), "precision": self.config.precision}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+    def timings(self) -> dict:
+        """Per-stage seconds of the last extract_batch call: STAGES plus the 3D backbone's ``timings``
+        (e.g. point_fps_knn, point_transformer; "point_backbone" for a backbone that reports none)."""
+        return dict(self._timer.seconds)
+
+    def _prepare(self, rgb, xyz) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> image (3, S, S) in [0, 1], points grid (S, S, 3) metres (invalid 0), valid (S, S) bool."""
+        cfg = self.config
+        start = self._timer.now()
+        rgb_t, xyz_t = preprocessing.upload(rgb, xyz, self.device)
+        image = preprocessing.resize_rgb(rgb_t, cfg.image_size)
+        grid, valid = preprocessing.resize_xyz(xyz_t, cfg.image_size)
+        start = self._timer.tick("preprocess", start)
+        valid = preprocessing.remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
+                                           cfg.plane_iterations, cfg.init_seed)
+        if cfg.cluster_filter:
+            valid = preprocessing.largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px)
+        self._timer.tick("plane_removal", start)
+        return image, grid, valid
+
+    def _rgb_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, C_rgb, R, R)."""
+        start = self._timer.now()
+        maps = self.rgb_model.encode(images)
+        start = self._timer.tick("rgb_backbone", start)
+        size = self.config.feature_resolution
+        if maps.shape[-2:] != (size, size):
+            if maps.shape[-1] > size:
+                maps = F.adaptive_avg_pool2d(maps, size)
+            else:
+                maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+        self._timer.tick("projection", start)
+        return maps
+
+    @torch.no_grad()
+    def extract(self, rgb: np.ndarray, xyz: np.ndarray) -> Features:
+        """rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid 0/NaN) -> Features on the device.
+
+        Inputs may be numpy arrays or torch tensors (already on the device: no host copy is made).
+        """
+        return self.extract_batch([rgb], [xyz])[0]
+
+    @torch.no_grad()
+    def extract_batch(self, rgbs: Sequence[np.ndarray], xyzs: Sequence[np.ndarray]) -> List[Features]:
+        """Batched extract: one RGB forward and one 3D backbone call for the whole batch."""
+        if len(rgbs) != len(xyzs) or not len(rgbs):
+            raise InputError(f"need equally many rgb and xyz inputs (>= 1), got {len(rgbs)} and {len(xyzs)}")
+        self._timer.seconds = {s: 0.0 for s in STAGES}
+        prepared = [self._prepare(r, x) for r, x in zip(rgbs, xyzs)]
+        rgb_maps = self._rgb_features(torch.stack([p[0] for p in prepared]))
+        self.backbone_calls += 1
+        start = self._timer.now()
+        encoded = self.point_model.encode([p[1] for p in prepared], [p[2] for p in prepared],
+                                          self.config.feature_resolution)
+        stages = dict(getattr(self.point_model, "timings", None) or {})
+        if not stages:  # a backbone without sub-stages is timed as a whole
+            self._timer.tick("point_backbone", start)
+        for stage, seconds in stages.items():
+            self._timer.add(stage, seconds)
+        return [Features(rgb=rgb_maps[i].contiguous(), xyz=xyz_map, valid=valid)
+                for i, (xyz_map, valid) in enumerate(encoded)]
+
+
+__all__ = ["Features", "FeatureSet", "stack_features", "FeatureExtractor", "STAGES"]

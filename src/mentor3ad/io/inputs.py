@@ -1,0 +1,160 @@
+"""Input modes: how the 3D half of an observation arrives. One :class:`InputMode` entry per sensor kind.
+
+Every place that deals with the sensor goes through this registry: the inspector node subscribes to
+``mode.topics`` and converts with :meth:`InputMode.convert`; rosbag2 recordings are written with
+:meth:`InputMode.to_fields` and read with the same conversion; node parameters, launch arguments and
+CLI choices list :data:`INPUT_MODES`. Built in:
+
+* ``points``: an organized ``sensor_msgs/PointCloud2`` (FLOAT32 x/y/z, pixel-aligned with the image);
+* ``depth``: a registered depth ``sensor_msgs/Image`` (16UC1 mm / 32FC1 m) + its ``sensor_msgs/CameraInfo``,
+  back-projected as depth_image_proc does.
+
+A new sensor is one entry here: give its topics (message type, recorded and node-relative names) and
+two functions, messages -> (H, W, 3) float32 metres and (H, W, 3) metres -> message field dicts; the
+synchronizer, bags, parameters and CLI pick it up.
+
+Topic names: :data:`TOPICS` holds every topic once, with the absolute name used in recordings
+(``/camera/points``: what ``mentor3ad to-bag`` writes and the trainer/evaluator read by default) and
+the relative name the inspector subscribes to (``points``: remap it to the driver's topic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import depth as depth_io
+from . import msgconv
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One input or ground-truth topic.
+
+    key: name used in code and parameters (``<key>_topic``); msg_type: ROS type name; recorded: the
+    absolute name in recordings; relative: the name the inspector subscribes to (remappable);
+    kind: the :class:`mentor3ad.io.msgconv.MessageFactory` builder ("image", "cloud", "camera_info",
+    "string").
+    """
+
+    key: str
+    msg_type: str
+    recorded: str
+    relative: str
+    kind: str
+    description: str
+
+
+TOPICS: Dict[str, Topic] = {t.key: t for t in (
+    Topic("image", "sensor_msgs/msg/Image", "/camera/image", "image", "image",
+          "colour image (rgb8, bgr8, rgba8, bgra8, mono8, mono16)"),
+    Topic("points", "sensor_msgs/msg/PointCloud2", "/camera/points", "points", "cloud",
+          "organized point cloud, FLOAT32 x/y/z, pixel-aligned with the image"),
+    Topic("depth", "sensor_msgs/msg/Image", "/camera/depth", "depth", "image",
+          "registered depth image (16UC1 mm or 32FC1 m)"),
+    Topic("camera_info", "sensor_msgs/msg/CameraInfo", "/camera/camera_info", "camera_info", "camera_info",
+          "intrinsics of the depth image"),
+    Topic("mask", "sensor_msgs/msg/Image", "/camera/gt_mask", "gt_mask", "image",
+          "ground-truth defect mask (mono8, 255 = defect) of labelled recordings"),
+    Topic("sample_info", "std_msgs/msg/String", "/dataset/sample_info", "sample_info", "string",
+          'sample name and defect type of labelled recordings (JSON {"name", "defect", "label"})'),
+)}
+
+
+def recorded_topics(overrides: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """{key: absolute topic name in recordings}, defaults from :data:`TOPICS`, empty overrides ignored."""
+    names = {key: topic.recorded for key, topic in TOPICS.items()}
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            raise ConfigError(f"unknown topic key {key!r} (known: {', '.join(names)})")
+        if value:
+            names[key] = str(value)
+    return names
+
+
+def _points_to_xyz(messages: Mapping[str, Any]) -> np.ndarray:
+    return msgconv.cloud_to_xyz(messages["points"])
+
+
+def _points_fields(xyz: np.ndarray, camera_matrix: Optional[np.ndarray], depth_encoding: str) -> Dict[str, dict]:
+    cloud_xyz = np.where(msgconv.valid_point_mask(xyz)[..., None], xyz, np.float32(np.nan)).astype(np.float32)
+    out = {"points": msgconv.xyz_to_cloud_fields(cloud_xyz, padded=True)}  # 16-byte points, as drivers send
+    if camera_matrix is not None:
+        out["camera_info"] = depth_io.camera_info_fields(camera_matrix, xyz.shape[1], xyz.shape[0])
+    return out
+
+
+def _depth_to_xyz(messages: Mapping[str, Any]) -> np.ndarray:
+    return depth_io.depth_to_xyz(messages["depth"], messages["camera_info"])
+
+
+def _depth_fields(xyz: np.ndarray, camera_matrix: Optional[np.ndarray], depth_encoding: str) -> Dict[str, dict]:
+    if camera_matrix is None:
+        raise ConfigError("input mode 'depth' needs the camera intrinsics (a 3x3 camera matrix)")
+    return {"depth": depth_io.xyz_to_depth_fields(xyz, depth_encoding),
+            "camera_info": depth_io.camera_info_fields(camera_matrix, xyz.shape[1], xyz.shape[0])}
+
+
+@dataclass(frozen=True)
+class InputMode:
+    """One way the 3D data arrives beside the image.
+
+    topic_keys: the 3D topics paired with the image, in synchronizer order.
+    constant_keys: of those, topics that change rarely (camera_info): in recordings they are paired
+        with the nearest message in time, without the stamp tolerance.
+    to_xyz: {key: message} -> (H, W, 3) float32 metres, invalid NaN (raises InputError).
+    to_fields: (xyz (H, W, 3) metres, camera matrix (3, 3) or None, depth encoding) -> {key: fields dict}.
+    needs_intrinsics: to_fields needs the camera matrix.
+    """
+
+    name: str
+    description: str
+    topic_keys: Tuple[str, ...]
+    to_xyz: Callable[[Mapping[str, Any]], np.ndarray]
+    to_fields: Callable[[np.ndarray, Optional[np.ndarray], str], Dict[str, dict]]
+    constant_keys: Tuple[str, ...] = ()
+    needs_intrinsics: bool = False
+
+    @property
+    def topics(self) -> Tuple[Topic, ...]:
+        """The 3D topics (without the image)."""
+        return tuple(TOPICS[key] for key in self.topic_keys)
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """"image" followed by the 3D topic keys: the synchronizer's input order."""
+        return ("image",) + self.topic_keys
+
+    def convert(self, messages: Mapping[str, Any], min_valid_points: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+        """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres); InputError naming the problem."""
+        rgb = msgconv.image_to_rgb(messages["image"])
+        xyz = self.to_xyz(messages)
+        msgconv.check_aligned(rgb, xyz)
+        msgconv.check_enough_valid_points(xyz, min_valid_points)
+        return rgb, xyz
+
+
+INPUT_MODES: Dict[str, InputMode] = {m.name: m for m in (
+    InputMode("points", "organized PointCloud2 on `points`", ("points",), _points_to_xyz, _points_fields),
+    InputMode("depth", "registered depth Image on `depth` + CameraInfo on `camera_info`", ("depth", "camera_info"),
+              _depth_to_xyz, _depth_fields, constant_keys=("camera_info",), needs_intrinsics=True),
+)}
+
+
+def input_mode(name: str) -> InputMode:
+    """The registered mode ``name``; ConfigError listing the choices otherwise."""
+    try:
+        return INPUT_MODES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown input_mode {name!r}; choose from: "
+                          + ", ".join(f"{m.name} ({m.description})" for m in INPUT_MODES.values())) from None
+
+
+def input_mode_help() -> str:
+    """One line listing the modes, for parameter descriptions and --help."""
+    return "; ".join(f"{m.name}: {m.description}" for m in INPUT_MODES.values())
+
+
+__all__ = ["Topic", "TOPICS", "InputMode", "INPUT_MODES", "input_mode", "input_mode_help", "recorded_topics"]

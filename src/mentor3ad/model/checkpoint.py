@@ -1,0 +1,214 @@
+"""Model files: ONE safetensors file per trained detector, validated before anything is allocated.
+
+Layout (``FORMAT_VERSION``): tensors ``heads.<name>`` (the :class:`~mentor3ad.model.heads.Mentor3ADHeads`
+state dict, float32) and the metadata entry ``"mentor3ad"`` = a JSON object {format, format_version,
+config (full Mentor3ADConfig dict), threshold, backbone_identity (FeatureExtractor.identity()), rgb_dim,
+xyz_dim, training_info, saved_at}. Loading never unpickles.
+
+Reading (:func:`read_checkpoint`) is defensive, because a model file decides whether parts pass:
+
+1. only the 8-byte length and the JSON header are read first (bounded to ``MAX_HEADER_BYTES``);
+2. the metadata is validated: format and version, the config (every dimension bounded by
+   ``MAX_DIMENSION``), a finite threshold, feature dimensions consistent with the stored identity;
+3. the expected tensor names, dtypes and shapes are derived from the config on torch's ``meta`` device
+   (no memory) and compared with the header, and the file size with the header's data length;
+4. only then are the tensors memory-mapped, and every value must be finite.
+
+Any failure is a :class:`~mentor3ad.errors.ModelLoadError` naming the file and the problem. Writes are
+atomic (:func:`mentor3ad.io.files.atomic_write_bytes`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import Mentor3ADConfig
+from ..errors import ConfigError, ModelLoadError
+from ..io.files import atomic_write_bytes
+
+FORMAT_NAME = "mentor3ad-checkpoint"
+FORMAT_VERSION = 2
+METADATA_KEY = "mentor3ad"
+TENSOR_PREFIX = "heads."
+MAX_HEADER_BYTES = 16 * 2 ** 20
+MAX_DIMENSION = 16384  # feature channels and head widths
+DIMENSION_KEYS = ("mentor_dim", "mfm_hidden_dim", "mgm_hidden_dim", "mgm_mentor_dim", "vote_conv_channels",
+                  "ocsvm_rff_dim", "infonce_max_patches")
+LIMITS = {"vote_levels": 64, "vote_kernel_size": 15, "vote_conv_channels": 256, "infonce_max_patches": 1 << 20}
+
+
+def json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=json_default)
+
+
+def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> Path:
+    """Write head tensors (names without prefix) and metadata atomically; refuses non-finite content."""
+    from safetensors.torch import save as safetensors_bytes
+
+    threshold = metadata.get("threshold")
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ModelLoadError(f"refusing to save {path}: the threshold is {threshold!r} (calibrate the model first)")
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelLoadError(f"refusing to save {path}: non-finite weights in {', '.join(sorted(bad)[:5])}")
+    header = {METADATA_KEY: json.dumps(metadata, default=json_default, allow_nan=False)}
+    payload = safetensors_bytes({TENSOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                metadata=header)
+    return atomic_write_bytes(path, payload)
+
+
+def new_metadata(config: Mentor3ADConfig, threshold: float, backbone_identity: dict, rgb_dim: int, xyz_dim: int,
+                 training_info: dict) -> Dict[str, Any]:
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+            "threshold": float(threshold), "backbone_identity": backbone_identity, "rgb_dim": int(rgb_dim),
+            "xyz_dim": int(xyz_dim), "training_info": training_info,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _read_header(path: Path) -> Tuple[dict, int]:
+    """(safetensors JSON header, byte offset of the data) reading only the header bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: "
+                                 f"{size} bytes)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+            raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: header "
+                                 f"length {length}, file size {size})")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as err:
+        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: "
+                             f"header is not JSON: {err})") from None
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file)")
+    return header, 8 + length
+
+
+def _metadata(path: Path, header: dict) -> dict:
+    entry = (header.get("__metadata__") or {}).get(METADATA_KEY) if isinstance(header.get("__metadata__"), dict) else None
+    if entry is None:
+        raise ModelLoadError(f"{path} is a safetensors file but not a Mentor3AD model (no '{METADATA_KEY}' "
+                             "metadata entry)")
+    try:
+        metadata = json.loads(entry, parse_constant=lambda name: float(name))
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path}: metadata is not JSON: {err}") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise ModelLoadError(f"{path}: metadata is not a {FORMAT_NAME} header")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelLoadError(f"{path}: checkpoint format version {version!r} is not supported by this mentor3ad "
+                             f"(expects version {FORMAT_VERSION}); retrain or convert the model")
+    return metadata
+
+
+def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, float, dict, int, int]:
+    """-> (config, threshold, backbone identity, rgb_dim, xyz_dim), all checked (ModelLoadError)."""
+    try:
+        config = Mentor3ADConfig.from_dict(metadata["config"])
+        threshold = metadata["threshold"]
+        identity = metadata["backbone_identity"]
+        rgb_dim, xyz_dim = metadata["rgb_dim"], metadata["xyz_dim"]
+    except KeyError as err:
+        raise ModelLoadError(f"{path}: invalid checkpoint metadata: missing {err}") from None
+    except ConfigError as err:
+        raise ModelLoadError(f"{path}: invalid checkpoint metadata: {err}") from None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ModelLoadError(f"{path}: the threshold must be a finite number, got {threshold!r}")
+    for name, value in (("rgb_dim", rgb_dim), ("xyz_dim", xyz_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
+            raise ModelLoadError(f"{path}: {name} must be an integer in [1, {MAX_DIMENSION}], got {value!r}")
+    model = config.model
+    for key in DIMENSION_KEYS + tuple(LIMITS):
+        limit = LIMITS.get(key, MAX_DIMENSION)
+        if getattr(model, key) > limit:
+            raise ModelLoadError(f"{path}: model.{key} = {getattr(model, key)} exceeds the plausible maximum {limit}")
+    if not isinstance(identity, dict):
+        raise ModelLoadError(f"{path}: backbone_identity must be a mapping")
+    if (identity.get("rgb_dim"), identity.get("xyz_dim")) != (rgb_dim, xyz_dim):
+        raise ModelLoadError(f"{path}: the heads are for {rgb_dim}/{xyz_dim}-channel features but the stored "
+                             f"backbone identity gives {identity.get('rgb_dim')}/{identity.get('xyz_dim')}")
+    return config, float(threshold), identity, int(rgb_dim), int(xyz_dim)
+
+
+def expected_tensors(config: Mentor3ADConfig, rgb_dim: int, xyz_dim: int) -> Dict[str, Tuple[int, ...]]:
+    """{tensor name: shape} of the heads this config describes (built on the meta device: no memory)."""
+    from .heads import Mentor3ADHeads
+
+    with torch.device("meta"):
+        heads = Mentor3ADHeads(rgb_dim, xyz_dim, config.model, seed=config.train.seed)
+    return {name: tuple(t.shape) for name, t in heads.state_dict().items()}
+
+
+def _check_layout(path: Path, header: dict, data_start: int, expected: Dict[str, Tuple[int, ...]]) -> None:
+    stored = {k[len(TENSOR_PREFIX):]: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    unknown = [k for k in header if k != "__metadata__" and not k.startswith(TENSOR_PREFIX)]
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if unknown or missing or extra:
+        raise ModelLoadError(f"{path}: weights do not match the stored model config: missing {missing[:5]}, "
+                             f"unexpected {(extra + unknown)[:5]}")
+    end = 0
+    for name, shape in expected.items():
+        info = stored[name]
+        if info.get("dtype") != "F32" or tuple(info.get("shape", ())) != shape:
+            raise ModelLoadError(f"{path}: tensor {name} is {info.get('dtype')} {tuple(info.get('shape', ()))}, the "
+                                 f"config needs F32 {shape}")
+        offsets = info.get("data_offsets") or [0, 0]
+        if offsets[1] - offsets[0] != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise ModelLoadError(f"{path}: tensor {name} has a data length that does not fit its shape")
+        end = max(end, int(offsets[1]))
+    size = path.stat().st_size
+    if data_start + end != size:
+        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: {size} bytes, "
+                             f"the header describes {data_start + end})")
+
+
+def read_checkpoint(path: Union[str, Path]) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(metadata, head tensors without prefix) of a model file, validated as the module docstring says."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    header, data_start = _read_header(path)
+    metadata = _metadata(path, header)
+    config, _, _, rgb_dim, xyz_dim = validate_metadata(path, metadata)
+    _check_layout(path, header, data_start, expected_tensors(config, rgb_dim, xyz_dim))
+    try:
+        tensors = load_file(str(path))  # memory-mapped
+    except Exception as err:  # noqa: BLE001 - any parse failure means a broken file
+        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file): "
+                             f"{type(err).__name__}: {err}") from None
+    tensors = {k[len(TENSOR_PREFIX):]: v for k, v in tensors.items()}
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ModelLoadError(f"{path}: non-finite (NaN/Inf) weights in {', '.join(sorted(bad)[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}; refusing the model")
+    return metadata, tensors
+
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TENSOR_PREFIX", "read_checkpoint", "write_checkpoint",
+           "new_metadata", "validate_metadata", "expected_tensors", "canonical_json", "json_default"]

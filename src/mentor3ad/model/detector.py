@@ -1,0 +1,339 @@
+"""Mentor3AD detector: frozen backbones + trained heads + threshold; the inference API.
+
+>>> detector = Detector.load("models/cable_gland.safetensors")      # validated, self-tested
+>>> result = detector.predict(rgb, xyz)   # rgb (H,W,3) uint8, xyz (H,W,3) float32 metres
+>>> result.verdict, result.score, result.anomaly_map, result.regions
+
+Every answer is an :class:`~mentor3ad.types.InspectionResult` made by
+:func:`mentor3ad.model.postprocess.decide` (non-finite maps or thresholds are ERROR, never PASS); a
+threshold override is an argument of :meth:`Detector.predict`, so the decision lives in one place. The
+model file format and its validation: :mod:`mentor3ad.model.checkpoint`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..config import PRECISIONS, Mentor3ADConfig
+from ..errors import ConfigError, InputError, Mentor3ADError, ModelLoadError
+from ..types import InspectionResult, Verdict
+from . import checkpoint
+from ..features.timing import StageTimer
+from .heads import Mentor3ADHeads
+from .postprocess import decide, upsample_maps
+
+LOG = logging.getLogger(__name__)
+HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
+
+
+def check_input(rgb: np.ndarray, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Validate one observation -> (rgb uint8 (H, W, 3), xyz float32 (H, W, 3)); InputError naming the problem."""
+    rgb = np.asarray(rgb)
+    xyz = np.asarray(xyz)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        raise InputError(f"rgb must be uint8, got {rgb.dtype}")
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise InputError(f"xyz must be an organized (H, W, 3) point map in metres, got shape {xyz.shape}")
+    if xyz.shape[:2] != rgb.shape[:2]:
+        raise InputError(f"rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (different sizes)")
+    if not np.issubdtype(xyz.dtype, np.floating):
+        raise InputError(f"xyz must be floating point metres, got {xyz.dtype}")
+    return rgb, xyz.astype(np.float32, copy=False)
+
+
+def warmup_scene(size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A part-like observation for warm-up and self-tests: a 2 cm high box on a plane 0.35 m away, seen by a
+    pinhole camera with a 12.5 cm field of view (an inspection cell's scale), with a deterministic texture
+    -> rgb (S, S, 3) uint8, xyz (S, S, 3) metres."""
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
+    inside = (np.abs(u - size / 2) < size / 4) & (np.abs(v - size / 2) < size / 4)
+    z = np.where(inside, np.float32(0.33), np.float32(0.35))
+    f, c = np.float32(size * 0.35 / 0.125), np.float32((size - 1) / 2)
+    xyz = np.stack([(u - c) / f * z, (v - c) / f * z, z], axis=-1).astype(np.float32)
+    shade = (96 + 48 * np.sin(u / 5.0) * np.cos(v / 7.0) + 60 * inside).astype(np.uint8)
+    rgb = np.stack([shade, shade // 2 + 40, 255 - shade], axis=-1).astype(np.uint8)
+    return rgb, xyz
+
+
+class Detector:
+    """Trained Mentor3AD model ready for inference.
+
+    threshold: image-score decision threshold (settable); identity: dict with a short ``model_id``.
+    """
+
+    def __init__(self, config: Mentor3ADConfig, heads: Mentor3ADHeads, extractor=None, threshold: float = float("inf"),
+                 training_info: Optional[dict] = None, device="cpu", backbone_identity: Optional[dict] = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.heads = heads.to(self.device).eval()
+        self.heads.requires_grad_(False)
+        self._extractor = extractor
+        self._backbone_identity = backbone_identity
+        self._model_id: Optional[Tuple[float, str]] = None
+        self.threshold = threshold
+        self.training_info = dict(training_info or {})
+        self._timer = StageTimer(self.device)
+        for stage, name in HEAD_STAGES.items():
+            module = getattr(self.heads, name, None)
+            if module is not None:
+                self._time_module(stage, module)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        value = float(value)
+        if np.isnan(value):
+            raise ConfigError("threshold must be a number, got NaN")
+        self._threshold = value
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            from ..features.extractor import FeatureExtractor
+
+            self._extractor = FeatureExtractor(self.config.features, self.device)
+        return self._extractor
+
+    @property
+    def backbone_identity(self) -> dict:
+        if self._backbone_identity is None:
+            self._backbone_identity = self.extractor.identity()
+        return self._backbone_identity
+
+    def state_tensors(self) -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}
+
+    @property
+    def model_id(self) -> str:
+        """12 hex digits: SHA-256 of the head weights, config, backbone identity and threshold."""
+        if self._model_id is None or self._model_id[0] != self.threshold:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.state_tensors().items()):
+                digest.update((checkpoint.TENSOR_PREFIX + name).encode())
+                digest.update(tensor.numpy().tobytes())
+            digest.update(checkpoint.canonical_json([self.config.to_dict(), self.backbone_identity,
+                                                     self.threshold]).encode())
+            self._model_id = (self.threshold, digest.hexdigest()[:12])
+        return self._model_id[1]
+
+    @property
+    def identity(self) -> dict:
+        """What produced a result: model id, format, backbone identity, switches, threshold."""
+        model = self.config.model
+        return {"model_id": self.model_id, "format_version": checkpoint.FORMAT_VERSION,
+                "backbone": self.backbone_identity, "use_mentor": model.use_mentor, "use_voting": model.use_voting,
+                "score_maps": list(model.score_maps), "threshold": self.threshold, "seed": self.config.train.seed}
+
+    # ------------------------------------------------------------------ timing
+    def _time_module(self, stage: str, module: torch.nn.Module) -> None:
+        starts: List[float] = []
+
+        def before(_module, _inputs) -> None:  # hooks must return None (a value would replace inputs / output)
+            starts.append(self._timer.now())
+
+        def after(_module, _inputs, _output) -> None:
+            self._timer.tick(stage, starts.pop())
+
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
+
+    def timings(self) -> Dict[str, float]:
+        """Per-stage seconds of the last predict call: ``features`` (with the extractor's stages prefixed
+        ``features_``), ``heads`` (with ``heads_mfm``/``heads_mgm``/``heads_vm``), ``postprocess`` (with
+        ``post_upsample``/``post_decide``) and ``total``."""
+        return dict(self._timer.seconds)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def maps_from_features(self, rgb: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Final maps at feature resolution: (B, C, R, R) x2, (B, R, R) -> (B, R, R)."""
+        return self.heads(rgb.to(self.device).float(), xyz.to(self.device).float(), valid.to(self.device))["final"]
+
+    @torch.no_grad()
+    def postprocess(self, maps: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
+        """(B, R, R) -> (B, H, W) (:func:`mentor3ad.model.postprocess.upsample_maps`)."""
+        return upsample_maps(maps, int(self.config.features.image_size), self.config.model.smoothing_sigma, output_size)
+
+    def image_scores_from_features(self, features, batch_size: int = 8) -> List[float]:
+        """Image scores (max of the post-processed map at features.image_size) of a FeatureSet."""
+        size = int(self.config.features.image_size)
+        scores = []
+        for start in range(0, len(features), batch_size):
+            batch = features.subset(slice(start, start + batch_size))
+            maps = self.postprocess(self.maps_from_features(batch.rgb, batch.xyz, batch.valid), (size, size))
+            scores.extend(float(v) for v in maps.flatten(1).max(dim=1).values.cpu())
+        return scores
+
+    def _decide_features(self, features: Sequence, inputs: Sequence[Tuple[Tuple[int, int], np.ndarray]],
+                         threshold: Optional[float]) -> List[InspectionResult]:
+        from ..features.extractor import stack_features
+
+        stacked = stack_features(features)
+        started = self._timer.now()
+        maps = self.maps_from_features(stacked.rgb, stacked.xyz, stacked.valid)
+        self._timer.tick("heads", started)
+        threshold = self.threshold if threshold is None else float(threshold)
+        model_id = self.model_id
+        results = []
+        for index, (size, xyz) in enumerate(inputs):
+            started = self._timer.now()
+            full = self.postprocess(maps[index:index + 1], size)[0].cpu().numpy().astype(np.float32)
+            decided = self._timer.tick("post_upsample", started)
+            results.append(decide(full, threshold, xyz, model_id))
+            self._timer.tick("post_decide", decided)
+            self._timer.tick("postprocess", started)
+        return results
+
+    def predict(self, rgb: np.ndarray, xyz: np.ndarray, threshold: Optional[float] = None) -> InspectionResult:
+        """Judge one observation: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid = 0/NaN).
+
+        threshold: decision threshold for this call (None: the model's calibrated one). Raises InputError
+        for unusable input; a model that produces non-finite maps answers ERROR."""
+        return self.predict_batch([(rgb, xyz)], threshold)[0]
+
+    def predict_batch(self, pairs: Sequence[Tuple[np.ndarray, np.ndarray]],
+                      threshold: Optional[float] = None) -> List[InspectionResult]:
+        """Judge several observations (list of (rgb, xyz)); backbones and heads run as one batch."""
+        if len(pairs) == 0:
+            return []
+        self._timer.reset()
+        checked = []
+        for pair in pairs:
+            if len(pair) != 2:
+                raise InputError("predict_batch expects a list of (rgb, xyz) pairs")
+            checked.append(check_input(*pair))
+        started = self._timer.now()
+        features = self.extractor.extract_batch([r for r, _ in checked], [x for _, x in checked])
+        self._timer.tick("features", started)
+        for key, value in self.extractor.timings().items():
+            self._timer.add(f"features_{key}", float(value))
+        results = self._decide_features(features, [(r.shape[:2], x) for r, x in checked], threshold)
+        self._timer.tick("total", started)
+        return results
+
+    def predict_samples(self, samples: Sequence, cache_dir=None, progress: bool = True, batch_size: int = 8,
+                        threshold: Optional[float] = None) -> List[InspectionResult]:
+        """Judge :class:`mentor3ad.types.Sample`s; features come from the FeatureCache when ``cache_dir``."""
+        from tqdm import tqdm
+
+        from ..features.cache import extract_features
+
+        results: List[InspectionResult] = []
+        self._timer.reset()
+        with tqdm(total=len(samples), desc="predict", disable=not progress, leave=False) as bar:
+            for start in range(0, len(samples), batch_size):
+                chunk = samples[start:start + batch_size]
+                checked = [check_input(s.rgb, s.xyz) for s in chunk]
+                started = self._timer.now()
+                features = extract_features(chunk, self.extractor, cache_dir, batch_size)
+                self._timer.tick("features", started)
+                results.extend(self._decide_features(features, [(r.shape[:2], x) for r, x in checked], threshold))
+                bar.update(len(chunk))
+        return results
+
+    def warmup(self, runs: int = 1) -> float:
+        """Run ``runs`` predictions on :func:`warmup_scene` so that lazy initialisation (kernels, allocator,
+        CUDA context) is paid before the first real part. Returns the seconds of the last run."""
+        rgb, xyz = warmup_scene(int(self.config.features.image_size))
+        seconds = 0.0
+        for _ in range(max(1, runs)):
+            started = time.perf_counter()
+            self.predict(rgb, xyz)
+            seconds = time.perf_counter() - started
+        return seconds
+
+    def self_test(self) -> float:
+        """Warm up and check that the model answers: a finite map and a PASS/FAIL decision on
+        :func:`warmup_scene`. Raises ModelLoadError with the reason otherwise; returns the seconds taken."""
+        rgb, xyz = warmup_scene(int(self.config.features.image_size))
+        started = time.perf_counter()
+        try:
+            result = self.predict(rgb, xyz)
+        except Mentor3ADError as err:
+            raise ModelLoadError(f"the model fails its self-test prediction: {err}") from None
+        except (RuntimeError, ValueError) as err:
+            raise ModelLoadError(f"the model fails its self-test prediction: {type(err).__name__}: {err}") from None
+        if result.verdict is Verdict.ERROR:
+            raise ModelLoadError(f"the model fails its self-test prediction: {result.reason}")
+        return time.perf_counter() - started
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict:
+        return checkpoint.new_metadata(self.config, self.threshold, self.backbone_identity, self.heads.rgb_dim,
+                                       self.heads.xyz_dim, self.training_info)
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the model file atomically (refused for an uncalibrated threshold or non-finite weights)."""
+        path = checkpoint.write_checkpoint(path, self.state_tensors(), self.metadata())
+        LOG.info("saved model %s to %s", self.model_id, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path], device="cpu", extractor=None, precision: Optional[str] = None,
+             self_test: bool = True) -> "Detector":
+        """Load a model file, build (or check) its FeatureExtractor, and (``self_test``) prove that it answers.
+
+        precision: run the backbones in "fp32", "bf16" or "fp16" (CUDA) regardless of the stored one.
+        Raises ModelLoadError when the file is missing, corrupt or implausible (see
+        :mod:`mentor3ad.model.checkpoint`), its feature identity differs from the extractor's, or the
+        self-test prediction is not a finite PASS/FAIL.
+        """
+        path = Path(path)
+        metadata, tensors = checkpoint.read_checkpoint(path)
+        config, threshold, stored_identity, rgb_dim, xyz_dim = checkpoint.validate_metadata(path, metadata)
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+            config.features.precision = precision
+        if extractor is None:
+            from ..features.extractor import FeatureExtractor
+
+            try:
+                extractor = FeatureExtractor(config.features, device)
+            except Mentor3ADError as err:
+                raise ModelLoadError(f"{path}: cannot build the feature extractor of this model: {err}") from None
+        current = json.loads(checkpoint.canonical_json(extractor.identity()))
+        if checkpoint.canonical_json(current) != checkpoint.canonical_json(stored_identity):
+            differences = sorted(set(_flatten(stored_identity).items()) ^ set(_flatten(current).items()))
+            keys = sorted({key for key, _ in differences})
+            raise ModelLoadError(
+                f"{path}: the model was trained with different backbone features than this extractor provides "
+                f"(differs in: {', '.join(keys) or 'identity'}); stored {stored_identity}, current {current}")
+        heads = Mentor3ADHeads(rgb_dim, xyz_dim, config.model, seed=config.train.seed)
+        try:
+            heads.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ModelLoadError(f"{path}: weights do not match the stored model config: {err}") from None
+        detector = cls(config, heads, extractor, threshold=threshold, training_info=metadata.get("training_info"),
+                       device=device, backbone_identity=stored_identity)
+        if self_test:
+            try:
+                detector.self_test()
+            except ModelLoadError as err:
+                raise ModelLoadError(f"{path}: {err}") from None
+        return detector
+
+
+def _flatten(value, prefix: str = "") -> Dict[str, str]:
+    if isinstance(value, dict):
+        out: Dict[str, str] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: json.dumps(value, sort_keys=True, default=checkpoint.json_default)}
+
+
+__all__ = ["Detector", "check_input", "warmup_scene"]

@@ -1,0 +1,155 @@
+"""From the heads' maps to an answer: upsampling + smoothing, the verdict, and the defect regions.
+
+* :func:`upsample_maps`: (B, R, R) grid maps -> (B, H, W) anomaly maps at the input resolution
+  (bilinear to ``image_size``, Gaussian smoothing in pixels of that grid, bilinear to the input size).
+* :func:`decide`: an anomaly map + threshold -> :class:`~mentor3ad.types.InspectionResult`. The one place a
+  verdict is made: image score = max of the map; a non-finite map or threshold is an ERROR naming the
+  cause (never a PASS); FAIL when score > threshold, with the connected regions above the threshold.
+* :func:`extract_regions`: connected components measured on the cloud (area in mm^2, 3D centroid and extent).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..types import InspectionResult, Region, Verdict
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (B, H, W) maps, kernel radius 4 sigma, reflect padding."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4.0 * sigma + 0.5))
+    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    if radius < 1:
+        return maps
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)
+    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def upsample_maps(maps: torch.Tensor, image_size: int, sigma: float, output_size: Tuple[int, int]) -> torch.Tensor:
+    """(B, R, R) -> (B, H, W): bilinear to image_size, Gaussian blur (sigma in pixels of that grid),
+    bilinear to ``output_size``."""
+    x = F.interpolate(maps.unsqueeze(1).float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
+    x = gaussian_blur(x.squeeze(1), sigma)
+    if tuple(output_size) != (image_size, image_size):
+        x = F.interpolate(x.unsqueeze(1), size=tuple(output_size), mode="bilinear", align_corners=False).squeeze(1)
+    return x
+
+
+def decide(anomaly_map: np.ndarray, threshold: float, xyz: Optional[np.ndarray] = None,
+           model_id: str = "") -> InspectionResult:
+    """The verdict for one part from its (H, W) anomaly map (see module docstring)."""
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    finite = np.isfinite(amap)
+    if not finite.all():
+        nan, inf = int(np.isnan(amap).sum()), int((~finite).sum() - np.isnan(amap).sum())
+        return InspectionResult.error(
+            f"non-finite anomaly map ({nan} NaN, {inf} infinite values of {amap.size}): the model's weights or "
+            "its features are broken; the part cannot be judged", score=math.nan, threshold=float(threshold),
+            anomaly_map=amap, model_id=model_id)
+    score = float(amap.max())
+    if not math.isfinite(threshold):
+        return InspectionResult.error(f"the decision threshold is {threshold} (model not calibrated)",
+                                      score=score, threshold=float(threshold), anomaly_map=amap, model_id=model_id)
+    failed = score > threshold
+    return InspectionResult(Verdict.FAIL if failed else Verdict.PASS, score=score, threshold=float(threshold),
+                            regions=extract_regions(amap, threshold, xyz) if failed else [], anomaly_map=amap,
+                            model_id=model_id)
+
+
+def _neighbour(a: np.ndarray, offset: int, axis: int, fill) -> np.ndarray:
+    """a shifted so that out[i] = a[i + offset] along ``axis``; ``fill`` outside the array."""
+    out = np.full_like(a, fill)
+    src = [slice(None)] * a.ndim
+    dst = [slice(None)] * a.ndim
+    if offset > 0:
+        src[axis], dst[axis] = slice(offset, None), slice(None, -offset)
+    else:
+        src[axis], dst[axis] = slice(None, offset), slice(-offset, None)
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+def _grid_step(p: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
+    """Metric step to the next pixel along ``axis``: central difference, one-sided at holes, else 0."""
+    fwd_ok = valid & _neighbour(valid, 1, axis, False)
+    bwd_ok = valid & _neighbour(valid, -1, axis, False)
+    fwd = np.where(fwd_ok[..., None], _neighbour(p, 1, axis, 0.0) - p, 0.0)
+    bwd = np.where(bwd_ok[..., None], p - _neighbour(p, -1, axis, 0.0), 0.0)
+    count = fwd_ok.astype(np.float64) + bwd_ok
+    return (fwd + bwd) / np.maximum(count, 1.0)[..., None]
+
+
+def pixel_footprint_m2(xyz: np.ndarray) -> np.ndarray:
+    """Surface area each pixel covers on the point cloud.
+
+    xyz: (H, W, 3) metres, invalid = 0 or NaN.
+    Returns (H, W) float64 m^2: |dP/du x dP/dv| from differences to valid neighbours; 0 where the
+    pixel is invalid or has no valid neighbour along an axis.
+    """
+    p = np.asarray(xyz, dtype=np.float64)
+    valid = np.isfinite(p).all(-1) & (np.abs(np.nan_to_num(p)).sum(-1) > 0)
+    p = np.where(valid[..., None], p, 0.0)
+    area = np.linalg.norm(np.cross(_grid_step(p, valid, 1), _grid_step(p, valid, 0)), axis=-1)
+    return np.where(valid, area, 0.0)
+
+
+def extract_regions(
+    anomaly_map: np.ndarray,
+    threshold: float,
+    xyz: Optional[np.ndarray] = None,
+    min_area_px: int = 1,
+    max_regions: int = 32,
+) -> List[Region]:
+    """Connected regions (8-connectivity) of ``anomaly_map > threshold``, largest first.
+
+    anomaly_map: (H, W) float scores at input resolution.
+    xyz: optional (H, W, 3) metres, pixel-aligned; gives each region's area in mm^2 and 3D centroid.
+    """
+    amap = np.asarray(anomaly_map, dtype=np.float32)
+    labels, n = ndimage.label(amap > threshold, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return []
+    footprint = pixel_footprint_m2(xyz) if xyz is not None else None
+    regions: List[Region] = []
+    for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        inside = labels[sl] == idx
+        area_px = int(inside.sum())
+        if area_px < min_area_px:
+            continue
+        area_mm2 = float("nan")
+        centroid = extent = (float("nan"),) * 3
+        if footprint is not None:
+            area_mm2 = float(footprint[sl][inside].sum() * 1e6)
+            pts = np.asarray(xyz[sl][inside], dtype=np.float64)
+            ok = np.isfinite(pts).all(-1) & (np.abs(pts).sum(-1) > 0)
+            if ok.any():
+                centroid = tuple(float(c) for c in pts[ok].mean(0))
+                extent = tuple(float(c) for c in pts[ok].max(0) - pts[ok].min(0))
+        regions.append(
+            Region(
+                bbox=(sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1),
+                area_px=area_px,
+                area_mm2=area_mm2,
+                centroid_xyz=centroid,
+                peak_score=float(amap[sl][inside].max()),
+                extent_xyz=extent,
+            )
+        )
+    regions.sort(key=lambda r: r.area_px, reverse=True)
+    return regions[:max_regions]

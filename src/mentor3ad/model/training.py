@@ -1,0 +1,263 @@
+"""Training of the Mentor3AD heads on normal samples: MFM -> MGM -> Voting Module, then calibration.
+
+Everything is seeded; on CPU the run is deterministic (``torch.use_deterministic_algorithms``), so the
+same features, config and seed give bit-identical weights. Features come from the
+:class:`mentor3ad.features.cache.FeatureCache` when a cache directory is given, so a second run skips the
+backbones.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from ..config import Mentor3ADConfig
+from ..errors import InputError
+from ..features.extractor import FeatureSet, stack_features
+from .heads import Mentor3ADHeads, cosine_loss, info_nce, to_patches
+
+LOG = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True) -> Iterator[None]:
+    """torch.use_deterministic_algorithms for the block (restored afterwards)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _batches(count: int, batch_size: int, generator: torch.Generator) -> List[torch.Tensor]:
+    order = torch.randperm(count, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, count, batch_size)]
+
+
+def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads] = None) -> Dict[str, torch.Tensor]:
+    """Valid patches (P, C) per modality, standardised by ``heads`` when given."""
+    valid = features.valid.to(device)
+    patches = {"rgb": to_patches(features.rgb.to(device))[valid], "xyz": to_patches(features.xyz.to(device))[valid]}
+    if heads is not None:
+        patches = {name: heads.normalize_patches(name, value) for name, value in patches.items()}
+    return patches
+
+
+def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generator, device) -> torch.Tensor:
+    """InfoNCE over the valid patches of a batch: RGB vs XYZ projections of the same patch are positives;
+    plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP."""
+    config = heads.config
+    patches = _valid_patches(batch, device, heads)
+    count = patches["rgb"].shape[0]
+    if count < 2:
+        return None
+    if count > config.infonce_max_patches:
+        keep = torch.randperm(count, generator=generator)[:config.infonce_max_patches].to(device)
+        patches = {name: value[keep] for name, value in patches.items()}
+    rgb_projected = heads.mfm.rgb_projection(patches["rgb"])
+    xyz_projected = heads.mfm.xyz_projection(patches["xyz"])
+    loss = info_nce(rgb_projected, xyz_projected, config.infonce_temperature)
+    if config.mfm_fused_contrast_weight > 0:
+        mentor = heads.mfm.fuse(rgb_projected, xyz_projected)
+        loss = loss + 0.5 * config.mfm_fused_contrast_weight * (
+            info_nce(mentor, rgb_projected, config.infonce_temperature)
+            + info_nce(mentor, xyz_projected, config.infonce_temperature))
+    return loss
+
+
+def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
+    """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch."""
+    patches = _valid_patches(batch, device, heads)
+    if patches["rgb"].shape[0] == 0:
+        return None
+    mentor = None
+    if heads.config.use_mentor:
+        with torch.no_grad():
+            mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]), heads.mfm.xyz_projection(patches["xyz"]))
+    xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
+    rgb_rec = heads.mgm.xyz_to_rgb.map_patches(patches["xyz"], mentor)
+    ones = torch.ones(patches["rgb"].shape[0], dtype=torch.bool, device=device)
+    # patches are rows here: cosine over the channel dim = dim 1 of (P, C)
+    return cosine_loss(rgb_rec, patches["rgb"], ones) + cosine_loss(xyz_rec, patches["xyz"], ones)
+
+
+def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
+                batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None]) -> List[float]:
+    from tqdm import tqdm
+
+    parameters = [p for p in parameters if p.requires_grad]
+    optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    history = []
+    bar = tqdm(range(epochs), desc=name, disable=not progress, leave=False)
+    for epoch in bar:
+        total, steps = 0.0, 0
+        for index in _batches(len(features), batch_size, generator):
+            loss = loss_fn(features.subset(index))
+            if loss is None:
+                continue
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach())
+            steps += 1
+        mean = total / max(steps, 1)
+        history.append(mean)
+        bar.set_postfix(loss=f"{mean:.4f}")
+        if epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
+            log(f"{name} epoch {epoch + 1}/{epochs} loss {mean:.5f}")
+    return history
+
+
+@torch.no_grad()
+def compute_score_maps(heads: Mentor3ADHeads, features: FeatureSet, device, batch_size: int = 8) -> torch.Tensor:
+    """Stacked score maps (M, num_maps, R, R) of frozen MFM + MGM on ``features``."""
+    out = []
+    for start in range(0, len(features), batch_size):
+        batch = features.subset(slice(start, start + batch_size)).to(device)
+        out.append(heads.stacked(heads.score_maps(batch.rgb, batch.xyz, batch.valid)).cpu())
+    return torch.cat(out)
+
+
+def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Tensor, steps: int, lr: float,
+               anchor_weight: float, progress: bool = False, log: Callable[[str], None] = LOG.info) -> List[float]:
+    """Train the Voting Module (exponents, refinement convs, OC-SVM) on normal score maps (M, num_maps, R, R).
+
+    Loss: Schoelkopf's OC-SVM objective on the per-pixel level features of the valid pixels, standardised
+    with their own (differentiable) statistics, so rescaling every map cannot lower it
+    + anchor_weight * |theta - theta_0|^2 over the exponents and conv weights (keeps the levels close
+    to their initial meaning). The final statistics are then frozen into the OC-SVM.
+    """
+    from tqdm import tqdm
+
+    voting = heads.voting
+    if voting is None:
+        return []
+    valid = valid.bool()
+    if int(valid.sum()) < 2:
+        raise InputError("the Voting Module needs at least two valid training pixels")
+    with torch.no_grad():
+        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
+    anchored = [p for n, p in voting.named_parameters() if not n.startswith("ocsvm.")]
+    initial = [p.detach().clone() for p in anchored]
+    optimiser = torch.optim.Adam(voting.parameters(), lr=lr)
+    history = []
+    for step in tqdm(range(steps), desc="VM", disable=not progress, leave=False):
+        features = voting.pixel_features(score_maps)[valid]
+        loss = voting.ocsvm.objective(features, batch_statistics=True)
+        if anchor_weight > 0:
+            loss = loss + anchor_weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, initial))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss.detach()))
+        if step == 0 or step == steps - 1 or (step + 1) % max(1, steps // 5) == 0:
+            log(f"VM step {step + 1}/{steps} loss {history[-1]:.5f}")
+    with torch.no_grad():  # freeze the standardisation the last steps were trained with
+        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
+    return history
+
+
+def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optional[FeatureSet] = None,
+                device="cpu", progress: bool = True, log: Callable[[str], None] = LOG.info):
+    """Train MFM -> MGM -> VM on normal features. Returns (heads in eval mode, info dict)."""
+    model_config, train_config = config.model, config.train
+    model_config.validate()
+    train_config.validate()
+    if len(train) == 0:
+        raise InputError("no training features")
+    if int(train.valid.sum()) == 0:
+        raise InputError("the training samples contain no valid patch (empty point clouds?)")
+    info: Dict[str, object] = {"num_train_samples": len(train), "seed": train_config.seed}
+    started = time.perf_counter()
+    with deterministic(train_config.deterministic):
+        torch.manual_seed(train_config.seed)
+        heads = Mentor3ADHeads(train.rgb.shape[1], train.xyz.shape[1], model_config, seed=train_config.seed)
+        heads.to(device).train()
+        statistics = _valid_patches(train, device)
+        heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
+        del statistics
+        generator = torch.Generator().manual_seed(train_config.seed)
+        if heads.mfm is not None:
+            info["mfm_loss"] = _run_epochs(
+                "MFM", heads.mfm.parameters(), lambda b: mfm_loss(heads, b, generator, device), train,
+                train_config.mfm_epochs, train_config.mfm_lr, train_config.weight_decay, train_config.batch_size,
+                generator, progress, log)
+            heads.mfm.requires_grad_(False)
+            heads.mfm.eval()
+        info["mgm_loss"] = _run_epochs(
+            "MGM", heads.mgm.parameters(), lambda b: mgm_loss(heads, b, device), train, train_config.mgm_epochs,
+            train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log)
+        heads.mgm.requires_grad_(False)
+        heads.eval()
+        if heads.voting is not None:
+            source = train
+            if train_config.vm_data == "validation":
+                if vm_features is not None and len(vm_features) > 0:
+                    source = vm_features
+                else:
+                    log("train.vm_data=validation but no validation samples: fitting the VM on the training maps")
+            maps = compute_score_maps(heads, source, device)
+            info["vm_loss"] = fit_voting(heads, maps.to(device), source.valid.to(device), train_config.vm_steps,
+                                         train_config.vm_lr, train_config.vm_anchor_weight, progress, log)
+            info["vm_samples"] = len(source)
+        heads.requires_grad_(False)
+        heads.eval()
+    info["train_seconds"] = round(time.perf_counter() - started, 3)
+    for key in ("mfm_loss", "mgm_loss", "vm_loss"):  # keep the checkpoint metadata small
+        if key in info and info[key]:
+            info[f"{key}_final"] = info[key][-1]
+            info[key] = [round(v, 6) for v in info[key][:: max(1, len(info[key]) // 20)]]
+    return heads, info
+
+
+def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = None, val_samples=None,
+                   cache_dir=None, device="cpu", progress: bool = True, log: Optional[Callable[[str], None]] = None,
+                   extractor=None):
+    """Train a :class:`mentor3ad.model.detector.Detector` on normal ``train_samples`` (list of Sample).
+
+    val_samples: held-out normal samples for threshold calibration (and the VM when train.vm_data is
+    "validation"); without them the threshold is calibrated on the training scores (optimistic, logged).
+    extractor: an existing FeatureExtractor built from config.features (else one is created).
+    """
+    from ..features.cache import extract_features
+    from .calibration import calibrate_false_reject
+    from .detector import Detector
+
+    log = log or LOG.info
+    config = (config or Mentor3ADConfig()).validate()
+    if not train_samples:
+        raise InputError("train_detector: no training samples")
+    for sample in list(train_samples) + list(val_samples or []):
+        if sample.label not in (None, 0):
+            raise InputError(f"train_detector: sample {sample.name!r} is labelled anomalous; train and calibrate "
+                             "on good parts only")
+    if extractor is None:
+        from ..features.extractor import FeatureExtractor
+
+        extractor = FeatureExtractor(config.features, device)
+    log(f"extracting features of {len(train_samples)} training samples")
+    train = stack_features(extract_features(train_samples, extractor, cache_dir, progress=progress,
+                                            desc="train features"))
+    validation = None
+    if val_samples:
+        validation = stack_features(extract_features(val_samples, extractor, cache_dir, progress=progress,
+                                                     desc="validation features"))
+    heads, info = train_heads(train, config, validation, device, progress, log)
+    detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
+    calibration_features, source = (validation, "validation") if validation is not None else (train, "train")
+    if validation is None:
+        log("no held-out normal samples: calibrating the threshold on the training scores (optimistic)")
+    scores = detector.image_scores_from_features(calibration_features)
+    threshold = calibrate_false_reject(scores, config.calibration.target_false_reject_rate, config.calibration.margin)
+    detector.threshold = threshold
+    detector.training_info["threshold_source"] = source
+    detector.training_info["threshold_rule"] = (
+        f"false-reject rate {config.calibration.target_false_reject_rate} on {len(scores)} normal scores")
+    log(f"threshold {threshold:.6g} from {len(scores)} {source} scores")
+    return detector

@@ -1,0 +1,134 @@
+"""Trainer node: train a detector from rosbag2 recordings of good parts, write it atomically, exit.
+
+    ros2 run mentor3ad trainer_node --ros-args -p bag_paths:="['/bags/good']" -p output_model_path:=/models/m.safetensors
+
+Pairs image and 3D data by header stamp, trains, calibrates the threshold on held-out good pairs
+(``val_bag_paths``, else the last ``val_fraction`` of the pairs) and saves: :func:`mentor3ad.jobs.train_from_bags`,
+the same job as ``mentor3ad train --bag``. Optionally asks a running inspector to reload
+(``reload_service``). Progress goes to the log and to ``~/progress`` (diagnostic_msgs/DiagnosticStatus:
+message = stage text, values = stage, elapsed_s, ...). Exit code 0 on success, 1 when training failed
+(the reason is logged and published).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from ...io.inputs import INPUT_MODES, TOPICS, input_mode_help
+from .. import configure_local_discovery, log_outcome
+from ..params import ParamSpec, declare_parameters, parse_node_help, topic_parameters, topics_from_parameters
+
+TRAINER_PARAMETERS = [
+    ParamSpec("bag_paths", [""], "rosbag2 recordings (directories, sqlite3 or mcap) of good parts to train on.",
+              read_only=True),
+    ParamSpec("val_bag_paths", [""], "Held-out recordings of good parts for threshold calibration (empty: "
+              "hold out the last val_fraction of the training pairs).", read_only=True),
+    ParamSpec("val_fraction", 0.2, "Share of the training pairs held out for calibration when val_bag_paths "
+              "is empty (at least one pair when there are two or more).", read_only=True),
+    ParamSpec("output_model_path", "", "Model file to write (atomically: temporary file + rename).", read_only=True),
+    ParamSpec("config_file", "", "Mentor3AD model/training config YAML (empty: the packaged config/model.yaml).",
+              read_only=True),
+    ParamSpec("input_mode", "points", f"3D data in the recordings: {input_mode_help()}.", read_only=True),
+    *topic_parameters([key for key in TOPICS if key in {k for m in INPUT_MODES.values() for k in m.keys}]),
+    ParamSpec("sync_slop", 0.02, "Largest stamp difference (seconds) between an image and its 3D data.",
+              read_only=True),
+    ParamSpec("device", "auto", "Training device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
+              read_only=True),
+    ParamSpec("cache_dir", "", "Feature cache directory (empty: no cache).", read_only=True),
+    ParamSpec("reload_service", "", "std_srvs/Trigger service of a running inspector to call once the model is "
+              "written, e.g. /inspector/reload_model (empty: none).", read_only=True),
+]
+
+
+def _paths(values: Sequence[str]) -> List[str]:
+    return [v for v in (values or []) if v and v.strip()]
+
+
+class TrainerNode(Node):
+    """See the module docstring and the README (Nodes -> trainer_node)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("trainer", **kwargs)
+        self.p = declare_parameters(self, TRAINER_PARAMETERS)
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.progress_pub = self.create_publisher(DiagnosticStatus, "~/progress", qos)
+        self.started = time.monotonic()
+        self.stage = "start"
+
+    def report(self, text: str, level: bytes = DiagnosticStatus.OK, **values: object) -> None:
+        log_outcome(self.get_logger(), level != DiagnosticStatus.ERROR, text)
+        fields = {"stage": self.stage, "elapsed_s": f"{time.monotonic() - self.started:.1f}"}
+        fields.update({k: str(v) for k, v in values.items()})
+        self.progress_pub.publish(DiagnosticStatus(
+            level=level, name=f"{self.get_fully_qualified_name()}: training", message=text,
+            values=[KeyValue(key=k, value=v) for k, v in fields.items()]))
+
+    def run(self) -> int:
+        from ...jobs import train_from_bags
+        from .inspector import resolve_device
+
+        p = self.p
+        try:
+            self.stage = "training"
+            detector = train_from_bags(
+                _paths(p["bag_paths"]), p["output_model_path"], val_bag_paths=_paths(p["val_bag_paths"]),
+                val_fraction=float(p["val_fraction"]), config_file=p["config_file"], input_mode=p["input_mode"],
+                topics=topics_from_parameters(p), slop_ns=int(round(float(p["sync_slop"]) * 1e9)),
+                device=resolve_device(p["device"]), cache_dir=p["cache_dir"], log=self.report)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported with its reason, then exit 1
+            self.stage = "failed"
+            self.report(f"training failed: {type(exc).__name__}: {exc}", DiagnosticStatus.ERROR)
+            return 1
+        self.stage = "done"
+        self.report(f"model written to {p['output_model_path']}", model=detector.model_id,
+                    threshold=detector.threshold, model_path=p["output_model_path"])
+        if p["reload_service"]:
+            return self.request_reload(p["reload_service"])
+        return 0
+
+    def request_reload(self, service: str, timeout: float = 30.0) -> int:
+        import rclpy
+        from std_srvs.srv import Trigger
+
+        client = self.create_client(Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout):
+            self.report(f"reload service {service} not available", DiagnosticStatus.WARN)
+            return 0
+        future = client.call_async(Trigger.Request())
+        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
+        result = future.result()
+        if result is None or not result.success:
+            self.report(f"{service} refused the model: {getattr(result, 'message', 'no answer')}",
+                        DiagnosticStatus.WARN)
+        else:
+            self.report(f"{service}: {result.message}")
+        return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import rclpy
+
+    argv = list(sys.argv if argv is None else argv)
+    parse_node_help(argv, "trainer_node", "Mentor3AD trainer: rosbag2 recordings of good parts -> model file.",
+                    TRAINER_PARAMETERS)
+    configure_local_discovery()
+    rclpy.init(args=argv)
+    node = TrainerNode()
+    try:
+        code = node.run()
+        time.sleep(0.3)  # let the last progress message go out
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

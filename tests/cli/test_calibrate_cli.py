@@ -1,0 +1,62 @@
+"""`mentor3ad calibrate`: the threshold is re-computed by the chosen rule and stored in the model file."""
+import json
+
+import numpy as np
+import pytest
+from helpers import run_mentor3ad
+
+pytest.importorskip("torch")
+
+from mentor3ad.model.calibration import calibrate_f1, calibrate_false_reject  # noqa: E402
+from mentor3ad.io.datasets.mvtec import load_mvtec_split  # noqa: E402
+from mentor3ad.io.datasets.synthetic import generate_cell_dataset  # noqa: E402
+from mentor3ad.model.detector import Detector  # noqa: E402
+from helpers import train_tiny_model  # noqa: E402
+
+
+def _cli(*args):
+    return run_mentor3ad("calibrate", "--no-progress", *args)
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrate")
+    data = root / "cell"
+    generate_cell_dataset(data, n_train=2, n_val=4, n_test_good=3, n_test_per_defect=1, resolution=(64, 64), seed=3)
+    model = root / "model.safetensors"
+    train_tiny_model(model)
+    return model, data
+
+
+def test_false_reject_rule_on_good_parts_rewrites_the_model(model_and_data, tmp_path):
+    model, data = model_and_data
+    out = tmp_path / "frr.safetensors"
+    original = Detector.load(model).threshold
+    code, stdout, output = _cli("--model", str(model), "--data", str(data), "--target-frr", "0.5", "--out", str(out))
+    assert code == 0, output
+    detector = Detector.load(out)
+    scores = [p.score for p in detector.predict_samples(load_mvtec_split(data, "validation"), progress=False)]
+    expected = calibrate_false_reject(scores, 0.5)
+    assert detector.threshold == pytest.approx(expected)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["threshold"] == pytest.approx(expected) and summary["old_threshold"] == pytest.approx(original)
+    assert np.mean(np.asarray(scores) > detector.threshold) <= 0.5
+    assert Detector.load(model).threshold == original  # --out leaves the input model untouched
+
+
+def test_f1_rule_on_labelled_parts(model_and_data, tmp_path):
+    model, data = model_and_data
+    out = tmp_path / "f1.safetensors"
+    code, stdout, output = _cli("--model", str(model), "--data", str(data), "--rule", "f1", "--out", str(out))
+    assert code == 0, output
+    test = load_mvtec_split(data, "test")
+    scores = [p.score for p in Detector.load(model).predict_samples(test, progress=False)]
+    threshold, f1 = calibrate_f1(scores, [s.label for s in test])
+    assert Detector.load(out).threshold == pytest.approx(threshold)
+    assert json.loads(stdout.strip().splitlines()[-1])["f1"] == pytest.approx(f1)
+
+
+def test_false_reject_rule_refuses_defective_parts(model_and_data):
+    model, data = model_and_data
+    code, _, output = _cli("--model", str(model), "--data", str(data), "--split", "test")
+    assert code != 0 and "needs good parts only" in output

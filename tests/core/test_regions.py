@@ -1,0 +1,51 @@
+"""Defect regions: connected components, pixel boxes, area on the cloud, 3D centroid."""
+import numpy as np
+
+from mentor3ad.model.postprocess import extract_regions, pixel_footprint_m2
+
+
+def _plane(h=40, w=50, pitch=0.001, z=0.5):
+    """Fronto-parallel plane at z metres with ``pitch`` metres between pixels."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.dstack([u * pitch, v * pitch, np.full_like(u, z)]).astype(np.float32)
+
+
+def test_footprint_of_a_regular_grid_is_pitch_squared():
+    xyz = _plane(pitch=0.002)
+    area = pixel_footprint_m2(xyz)
+    np.testing.assert_allclose(area, 4e-6, rtol=1e-5)  # float32 input coordinates
+
+
+def test_footprint_is_zero_on_invalid_points_and_handles_holes():
+    xyz = _plane()
+    xyz[10, 10] = np.nan
+    xyz[20, 20] = 0.0
+    area = pixel_footprint_m2(xyz)
+    assert area[10, 10] == 0 and area[20, 20] == 0
+    # neighbours of a hole fall back to one-sided differences and keep the true footprint
+    np.testing.assert_allclose(area[10, 11], 1e-6, rtol=1e-6)
+    assert np.isfinite(area).all()
+
+
+def test_regions_boxes_areas_and_centroids():
+    xyz = _plane(pitch=0.001, z=0.5)
+    amap = np.zeros((40, 50), np.float32)
+    amap[5:10, 8:20] = 0.9  # 5 x 12 = 60 px
+    amap[30:32, 40:42] = 0.7  # 4 px
+    amap[31, 44] = 0.6  # diagonal neighbour of nothing: separate 1 px region
+    regions = extract_regions(amap, threshold=0.5, xyz=xyz)
+    assert [r.area_px for r in regions] == [60, 4, 1]
+    big = regions[0]
+    assert big.bbox == (8, 5, 19, 9)
+    assert big.peak_score == np.float32(0.9)
+    np.testing.assert_allclose(big.area_mm2, 60.0, rtol=1e-6)  # 60 px x 1 mm^2
+    np.testing.assert_allclose(big.centroid_xyz, (0.0135, 0.007, 0.5), atol=1e-6)
+
+
+def test_eight_connectivity_and_no_regions_below_threshold():
+    amap = np.zeros((10, 10), np.float32)
+    amap[2, 2] = amap[3, 3] = 1.0  # diagonal: one region with 8-connectivity
+    assert len(extract_regions(amap, 0.5)) == 1
+    assert extract_regions(amap, 1.0) == []
+    r = extract_regions(amap, 0.5)[0]
+    assert np.isnan(r.area_mm2) and all(np.isnan(r.centroid_xyz))

@@ -1,0 +1,137 @@
+"""Training stages (MFM -> MGM -> VM), determinism, calibration, config loading (tiny backbones)."""
+import numpy as np
+import pytest
+import torch
+
+from mentor3ad.model.calibration import calibrate_f1, calibrate_false_reject, false_reject_rate
+from mentor3ad.config import Mentor3ADConfig, default_config_path, load_config
+from helpers import learning_config as tiny_config
+from helpers import synthetic_set
+
+@pytest.fixture(scope="module")
+def extractor():
+    from mentor3ad.features.extractor import FeatureExtractor
+
+    return FeatureExtractor(tiny_config().features)
+
+
+@pytest.fixture(scope="module")
+def train_features(extractor):
+    from mentor3ad.features.cache import extract_features
+    from mentor3ad.features.extractor import stack_features
+
+    return stack_features(extract_features(synthetic_set(6), extractor))
+
+
+def test_default_yaml_loads_and_round_trips():
+    config = load_config(default_config_path())
+    assert config.features.rgb_backbone == "vit_base_patch8_224.dino"
+    assert config.model.use_mentor and config.model.use_voting and config.model.score_maps == ["rgb", "xyz", "mtr"]
+    assert config.calibration.target_false_reject_rate == 0.01
+    data = config.to_dict()
+    assert Mentor3ADConfig.from_dict(data).to_dict() == data
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match="model.mentr_dim"):
+        Mentor3ADConfig.from_dict({"model": {"mentr_dim": 3}})
+    with pytest.raises(ValueError, match="'modle'"):
+        Mentor3ADConfig.from_dict({"modle": {}})
+    with pytest.raises(ValueError, match="features.rgb_backbon"):
+        Mentor3ADConfig.from_dict({"features": {"rgb_backbon": "x"}})
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  sed: 3\n")
+    with pytest.raises(ValueError, match="train.sed"):
+        load_config(path)
+    with pytest.raises(ValueError, match="vm_data"):
+        tiny_config(train={"vm_data": "test"})
+
+
+def test_stages_reduce_their_losses(train_features):
+    from mentor3ad.model.training import train_heads
+
+    config = tiny_config(train={"mfm_epochs": 8, "mgm_epochs": 15, "vm_steps": 60})
+    heads, info = train_heads(train_features, config, progress=False, log=lambda msg: None)
+    assert info["mfm_loss"][-1] < info["mfm_loss"][0]
+    assert info["mgm_loss"][-1] < info["mgm_loss"][0]
+    assert info["vm_loss"][-1] < info["vm_loss"][0]
+    assert all(not p.requires_grad for p in heads.parameters())
+    out = heads(train_features.rgb[:2], train_features.xyz[:2], train_features.valid[:2])
+    assert out["final"].shape == (2, 8, 8) and torch.isfinite(out["final"]).all()
+
+
+def test_training_is_deterministic(train_features):
+    from mentor3ad.model.training import train_heads
+
+    config = tiny_config()
+    first, _ = train_heads(train_features, config, progress=False, log=lambda msg: None)
+    second, _ = train_heads(train_features, config, progress=False, log=lambda msg: None)
+    other, _ = train_heads(train_features, tiny_config(train={"seed": 1}), progress=False, log=lambda msg: None)
+    a, b, c = first.state_dict(), second.state_dict(), other.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ablation_variants_train(train_features):
+    from mentor3ad.model.training import train_heads
+
+    cfm = tiny_config(model={"use_mentor": False, "use_voting": False, "score_maps": ["rgb", "xyz"]})
+    heads, info = train_heads(train_features, cfm, progress=False, log=lambda msg: None)
+    assert heads.mfm is None and heads.voting is None and "mfm_loss" not in info and "vm_loss" not in info
+    rff = tiny_config(model={"ocsvm_kernel": "rff", "ocsvm_include_raw": True}, train={"vm_steps": 100, "vm_lr": 3e-3})
+    heads, info = train_heads(train_features, rff, progress=False, log=lambda msg: None)
+    assert heads.voting.ocsvm.kernel == "rff" and info["vm_loss"][-1] < info["vm_loss"][0]
+
+
+def test_train_detector_calibrates_and_second_run_uses_cache(tmp_path, extractor):
+    from mentor3ad.model.training import train_detector
+
+    config = tiny_config(train={"mgm_epochs": 15})
+    logs = []
+    detector = train_detector(synthetic_set(6), config, val_samples=synthetic_set(3, start=20), cache_dir=tmp_path,
+                              progress=False, log=logs.append, extractor=extractor)
+    assert np.isfinite(detector.threshold)
+    assert detector.training_info["threshold_source"] == "validation"
+    assert any("threshold" in line for line in logs)
+    calls = extractor.backbone_calls
+    again = train_detector(synthetic_set(6), config, cache_dir=tmp_path, progress=False, log=logs.append,
+                           extractor=extractor)
+    assert extractor.backbone_calls == calls  # second run: every feature from the cache
+    assert again.training_info["threshold_source"] == "train"
+    with pytest.raises(ValueError, match="anomalous"):
+        train_detector(synthetic_set(2, defects=("bump",)), config, progress=False, extractor=extractor)
+    with pytest.raises(ValueError, match="no training samples"):
+        train_detector([], config, progress=False, extractor=extractor)
+
+
+def test_calibration_quantile_rule():
+    scores = np.arange(1, 201, dtype=float)  # 200 normal scores
+    threshold = calibrate_false_reject(scores, 0.01)
+    assert threshold == 198.0  # ceil(0.99 * 200) = 198th smallest -> 2 of 200 above (1 %)
+    assert false_reject_rate(scores, threshold) == pytest.approx(0.01)
+    assert calibrate_false_reject(scores, 0.05) == 190.0
+    # few samples (n < 1 / rate): the maximum normal score
+    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01) == 0.3
+    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01, margin=0.5) == pytest.approx(0.45)
+    assert calibrate_false_reject([0.5], 0.0) == 0.5
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_false_reject([], 0.01)
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_false_reject([0.1, float("nan")], 0.01)
+    with pytest.raises(ValueError, match="target_false_reject_rate"):
+        calibrate_false_reject([0.1], 1.5)
+
+
+def test_calibration_f1_optimal():
+    scores = [0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.8]
+    labels = [0, 0, 0, 1, 0, 1, 1]
+    threshold, f1 = calibrate_f1(scores, labels)
+    assert 0.3 < threshold < 0.35
+    assert f1 == pytest.approx(2 * 3 / (4 + 3))
+    threshold, f1 = calibrate_f1([0.1, 0.2, 0.9], [0, 0, 1])
+    assert 0.2 < threshold < 0.9 and f1 == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        calibrate_f1([0.1, 0.2], [0])
+    with pytest.raises(ValueError, match="anomalous"):
+        calibrate_f1([0.1, 0.2], [0, 0])

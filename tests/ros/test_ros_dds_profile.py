@@ -1,0 +1,93 @@
+"""Fast DDS profile for large clouds: a 224x224 organized cloud (784 KiB, more than the default 512 KiB
+shared-memory segment) published best effort reaches the inspector when both processes use the
+package's profile (config/fastdds_large_shm.xml)."""
+import shutil
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT as REPO
+from helpers import train_tiny_model
+from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, large_shm_profile_path, with_dds_profile
+from mentor3ad.ros.graph import NodeProcess
+
+# Best-effort publisher of N cell pairs at SIZE (runs in its own process: Fast DDS reads the profile file
+# once per process, so the pytest process, whose participants may already exist, cannot be used).
+PUBLISHER = r"""
+import sys, time
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, PointCloud2
+from mentor3ad.ros import configure_local_discovery
+from mentor3ad.ros.pair_publisher import build_pair, to_messages
+
+count, width, height = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+configure_local_discovery()
+rclpy.init()
+node = rclpy.create_node("large_cloud_publisher")
+pubs = {"image": node.create_publisher(Image, "image", qos_profile_sensor_data),
+        "points": node.create_publisher(PointCloud2, "points", qos_profile_sensor_data)}
+pairs = [to_messages(build_pair("good", width, height, "points", seed=i, scene="cell"), (1800 + i) * 10**9)
+         for i in range(count)]
+assert len(pairs[0]["points"].data) == width * height * 16, len(pairs[0]["points"].data)
+deadline = time.monotonic() + 30.0
+while any(p.get_subscription_count() == 0 for p in pubs.values()):
+    if time.monotonic() > deadline:
+        sys.exit("no subscriber")
+    time.sleep(0.05)
+time.sleep(0.5)
+for msgs in pairs:
+    pubs["image"].publish(msgs["image"])
+    pubs["points"].publish(msgs["points"])
+    time.sleep(0.5)
+time.sleep(1.0)
+node.destroy_node()
+rclpy.try_shutdown()
+"""
+
+
+def test_large_shm_profile_is_found_and_user_choice_wins(monkeypatch, tmp_path):
+    profile = large_shm_profile_path()
+    assert profile == REPO / "config" / "fastdds_large_shm.xml"  # source checkout first
+    text = profile.read_text()
+    assert "<segment_size>16777216</segment_size>" in text and 'is_default_profile="true"' in text
+    assert with_dds_profile({"A": "1"}) == {"A": "1", FASTDDS_PROFILE_ENV: str(profile)}
+    assert with_dds_profile({FASTDDS_PROFILE_ENV: "/user.xml"})[FASTDDS_PROFILE_ENV] == "/user.xml"
+    assert with_dds_profile({FASTDDS_PROFILE_ENV: ""})[FASTDDS_PROFILE_ENV] == str(profile)  # empty = unset
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        with_dds_profile({}, tmp_path / "missing.xml")
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(60)
+def test_224_cloud_published_best_effort_reaches_inspector_with_profile(tmp_path, monkeypatch):
+    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("torch")
+    exe = shutil.which("inspector_node")
+    assert exe, "console script inspector_node not on PATH (run ./run.sh setup)"
+    model_path = tmp_path / "tiny.m3ad"
+    train_tiny_model(model_path, n_train=4, n_val=2)
+    monkeypatch.delenv(FASTDDS_PROFILE_ENV, raising=False)
+    env = with_dds_profile()
+    count = 3
+    # the node's input default is sensor-data QoS (best effort): no override here, a lost sample stays lost
+    inspector_cmd = [exe, "--ros-args", "-r", "__node:=inspector", "-p", f"model_path:={model_path}",
+                     "-p", "queue_policy:=all", "-p", "device:=cpu"]
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("dds_profile_test", context=context)
+    try:
+        from mentor3ad.ros.graph import ResultCollector
+
+        collector = ResultCollector(node, "/inspector/result")
+        with NodeProcess(inspector_cmd, env) as inspector:
+            assert collector.wait_for_publisher(40.0), inspector.output()
+            with NodeProcess([sys.executable, "-c", PUBLISHER, str(count), "224", "224"], env) as publisher:
+                results = collector.wait_for(count, 30.0)
+                assert publisher.wait(30.0) == 0, publisher.output()
+            assert len(results) == count, f"{len(results)}/{count} pairs arrived:\n{inspector.output()[-3000:]}"
+            assert [r.stamp_ns for r in results] == [(1800 + i) * 10**9 for i in range(count)]
+            assert {r.verdict for r in results} <= {"PASS", "FAIL"}, [r.reason for r in results]
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -1,0 +1,107 @@
+"""``replay_node`` / ``mentor3ad replay``: bag messages in recording-time order with /clock, over DDS."""
+import shutil
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("rosbags")
+
+from helpers import train_tiny_model  # noqa: E402
+from mentor3ad.ros.graph import NodeProcess, spin_until  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
+
+SEC = 1_000_000_000
+# (topic, log time ns) in the order they are written; replay must sort them by time
+WRITES = [("/image", 10 * SEC), ("/other", 10 * SEC + 50_000_000), ("/image", 10 * SEC + 300_000_000),
+          ("/image", 10 * SEC + 100_000_000), ("/other", 10 * SEC + 200_000_000)]
+
+
+def write_bag(path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    Image = store.types["sensor_msgs/msg/Image"]
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9) as writer:
+        conns = {t: writer.add_connection(t, "sensor_msgs/msg/Image", typestore=store) for t in ("/image", "/other")}
+        for topic, t in sorted(WRITES, key=lambda w: w[0]):  # grouped by topic: not in time order
+            header = Header(stamp=Time(sec=t // SEC, nanosec=t % SEC), frame_id=topic)
+            msg = Image(header=header, height=1, width=2, encoding="mono8", is_bigendian=0, step=2,
+                        data=np.array([1, 2], np.uint8))
+            writer.write(conns[topic], t, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+@pytest.mark.parametrize("launcher", ["replay_node", "mentor3ad"])
+def test_replay_in_time_order_with_clock(tmp_path, ros_node, launcher):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    received, clocks = [], []
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    for topic in ("/image", "/other"):
+        ros_node.create_subscription(Image, topic, lambda m: received.append(
+            (m.header.frame_id, m.header.stamp.sec * SEC + m.header.stamp.nanosec)), qos)
+    ros_node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * SEC + m.clock.nanosec), 50)
+    exe = shutil.which(launcher)
+    assert exe, f"{launcher} not on PATH"
+    cmd = [exe] + (["replay"] if launcher == "mentor3ad" else []) + [
+        str(bag), "--rate", "2", "--clock", "--wait-for-subscribers", "--linger", "0.5"]
+    with NodeProcess(cmd) as replay:
+        spin_until(ros_node, lambda: len(received) == len(WRITES) or replay.proc.poll() is not None, 30.0)
+        assert replay.wait(15.0) == 0, replay.output()
+        spin_until(ros_node, lambda: False, 0.3)
+    assert received == sorted(((t, s) for t, s in WRITES), key=lambda x: x[1]), replay.output()
+    assert clocks and clocks == sorted(clocks)
+    assert clocks[0] == WRITES[0][1] and clocks[-1] == max(t for _, t in WRITES)
+
+
+def test_replay_errors_are_named(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mentor3ad.ros.nodes.replay", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "not a rosbag2 recording" in proc.stderr
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    proc = subprocess.run([sys.executable, "-m", "mentor3ad.ros.nodes.replay", str(bag), "--topics", "/missing"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "/missing" in proc.stderr and "/image" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_replay_evaluation_runs_nodes_with_the_large_shm_profile(tmp_path, monkeypatch):
+    """mentor3ad demo's ROS stage: 224x224 parts from a bag through inspector + evaluator + replay processes,
+    each started with FASTDDS_DEFAULT_PROFILES_FILE = the package's large shared-memory profile."""
+    pytest.importorskip("torch")
+    from mentor3ad.io.bags import write_dataset_bag
+    from mentor3ad.io.datasets.synthetic import generate_sample
+    from mentor3ad.ros import graph
+    from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, large_shm_profile_path
+
+    started = []
+
+    class RecordingNodeProcess(graph.NodeProcess):
+        def __init__(self, cmd, env=None):
+            started.append((cmd[0], (env or {}).get(FASTDDS_PROFILE_ENV)))
+            super().__init__(cmd, env)
+
+    monkeypatch.setattr(graph, "NodeProcess", RecordingNodeProcess)
+    monkeypatch.delenv(FASTDDS_PROFILE_ENV, raising=False)
+    model_path = tmp_path / "tiny.m3ad"
+    train_tiny_model(model_path, n_train=4, n_val=2)
+    parts = [generate_sample(300, (224, 224), name="test/good/0"),
+             generate_sample(301, (224, 224), defect="dent", name="test/dent/0")]
+    bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * SEC)
+    out = graph.run_replay_evaluation(model_path, bag, tmp_path / "report", n_pairs=len(parts), rate=5.0, timeout_s=60.0)
+    assert [r.verdict in ("PASS", "FAIL") for r in out["results"]] == [True, True], out["results"]
+    profile = str(large_shm_profile_path())
+    assert sorted(Path(exe).name for exe, _ in started) == ["evaluator_node", "inspector_node", "replay_node"]
+    assert all(env_profile == profile for _, env_profile in started), started
