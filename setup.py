@@ -20,6 +20,7 @@ PACKAGE = "mentor3ad"
 # executable name -> "module:function"
 EXECUTABLES = {
     "inspector_node": "mentor3ad.ros.nodes.inspector:main",
+    "inspector_lifecycle_node": "mentor3ad.ros.nodes.inspector:lifecycle_main",
     "trainer_node": "mentor3ad.ros.nodes.trainer:main",
     "evaluator_node": "mentor3ad.ros.nodes.evaluator:main",
     "replay_node": "mentor3ad.ros.nodes.replay:main",

@@ -1,133 +1,74 @@
-"""Evaluate a model on a recorded test bag: inspector + evaluator (+ replay of the bag).
+"""Evaluate a model on a recorded test bag: inspector + evaluator (+ replay of the bag); ends with the report.
 
-    ros2 launch mentor3ad evaluate.launch.py model_path:=/models/gland.m3ad bag:=/bags/test output_dir:=/tmp/eval
+    ros2 launch mentor3ad evaluate.launch.py model_path:=/models/gland.safetensors bag:=/bags/test output_dir:=/tmp/eval
 
 With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/test``) and pass it as
 ``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
-inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``.
-The topic arguments default to the names ``mentor3ad to-bag`` records.
+inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
+with ``exit_when_done:=true`` (default) the whole launch ends once the report is written. The topic
+arguments default to the names ``mentor3ad to-bag`` records; the inspector arguments are those of
+inspect.launch.py.
 
 ``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
+from launch.actions import EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch_ros.actions import Node
 
-from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile, package_file
+from mentor3ad.io.inputs import TOPICS
+from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, declare, flag, inspector_node,
+                                          package_file, played_topics)
+from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 INSPECTOR_CONFIG = package_file("config", "inspector.yaml")
 EVALUATOR_CONFIG = package_file("config", "evaluator.yaml")
 DDS_PROFILE = package_file("config", "fastdds_large_shm.xml")
+RECORDED = {f"{key}_topic": TOPICS[key].recorded for key in ("image", "points", "depth", "camera_info")}
+EVALUATION_ARGUMENTS = {
+    "evaluator_params_file": (EVALUATOR_CONFIG, "Evaluator parameter file (YAML)."),
+    "bag": ("", "Test recording to replay with replay_node and to take the ground truth from."),
+    "ground_truth_bag": ("", "Test recording with ground truth when `bag` is empty (you play it)."),
+    "rate": ("1.0", "Replay rate factor (replay_node --rate)."),
+    "output_dir": ("", "Report directory; empty keeps the evaluator params file's value."),
+    "expected_pairs": ("", "Write the report after this many pairs; empty keeps the params file's value."),
+    "exit_when_done": ("true", "End the launch (all nodes) once the evaluator has written its report."),
+}
+
 
 def _nodes(context):
-    def arg(name):
-        return LaunchConfiguration(name).perform(context)
-
-    sim_time = arg("use_sim_time").lower() in ("true", "1")
-    namespace = arg("namespace")
-    inspector_overrides = {"use_sim_time": sim_time}
-    for key in ("model_path", "device", "input_mode"):
-        if arg(key):
-            inspector_overrides[key] = arg(key)
-    evaluator_overrides = {"use_sim_time": sim_time}
-    ground_truth = arg("bag") or arg("ground_truth_bag")
+    namespace, log = argument(context, "namespace"), ["--ros-args", "--log-level", argument(context, "log_level")]
+    evaluator_overrides = {"use_sim_time": flag(context, "use_sim_time"), "exit_when_done": flag(context, "exit_when_done")}
+    ground_truth = argument(context, "bag") or argument(context, "ground_truth_bag")
     if ground_truth:
         evaluator_overrides["ground_truth_bag"] = ground_truth
-    if arg("output_dir"):
-        evaluator_overrides["output_dir"] = arg("output_dir")
-    if arg("expected_pairs"):
-        evaluator_overrides["expected_pairs"] = int(arg("expected_pairs"))
-    log = ["--ros-args", "--log-level", arg("log_level")]
-    nodes = [
-        Node(
-            package="mentor3ad",
-            executable="inspector_node",
-            name="inspector",
-            namespace=namespace,
-            parameters=[arg("params_file"), inspector_overrides],
-            remappings=[
-                ("image", arg("image_topic")),
-                ("points", arg("points_topic")),
-                ("depth", arg("depth_topic")),
-                ("camera_info", arg("camera_info_topic")),
-            ],
-            arguments=log,
-            output="screen",
-        ),
-        Node(
-            package="mentor3ad",
-            executable="evaluator_node",
-            name="evaluator",
-            namespace=namespace,
-            parameters=[arg("evaluator_params_file"), evaluator_overrides],
-            remappings=[("result", "inspector/result"), ("anomaly_map", "inspector/anomaly_map")],
-            arguments=log,
-            output="screen",
-        ),
-    ]
-    if arg("bag"):
-        if (arg("input_mode") or "points") == "depth":
-            played = [arg("image_topic"), arg("depth_topic"), arg("camera_info_topic")]
-        else:
-            played = [arg("image_topic"), arg("points_topic")]
-        nodes.append(
-            Node(
-                package="mentor3ad",
-                executable="replay_node",
-                name="replay",
-                namespace=namespace,
-                arguments=[arg("bag"), "--rate", arg("rate"), "--clock", "--wait-for-subscribers", "--topics"]
-                + played + log,
-                output="screen",
-            )
-        )
-    return _dds_profile(arg("dds_profile")) + nodes
+    if argument(context, "output_dir"):
+        evaluator_overrides["output_dir"] = argument(context, "output_dir")
+    if argument(context, "expected_pairs"):
+        evaluator_overrides["expected_pairs"] = int(argument(context, "expected_pairs"))
+    if argument(context, "input_mode"):
+        evaluator_overrides["gt_input_mode"] = argument(context, "input_mode")
+    evaluator = Node(package="mentor3ad", executable="evaluator_node", name="evaluator", namespace=namespace,
+                     parameters=[argument(context, "evaluator_params_file"), evaluator_overrides],
+                     remappings=[("result", "inspector/result"), ("anomaly_map", "inspector/anomaly_map")],
+                     arguments=log, output="screen")
+    actions = _dds_profile(argument(context, "dds_profile")) + [inspector_node(context), evaluator]
+    if argument(context, "bag"):
+        actions.append(Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
+                            arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
+                                       "--wait-for-subscribers", "--topics", *played_topics(context), *log],
+                            output="screen"))
+    if flag(context, "exit_when_done"):
+        actions.append(RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[
+            EmitEvent(event=Shutdown(reason="evaluator_node wrote its report"))])))
+    return actions
 
 
 def generate_launch_description():
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument("params_file", default_value=INSPECTOR_CONFIG,
-                                  description="Inspector parameter file (YAML)."),
-            DeclareLaunchArgument("evaluator_params_file", default_value=EVALUATOR_CONFIG,
-                                  description="Evaluator parameter file (YAML)."),
-            DeclareLaunchArgument("model_path", default_value="",
-                                  description="Model file to evaluate; empty keeps the params file's value."),
-            DeclareLaunchArgument("device", default_value="",
-                                  description="auto, cpu, cuda or cuda:N; empty keeps the params file's value."),
-            DeclareLaunchArgument("input_mode", default_value="",
-                                  description="points or depth; empty keeps the params file's value."),
-            DeclareLaunchArgument("namespace", default_value="",
-                                  description="Namespace of all started nodes."),
-            DeclareLaunchArgument("image_topic", default_value="/camera/image",
-                                  description="Image topic of the recording, remapped to the inspector's `image`."),
-            DeclareLaunchArgument("points_topic", default_value="/camera/points",
-                                  description="Organized cloud topic, remapped to the inspector's `points`."),
-            DeclareLaunchArgument("depth_topic", default_value="/camera/depth",
-                                  description="Depth image topic, remapped to the inspector's `depth`."),
-            DeclareLaunchArgument("camera_info_topic", default_value="/camera/camera_info",
-                                  description="CameraInfo topic, remapped to the inspector's `camera_info`."),
-            DeclareLaunchArgument("bag", default_value="",
-                                  description="Test recording to replay with replay_node and to take the ground truth from."),
-            DeclareLaunchArgument("ground_truth_bag", default_value="",
-                                  description="Test recording with ground truth when `bag` is empty (you play it)."),
-            DeclareLaunchArgument("rate", default_value="1.0",
-                                  description="Replay rate factor (replay_node --rate)."),
-            DeclareLaunchArgument("output_dir", default_value="",
-                                  description="Report directory; empty keeps the evaluator params file's value."),
-            DeclareLaunchArgument("expected_pairs", default_value="",
-                                  description="Write the report after this many pairs; empty keeps the params file's."),
-            DeclareLaunchArgument("use_sim_time", default_value="true",
-                                  description="Use /clock from the bag replay."),
-            DeclareLaunchArgument("log_level", default_value="info",
-                                  description="Logging level: debug, info, warn, error."),
-            DeclareLaunchArgument("dds_profile", default_value=DDS_PROFILE,
-                                  description="Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the nodes: "
-                                              "the package's 16 MiB shared-memory segment, so 224x224 clouds are not "
-                                              "sent as UDP fragments; empty, or FASTDDS_DEFAULT_PROFILES_FILE already "
-                                              "set, leaves the environment alone. Ignored by other RMWs."),
-            OpaqueFunction(function=_nodes),
-        ]
-    )
+    defaults = {"params_file": INSPECTOR_CONFIG, "dds_profile": DDS_PROFILE, "use_sim_time": "true", **RECORDED,
+                **{name: value for name, (value, _) in EVALUATION_ARGUMENTS.items()}}
+    descriptions = {name: text for name, (_, text) in EVALUATION_ARGUMENTS.items()}
+    return LaunchDescription(declare(list(INSPECTOR_ARGUMENTS) + list(EVALUATION_ARGUMENTS), defaults, descriptions)
+                             + [OpaqueFunction(function=_nodes)])

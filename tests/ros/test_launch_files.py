@@ -1,9 +1,11 @@
-"""Launch files: every argument declared with a description, referenced executables/configs exist.
+"""Launch files: every argument declared with a description and a default, the node actions they build
+(executables, parameter files, typed overrides, remaps), the Fast DDS profile, and the evaluation's
+shutdown after the report.
 
-launch/launch_ros are not on PyPI, so the files are inspected as source (AST); where the real
-``launch`` is importable the launch descriptions are also built.
+launch/launch_ros are not on PyPI: the launch files run here against recording stand-ins of the launch
+classes (the launch descriptions are built and their OpaqueFunctions executed with the declared defaults);
+where the real ``launch`` is importable the real descriptions are built too.
 """
-import ast
 import importlib.util
 import sys
 import types
@@ -14,104 +16,145 @@ from helpers import setup_executables
 
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 COMMON_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "log_level", "device", "dds_profile"}
+INSPECTOR_ARGUMENTS = COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic", "depth_topic",
+                                          "camera_info_topic", "input_reliability", "threshold", "queue_policy",
+                                          "pair_timeout", "publish_anomaly_map", "publish_overlay", "publish_markers",
+                                          "lifecycle", "autostart"}
 REQUIRED = {
-    "inspect.launch.py": COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic",
-                                             "depth_topic", "camera_info_topic"},
+    "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
-                                           "camera_info_topic", "bag_paths", "output_model_path"},
-    "evaluate.launch.py": COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic",
-                                              "depth_topic", "camera_info_topic", "bag", "output_dir"},
+                                           "camera_info_topic", "bag_paths", "output_model_path", "reload_service"},
+    "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done"},
 }
 
 
-def _calls(tree, name):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
+class Recorder:
+    """Stand-in for a launch class: keeps its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
 
 
+class Configuration(Recorder):
+    """LaunchConfiguration stand-in: perform(context) looks the name up and records it."""
 
-def test_expected_launch_files_exist():
-    assert {p.name for p in LAUNCH_FILES} >= set(REQUIRED)
-
-
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_arguments_have_descriptions(path):
-    tree = ast.parse(path.read_text())
-    declared = {}
-    for call in _calls(tree, "DeclareLaunchArgument"):
-        assert call.args and isinstance(call.args[0], ast.Constant), f"{path.name}: argument name must be a literal"
-        kwargs = {k.arg: k.value for k in call.keywords}
-        name = call.args[0].value
-        desc = kwargs.get("description")
-        assert isinstance(desc, ast.Constant) and len(desc.value.strip()) > 10, f"{path.name}: {name} lacks a description"
-        assert "default_value" in kwargs, f"{path.name}: {name} lacks a default"
-        declared[name] = desc.value
-    missing = REQUIRED.get(path.name, COMMON_ARGUMENTS) - set(declared)
-    assert not missing, f"{path.name} does not declare {sorted(missing)}"
-    # every LaunchConfiguration used refers to a declared argument
-    used = {c.args[0].value for c in _calls(tree, "LaunchConfiguration") if c.args and isinstance(c.args[0], ast.Constant)}
-    used |= {c.args[0].value for c in _calls(tree, "arg") if c.args and isinstance(c.args[0], ast.Constant)}
-    assert used <= set(declared), f"{path.name} uses undeclared {sorted(used - set(declared))}"
+    def perform(self, context):
+        context.used.add(self.args[0])
+        return context.values[self.args[0]]
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_referenced_executables_and_configs_exist(path):
-    tree = ast.parse(path.read_text())
-    executables = {k.value.value for c in _calls(tree, "Node") for k in c.keywords
-                   if k.arg == "executable" and isinstance(k.value, ast.Constant)}
-    assert executables, f"{path.name} starts no node"
-    assert executables <= set(setup_executables()), f"{path.name}: unknown executables {executables - set(setup_executables())}"
-    packages = {k.value.value for c in _calls(tree, "Node") for k in c.keywords if k.arg == "package"}
-    assert packages == {"mentor3ad"}
-    configs = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-               and n.value.endswith(".yaml")}
-    assert configs, f"{path.name} loads no config/*.yaml"
-    for name in configs:
-        assert (REPO / "config" / name).is_file(), f"{path.name} references missing config/{name}"
-    profiles = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                and n.value.endswith(".xml")}
-    assert profiles == {"fastdds_large_shm.xml"}, f"{path.name}: DDS profiles {profiles}"
-    assert (REPO / "config" / "fastdds_large_shm.xml").is_file()
+class SetEnvironmentVariable:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
 
 
-def _stub_launch_modules(monkeypatch, share_dir):
-    """Minimal stand-ins for launch / launch_ros / ament_index so a launch file's module imports here."""
-    class SetEnvironmentVariable:
-        def __init__(self, name, value):
-            self.name, self.value = name, value
-
-    class Recorder:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
-
+def load(path, monkeypatch):
+    """Import a launch file against the stand-ins; returns the module."""
     modules = {
         "launch": types.SimpleNamespace(LaunchDescription=Recorder),
         "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder,
-                                                SetEnvironmentVariable=SetEnvironmentVariable),
-        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=Recorder),
+                                                SetEnvironmentVariable=SetEnvironmentVariable, EmitEvent=Recorder,
+                                                RegisterEventHandler=Recorder),
+        "launch.event_handlers": types.SimpleNamespace(OnProcessExit=Recorder),
+        "launch.events": types.SimpleNamespace(Shutdown=Recorder),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=Configuration),
         "launch_ros": types.SimpleNamespace(),
         "launch_ros.actions": types.SimpleNamespace(Node=Recorder),
-        "ament_index_python": types.SimpleNamespace(),
-        "ament_index_python.packages": types.SimpleNamespace(get_package_share_directory=lambda _: str(share_dir)),
     }
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    return SetEnvironmentVariable
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_") + "_stubbed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def declared(module):
+    """{name: (default, description)} of the launch description's DeclareLaunchArgument actions."""
+    actions = module.generate_launch_description().args[0]
+    return {a.args[0]: (a.kwargs.get("default_value"), a.kwargs.get("description")) for a in actions
+            if a.args and isinstance(a.args[0], str) and "default_value" in a.kwargs}
+
+
+def run(module, **values):
+    """Execute the launch description's OpaqueFunctions with the defaults (updated by ``values``)."""
+    arguments = declared(module)
+    context = types.SimpleNamespace(values={name: default for name, (default, _) in arguments.items()}, used=set())
+    context.values.update(values)
+    actions = []
+    for action in module.generate_launch_description().args[0]:
+        if "function" in getattr(action, "kwargs", {}):
+            actions += action.kwargs["function"](context)
+    return actions, context.used
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_arguments_have_descriptions_and_defaults(path, monkeypatch):
+    arguments = declared(load(path, monkeypatch))
+    for name, (default, description) in arguments.items():
+        assert isinstance(default, str), f"{path.name}: {name} lacks a default"
+        assert isinstance(description, str) and len(description.strip()) > 10, f"{path.name}: {name} lacks a description"
+    missing = REQUIRED[path.name] - set(arguments)
+    assert not missing, f"{path.name} does not declare {sorted(missing)}"
+    _, used = run(load(path, monkeypatch))
+    assert used <= set(arguments), f"{path.name} uses undeclared {sorted(used - set(arguments))}"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_node_actions_reference_existing_executables_and_configs(path, monkeypatch):
+    actions, _ = run(load(path, monkeypatch), bag="/bags/test")
+    nodes = [a for a in actions if isinstance(a, Recorder) and "executable" in a.kwargs]
+    assert nodes, f"{path.name} starts no node"
+    assert {n.kwargs["package"] for n in nodes} == {"mentor3ad"}
+    executables = {n.kwargs["executable"] for n in nodes}
+    assert executables <= set(setup_executables()), f"{path.name}: unknown executables {executables}"
+    for node in nodes:
+        for parameters in node.kwargs.get("parameters", []):
+            if isinstance(parameters, str):
+                assert parameters.endswith(".yaml") and (REPO / "config" / parameters.split("/")[-1]).is_file()
+
+
+def test_inspector_arguments_become_typed_overrides_and_remaps(monkeypatch):
+    module = load(REPO / "launch" / "inspect.launch.py", monkeypatch)
+    actions, _ = run(module, model_path="/m.safetensors", threshold="0.5", publish_overlay="false",
+                     input_reliability="reliable", points_topic="/cam/points", namespace="cell1")
+    node = [a for a in actions if isinstance(a, Recorder)][0]
+    overrides = node.kwargs["parameters"][1]
+    assert overrides["model_path"] == "/m.safetensors" and overrides["threshold"] == 0.5
+    assert overrides["publish_overlay"] is False and overrides["input_reliability"] == "reliable"
+    assert "queue_policy" not in overrides  # empty arguments keep the params file's values
+    assert ("points", "/cam/points") in node.kwargs["remappings"] and node.kwargs["namespace"] == "cell1"
+    assert node.kwargs["executable"] == "inspector_node"
+    lifecycle, _ = run(module, lifecycle="true", autostart="false")
+    managed = [a for a in lifecycle if isinstance(a, Recorder)][0]
+    assert managed.kwargs["executable"] == "inspector_lifecycle_node"
+    assert managed.kwargs["parameters"][1]["autostart"] is False
+
+
+def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(monkeypatch):
+    module = load(REPO / "launch" / "evaluate.launch.py", monkeypatch)
+    actions, _ = run(module, bag="/bags/test", input_mode="depth")
+    replay = [a for a in actions if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]
+    topics = replay.kwargs["arguments"]
+    assert {"/camera/image", "/camera/depth", "/camera/camera_info"} <= set(topics) and "/camera/points" not in topics
+    handlers = [a for a in actions if isinstance(a, Recorder) and not a.kwargs.get("executable")]
+    assert handlers, "no shutdown when the evaluator exits"
+    event = handlers[0].args[0]
+    assert event.kwargs["target_action"].kwargs["executable"] == "evaluator_node"
+    evaluator = event.kwargs["target_action"]
+    assert evaluator.kwargs["parameters"][1]["exit_when_done"] is True
+    without, _ = run(module, bag="/bags/test", exit_when_done="false")
+    assert not [a for a in without if isinstance(a, Recorder) and not a.kwargs.get("executable")]
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_dds_profile_argument_sets_fastdds_profile_unless_user_set_one(path, monkeypatch, tmp_path):
-    set_env_type = _stub_launch_modules(monkeypatch, REPO)
-    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_") + "_stubbed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.DDS_PROFILE == str(REPO / "config" / "fastdds_large_shm.xml")  # share/config layout
-    default_arg = [a for a in module.generate_launch_description().args[0]
-                   if getattr(a, "args", None) and a.args[0] == "dds_profile"]
-    assert default_arg and default_arg[0].kwargs["default_value"] == module.DDS_PROFILE
-
+    module = load(path, monkeypatch)
+    assert module.DDS_PROFILE == str(REPO / "config" / "fastdds_large_shm.xml")  # source-checkout layout
+    assert declared(module)["dds_profile"][0] == module.DDS_PROFILE
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     actions = module._dds_profile(module.DDS_PROFILE)
-    assert len(actions) == 1 and isinstance(actions[0], set_env_type)
+    assert len(actions) == 1 and isinstance(actions[0], SetEnvironmentVariable)
     assert (actions[0].name, actions[0].value) == ("FASTDDS_DEFAULT_PROFILES_FILE", module.DDS_PROFILE)
     assert module._dds_profile("") == []  # empty: environment left alone
     with pytest.raises(RuntimeError, match="does not exist"):
@@ -129,4 +172,4 @@ def test_launch_description_builds(path):
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = {a.name for a in description.get_launch_arguments()}
-    assert REQUIRED.get(path.name, COMMON_ARGUMENTS) <= names
+    assert REQUIRED[path.name] <= names

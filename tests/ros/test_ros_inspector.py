@@ -156,7 +156,7 @@ def test_reload_enable_and_diagnostics(ros_node, tiny_model, tmp_path):
         assert collector.wait_for_publisher(40.0), inspector.output()
         live_model.write_bytes(b"this is not a model")
         response = _call(ros_node, Trigger, "/inspector/reload_model", Trigger.Request())
-        assert not response.success and "cannot load model" in response.message and model_id in response.message
+        assert not response.success and "cannot load model" in response.message and model_id in response.message, inspector.output()
         disabled = _call(ros_node, SetBool, "/inspector/enable", SetBool.Request(data=False))
         assert disabled.success
         with publish(["good", "good"], seed=5) as publisher:

@@ -6,6 +6,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
+from mentor3ad.ros.inspector import _Pair  # noqa: E402
 from mentor3ad.ros.nodes import inspector as inspector_node  # noqa: E402
 from mentor3ad.ros.pair_publisher import build_pair, to_messages  # noqa: E402
 from helpers import train_tiny_model  # noqa: E402
@@ -54,9 +55,9 @@ def test_map_and_overlay_skipped_without_subscribers(tmp_path, monkeypatch):
     listener = rclpy.create_node("outputs_listener", context=context)
     try:
         collector = ResultCollector(listener, "/outputs_test/inspector/result")
-        assert node.detector is not None, node.model_error
+        assert node.slot.current()[0] is not None, node.slot.current()[2]
         messages = to_messages(build_pair("good", 64, 64, "points", scene="cell"), 1_000_000_000)
-        pair = inspector_node._Pair({"image": messages["image"], "points": messages["points"]},
+        pair = _Pair({"image": messages["image"], "points": messages["points"]},
                                     received=time.monotonic())
 
         node._process(pair)  # nobody listens to ~/anomaly_map or ~/overlay

@@ -5,7 +5,7 @@ from helpers import REPO_ROOT as REPO
 import yaml
 
 from mentor3ad.ros.nodes.evaluator import EVALUATOR_PARAMETERS
-from mentor3ad.ros.nodes.inspector import INSPECTOR_PARAMETERS, resolve_device
+from mentor3ad.ros.inspector import INSPECTOR_PARAMETERS, resolve_device
 from mentor3ad.ros.params import markdown_table
 from mentor3ad.jobs import split_validation
 from mentor3ad.ros.nodes.trainer import TRAINER_PARAMETERS
@@ -27,11 +27,29 @@ def test_config_file_matches_declared_defaults(name, specs):
     assert f"`{specs[0].name}`" in markdown_table(specs)
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
-    assert resolve_device("auto") in ("cpu", "cuda")
+def test_resolve_device_decides_a_cuda_request_once():
+    import torch
+
+    assert resolve_device("cpu") == ("cpu", "")
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu", "")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda:0") == ("cuda:0", "")
+    else:  # no CUDA here: the request falls back to the CPU with a note for the log and the diagnostics
+        device, note = resolve_device("cuda:1")
+        assert device == "cpu" and "cuda:1 requested but CUDA is not available" in note
     with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
         resolve_device("gpu0")
+
+
+def test_parameter_values_are_validated_naming_the_parameter():
+    specs = {s.name: s for s in INSPECTOR_PARAMETERS}
+    assert specs["sync_queue_size"].problem(0) == "parameter sync_queue_size must be >= 1, got 0"
+    assert "diagnostics_period must be >= 0.1" in specs["diagnostics_period"].problem(0.0)
+    assert "pair_timeout must be > 0" in specs["pair_timeout"].problem(0.0)
+    assert "queue_policy must be one of all, latest" in specs["queue_policy"].problem("fifo")
+    assert "input_reliability" in specs["input_reliability"].problem("sometimes")
+    assert "threshold: must be finite" in specs["threshold"].problem(float("nan"))
+    assert all(spec.problem(spec.default) is None for spec in INSPECTOR_PARAMETERS)
 
 
 def test_split_validation_holds_out_the_tail():

@@ -1,16 +1,121 @@
-"""Helpers shared by the package's launch files (imported only where launch/launch_ros are installed).
+"""What the package's launch files share: one table of launch arguments and the builders of the nodes.
 
-Imports of launch happen inside the functions, so this module itself imports nothing from ROS.
+Imported only where launch / launch_ros are installed; their imports happen inside the functions.
+
+* :data:`ARGUMENTS`: every launch argument once (default, description). A launch file lists the names it
+  offers (:func:`declare`, with per-file default overrides, e.g. recorded topic names for evaluation).
+* :func:`inspector_node`: the inspector (plain or lifecycle) with the parameter file, the non-empty
+  arguments as parameter overrides (typed) and the topic remaps of every input mode.
+* :func:`dds_profile_actions`: the Fast DDS profile of the started nodes.
 """
 import os
+from typing import Any, Dict, List
 
 from ..config import packaged_file
-from .dds import FASTDDS_PROFILE_ENV
+from ..io.inputs import INPUT_MODES, TOPICS, input_mode
+from .dds import FASTDDS_PROFILE_ENV, LARGE_SHM_PROFILE_FILE
+
+TRUE = ("true", "1", "yes", "on")
 
 
 def package_file(*parts: str) -> str:
     """Path of a file of the installed package, e.g. ``package_file("config", "x.yaml")``."""
     return str(packaged_file(*parts))
+
+
+def _profile_description() -> str:
+    return ("Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the started nodes: the package's 16 MiB "
+            "shared-memory segment, so large clouds are not sent as UDP fragments; empty, or "
+            "FASTDDS_DEFAULT_PROFILES_FILE already set, leaves the environment alone. Ignored by other RMWs.")
+
+
+# name: (default, description); defaults that are package files are resolved when declared
+ARGUMENTS: Dict[str, tuple] = {
+    "params_file": (("config", "inspector.yaml"), "Node parameter file (YAML)."),
+    "namespace": ("", "Namespace of the started nodes."),
+    "use_sim_time": ("false", "Use /clock (true when replaying recordings)."),
+    "log_level": ("info", "Logging level: debug, info, warn, error."),
+    "dds_profile": (("config", LARGE_SHM_PROFILE_FILE), _profile_description()),
+    "model_path": ("", "Model file to load; empty keeps the params file's value."),
+    "device": ("", "auto, cpu, cuda or cuda:N; empty keeps the params file's value."),
+    "input_mode": ("", f"{' or '.join(INPUT_MODES)}; empty keeps the params file's value."),
+    "input_reliability": ("", "Inspector input QoS reliability: best_available, reliable or best_effort; empty keeps "
+                              "the params file's value (see README: large clouds)."),
+    "threshold": ("", "Decision threshold override (negative: the model's); empty keeps the params file's value."),
+    "queue_policy": ("", "Inspector queue policy: all or latest; empty keeps the params file's value."),
+    "pair_timeout": ("", "Seconds an image waits for its 3D data before it gets an ERROR result; empty keeps the "
+                         "params file's value."),
+    "publish_anomaly_map": ("", "true/false: publish ~/anomaly_map; empty keeps the params file's value."),
+    "publish_overlay": ("", "true/false: publish ~/overlay; empty keeps the params file's value."),
+    "publish_markers": ("", "true/false: publish ~/markers (RViz MarkerArray); empty keeps the params file's value."),
+    "lifecycle": ("false", "Run the inspector as a managed lifecycle node (inspector_lifecycle_node)."),
+    "autostart": ("true", "With lifecycle:=true, configure and activate at start-up (false: wait for a "
+                          "lifecycle manager)."),
+    **{f"{key}_topic": (TOPICS[key].relative, f"Topic of the {TOPICS[key].description}, remapped to the inspector's "
+                        f"`{TOPICS[key].relative}`.") for key in ("image", "points", "depth", "camera_info")},
+}
+INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", "queue_policy")
+INSPECTOR_NUMBERS = ("threshold", "pair_timeout")
+INSPECTOR_FLAGS = ("publish_anomaly_map", "publish_overlay", "publish_markers")
+INSPECTOR_ARGUMENTS = ("params_file", "namespace", "use_sim_time", "log_level", "dds_profile", *INSPECTOR_STRINGS,
+                       *INSPECTOR_NUMBERS, *INSPECTOR_FLAGS, "lifecycle", "autostart", "image_topic", "points_topic",
+                       "depth_topic", "camera_info_topic")
+
+
+def declare(names, defaults=None, descriptions=None) -> List[Any]:
+    """DeclareLaunchArgument for each name (defaults / descriptions from :data:`ARGUMENTS` unless overridden)."""
+    from launch.actions import DeclareLaunchArgument
+
+    out = []
+    for name in names:
+        default, description = ARGUMENTS.get(name, ("", ""))
+        default = (defaults or {}).get(name, default)
+        if isinstance(default, tuple):
+            default = package_file(*default)
+        out.append(DeclareLaunchArgument(name, default_value=default,
+                                         description=(descriptions or {}).get(name, description)))
+    return out
+
+
+def argument(context: Any, name: str) -> str:
+    from launch.substitutions import LaunchConfiguration
+
+    return LaunchConfiguration(name).perform(context)
+
+
+def flag(context: Any, name: str) -> bool:
+    return argument(context, name).strip().lower() in TRUE
+
+
+def inspector_node(context: Any, params_file_argument: str = "params_file"):
+    """The inspector Node action from the launch arguments (see the module docstring)."""
+    from launch_ros.actions import Node
+
+    overrides: Dict[str, Any] = {"use_sim_time": flag(context, "use_sim_time")}
+    for key in INSPECTOR_STRINGS:
+        if argument(context, key):
+            overrides[key] = argument(context, key)
+    for key in INSPECTOR_NUMBERS:
+        if argument(context, key):
+            overrides[key] = float(argument(context, key))
+    for key in INSPECTOR_FLAGS:
+        if argument(context, key):
+            overrides[key] = flag(context, key)
+    lifecycle = flag(context, "lifecycle")
+    if lifecycle:
+        overrides["autostart"] = flag(context, "autostart")
+    remappings = [(TOPICS[key].relative, argument(context, f"{key}_topic"))
+                  for key in ("image", "points", "depth", "camera_info")]
+    return Node(package="mentor3ad", executable="inspector_lifecycle_node" if lifecycle else "inspector_node",
+                name="inspector", namespace=argument(context, "namespace"),
+                parameters=[argument(context, params_file_argument), overrides], remappings=remappings,
+                arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
+
+
+def played_topics(context: Any) -> List[str]:
+    """The recorded topics an evaluation replays: the image and the 3D topics of the input mode."""
+    mode = input_mode(argument(context, "input_mode") or "points")
+    return [argument(context, f"{key}_topic") for key in mode.keys]
 
 
 def dds_profile_actions(profile: str) -> list:

@@ -32,7 +32,9 @@ PAIR_KINDS = (
     "few_points",  # all points NaN
     "truncated",  # image data shorter than height * step
     "zero_intrinsics",  # camera_info with fx = fy = 0 (depth mode)
+    "lone_image",  # the image only: its 3D data never comes
 )
+QOS_CHOICES = ("deep", "default", "sensor")  # reliable depth >= 10 | rclpy default (reliable, depth 10) | best effort
 
 
 def synthetic_scene(width: int, height: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,6 +113,8 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, sce
         pair["points"]["fields"] = [f for f in pair["points"]["fields"] if f[0] != "z"]
     if "camera_info" in pair and kind == "zero_intrinsics":
         pair["camera_info"].update(k=[0.0] * 9, p=[0.0] * 12)
+    if kind == "lone_image":
+        pair = {"image": pair["image"]}
     return pair
 
 
@@ -133,6 +137,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--start-ns", type=int, default=1_000_000_000_000, help="stamp of the first pair")
     parser.add_argument("--period-ns", type=int, default=100_000_000, help="stamp spacing")
     parser.add_argument("--namespace", default="", help="publish under this namespace")
+    parser.add_argument("--qos", choices=QOS_CHOICES, default="deep",
+                        help="deep: reliable with a history of every pair (tests); default: rclpy's default "
+                             "(reliable, depth 10), as a stock driver; sensor: best effort (sensor-data QoS)")
     parser.add_argument("--wait", type=float, default=20.0, help="seconds to wait for subscribers on every topic")
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last pair")
     args = parser.parse_args(argv)
@@ -140,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     kinds = [k.strip() for k in args.sequence.split(",") if k.strip()] or ["good"] * args.count
 
     import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
     from . import configure_local_discovery
     from .messages import message_class
@@ -149,7 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init()
     node = rclpy.create_node("pair_publisher", namespace=args.namespace or None)
     try:
-        qos = QoSProfile(depth=max(10, len(kinds)), reliability=ReliabilityPolicy.RELIABLE)
+        qos = {"deep": QoSProfile(depth=max(10, len(kinds)), reliability=ReliabilityPolicy.RELIABLE),
+               "default": QoSProfile(depth=10), "sensor": qos_profile_sensor_data}[args.qos]
         topics = mode_keys(args.mode)
         pubs = {t: node.create_publisher(message_class(TOPICS[t].msg_type), TOPICS[t].relative, qos) for t in topics}
         # build every pair (during discovery) so that the publishing rate is not limited by scene generation
@@ -166,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         time.sleep(0.3)  # let the matched readers finish their handshake
         for msgs in batches:
             for topic in topics:
-                pubs[topic].publish(msgs[topic])
+                if topic in msgs:
+                    pubs[topic].publish(msgs[topic])
             if args.rate > 0:
                 time.sleep(1.0 / args.rate)
         time.sleep(args.linger)

@@ -1,22 +1,34 @@
-"""Declaring node parameters from one table (name, default, description, read-only) with descriptors.
+"""Node parameters from one table (name, default, description, read-only, allowed values) with descriptors.
 
 The same tables generate ``--help`` text and are compared with ``config/*.yaml`` by the tests, so
-defaults in code, the config files and the README cannot drift apart.
+defaults in code, the config files and the README cannot drift apart. Every value is validated at
+start-up (:func:`declare_parameters` raises ConfigError naming the parameter) and on ``ros2 param set``
+(:func:`install_validation`: the set is refused with the reason).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One ROS parameter: ``default`` fixes its type (bool, int, float, str or list of str)."""
+    """One ROS parameter: ``default`` fixes its type (bool, int, float, str, list of str or of float).
+
+    choices: allowed values (strings); minimum: smallest allowed number (``exclusive``: strictly greater);
+    check: ``check(value) -> error text or None`` for anything else.
+    """
 
     name: str
     default: Any
     description: str
     read_only: bool = False
+    choices: Optional[Sequence[str]] = None
+    minimum: Optional[float] = None
+    exclusive: bool = False
+    check: Optional[Callable[[Any], Optional[str]]] = None
 
     @property
     def type_name(self) -> str:
@@ -27,8 +39,22 @@ class ParamSpec:
         if isinstance(self.default, float):
             return "double"
         if isinstance(self.default, (list, tuple)):
-            return "string[]"
+            return "double[]" if self.default and isinstance(self.default[0], float) else "string[]"
         return "string"
+
+    def problem(self, value: Any) -> Optional[str]:
+        """Why ``value`` is not allowed for this parameter (None when it is)."""
+        if self.choices is not None and value not in self.choices:
+            return f"parameter {self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            too_small = value <= self.minimum if self.exclusive else value < self.minimum
+            if too_small or value != value:  # NaN
+                return f"parameter {self.name} must be {'>' if self.exclusive else '>='} {self.minimum:g}, got {value}"
+        if self.check is not None:
+            message = self.check(value)
+            if message:
+                return f"parameter {self.name}: {message}"
+        return None
 
 
 def topic_parameters(keys: Sequence[str], prefix: str = "", what: str = "in the recordings") -> List[ParamSpec]:
@@ -57,6 +83,7 @@ def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
         "double": ParameterType.PARAMETER_DOUBLE,
         "string": ParameterType.PARAMETER_STRING,
         "string[]": ParameterType.PARAMETER_STRING_ARRAY,
+        "double[]": ParameterType.PARAMETER_DOUBLE_ARRAY,
     }
     values = {}
     for spec in specs:
@@ -65,8 +92,28 @@ def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
         )
         default = list(spec.default) if isinstance(spec.default, (list, tuple)) else spec.default
         param = node.declare_parameter(spec.name, default, descriptor)
-        values[spec.name] = param.value
+        values[spec.name] = list(param.value) if isinstance(param.value, (list, tuple)) else param.value
+        problem = spec.problem(values[spec.name])
+        if problem:
+            raise ConfigError(problem)
     return values
+
+
+def install_validation(node: Any, specs: Sequence[ParamSpec]) -> None:
+    """Refuse ``ros2 param set`` values that :meth:`ParamSpec.problem` rejects (the reason is returned)."""
+    from rcl_interfaces.msg import SetParametersResult
+
+    by_name = {spec.name: spec for spec in specs}
+
+    def validate(parameters) -> SetParametersResult:
+        for parameter in parameters:
+            spec = by_name.get(parameter.name)
+            problem = spec.problem(parameter.value) if spec is not None else None
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(validate)
 
 
 def help_text(specs: Sequence[ParamSpec]) -> str:

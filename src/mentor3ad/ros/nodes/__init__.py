@@ -17,6 +17,8 @@ from .. import configure_local_discovery
 def run_node(node_factory: Callable, argv: Optional[List[str]], prog: str,
              loop: Optional[Callable] = None) -> int:
     """Create the node and spin it until Ctrl-C; ``loop(executor, node) -> exit code`` replaces the plain spin."""
+    import signal
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
@@ -39,6 +41,9 @@ def run_node(node_factory: Callable, argv: Optional[List[str]], prog: str,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # launch forwards Ctrl-C to its children, which already got it from the terminal: a second SIGINT
+        # during the clean-up must not interrupt it (and print a traceback)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             if hasattr(node, "stop"):
                 node.stop()

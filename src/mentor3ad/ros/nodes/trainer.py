@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -40,8 +41,9 @@ TRAINER_PARAMETERS = [
     ParamSpec("device", "auto", "Training device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
               read_only=True),
     ParamSpec("cache_dir", "", "Feature cache directory (empty: no cache).", read_only=True),
-    ParamSpec("reload_service", "", "std_srvs/Trigger service of a running inspector to call once the model is "
-              "written, e.g. /inspector/reload_model (empty: none).", read_only=True),
+    ParamSpec("reload_service", "", "~/reload_model service of a running inspector, e.g. /inspector/reload_model "
+              "(empty: none): once the model is written, the inspector's model_path is set to it and the "
+              "service is called; a refused swap is a failure (exit 1).", read_only=True),
 ]
 
 
@@ -70,7 +72,7 @@ class TrainerNode(Node):
 
     def run(self) -> int:
         from ...jobs import train_from_bags
-        from .inspector import resolve_device
+        from ..inspector import resolve_device
 
         p = self.p
         try:
@@ -79,7 +81,7 @@ class TrainerNode(Node):
                 _paths(p["bag_paths"]), p["output_model_path"], val_bag_paths=_paths(p["val_bag_paths"]),
                 val_fraction=float(p["val_fraction"]), config_file=p["config_file"], input_mode=p["input_mode"],
                 topics=topics_from_parameters(p), slop_ns=int(round(float(p["sync_slop"]) * 1e9)),
-                device=resolve_device(p["device"]), cache_dir=p["cache_dir"], log=self.report)
+                device=resolve_device(p["device"])[0], cache_dir=p["cache_dir"], log=self.report)
         except Exception as exc:  # noqa: BLE001 - every failure is reported with its reason, then exit 1
             self.stage = "failed"
             self.report(f"training failed: {type(exc).__name__}: {exc}", DiagnosticStatus.ERROR)
@@ -88,25 +90,45 @@ class TrainerNode(Node):
         self.report(f"model written to {p['output_model_path']}", model=detector.model_id,
                     threshold=detector.threshold, model_path=p["output_model_path"])
         if p["reload_service"]:
-            return self.request_reload(p["reload_service"])
+            return self.request_reload(p["reload_service"], str(Path(p["output_model_path"]).resolve()))
         return 0
 
-    def request_reload(self, service: str, timeout: float = 30.0) -> int:
+    def request_reload(self, service: str, model_path: str, discovery_s: float = 20.0, answer_s: float = 180.0) -> int:
+        """Hand ``model_path`` to the inspector owning ``service``: set its model_path parameter, call its
+        reload service; 0 when it swapped the model in, 1 (logged at ERROR) otherwise."""
         import rclpy
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
         from std_srvs.srv import Trigger
 
-        client = self.create_client(Trigger, service)
-        if not client.wait_for_service(timeout_sec=timeout):
-            self.report(f"reload service {service} not available", DiagnosticStatus.WARN)
-            return 0
-        future = client.call_async(Trigger.Request())
-        rclpy.spin_until_future_complete(self, future, timeout_sec=timeout)
-        result = future.result()
-        if result is None or not result.success:
-            self.report(f"{service} refused the model: {getattr(result, 'message', 'no answer')}",
-                        DiagnosticStatus.WARN)
-        else:
-            self.report(f"{service}: {result.message}")
+        if not service.endswith("/reload_model"):
+            self.report(f"reload_service {service!r} must name an inspector's ~/reload_model service",
+                        DiagnosticStatus.ERROR)
+            return 1
+        inspector = service[: -len("/reload_model")]
+
+        def call(srv_type, name, request):
+            client = self.create_client(srv_type, name)
+            if not client.wait_for_service(timeout_sec=discovery_s):
+                return None, f"{name} not available after {discovery_s:g} s"
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(self, future, timeout_sec=answer_s)
+            return future.result(), "no answer" if future.result() is None else ""
+
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(model_path))
+        answer, problem = call(SetParameters, f"{inspector}/set_parameters",
+                               SetParameters.Request(parameters=[Parameter(name="model_path", value=value)]))
+        if answer is not None and not answer.results[0].successful:
+            problem = f"{inspector} refused model_path: {answer.results[0].reason}"
+        if not problem:
+            answer, problem = call(Trigger, service, Trigger.Request())
+            if answer is not None and not answer.success:
+                problem = f"{service} refused the model: {answer.message}"
+        if problem:
+            self.stage = "swap failed"
+            self.report(f"the new model was written but not swapped in: {problem}", DiagnosticStatus.ERROR)
+            return 1
+        self.report(f"{service}: {answer.message}")
         return 0
 
 
