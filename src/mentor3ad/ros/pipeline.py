@@ -3,7 +3,8 @@
 :class:`InspectionPipeline` is used by ``inspector_node``'s worker and by ``mentor3ad bench`` (which
 times the same calls), so there is one convert-and-publish path:
 
-1. :meth:`convert`: messages -> (rgb, xyz) through the input mode (:mod:`mentor3ad.io.inputs`);
+1. :meth:`convert`: messages -> (rgb, xyz) through the input mode (:mod:`mentor3ad.io.inputs`), with
+   cv_bridge / sensor_msgs_py for what only they read (:mod:`mentor3ad.ros.bridges`);
 2. :meth:`judge`: the detector's :class:`~mentor3ad.types.InspectionResult` (threshold override passed
    to the core); an :class:`~mentor3ad.errors.InputError` becomes ``ERROR: bad input: ...``, a missing
    model ``ERROR: <why>``; anything else propagates (the node reports it as an internal error);
@@ -19,7 +20,7 @@ from ..errors import InputError
 from ..eval.visualize import threshold_overlay
 from ..io.inputs import InputMode
 from ..types import InspectionResult
-from . import result_codec
+from . import bridges, result_codec
 from .messages import image_from_array
 
 
@@ -32,8 +33,9 @@ class InspectionPipeline:
         self.min_valid_points = int(min_valid_points)
 
     def convert(self, messages: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
-        """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 m); InputError naming the problem."""
-        return self.mode.convert(messages, self.min_valid_points)
+        """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 m); InputError naming the problem.
+        Encodings only cv_bridge / sensor_msgs_py read are converted by them (:mod:`mentor3ad.ros.bridges`)."""
+        return self.mode.convert(bridges.normalize(messages), self.min_valid_points)
 
     def judge(self, detector: Any, messages: Mapping[str, Any], threshold: Optional[float] = None,
               model_error: str = "no model loaded") -> Tuple[InspectionResult, Optional[np.ndarray]]:
