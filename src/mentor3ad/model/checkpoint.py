@@ -9,13 +9,20 @@ Reading (:func:`read_checkpoint`) is defensive, because a model file decides whe
 
 1. only the 8-byte length and the JSON header are read first (bounded to ``MAX_HEADER_BYTES``);
 2. the metadata is validated: format and version, the config (every dimension bounded by
-   ``MAX_DIMENSION``), a finite threshold, feature dimensions consistent with the stored identity;
+   ``MAX_DIMENSION``, every number finite), a finite threshold, feature dimensions consistent with the
+   stored identity;
 3. the expected tensor names, dtypes and shapes are derived from the config on torch's ``meta`` device
-   (no memory) and compared with the header, and the file size with the header's data length;
-4. only then are the tensors memory-mapped, and every value must be finite.
+   (no memory); their total must stay under ``MAX_HEAD_PARAMETERS``; they are compared with the header,
+   the tensors must tile the data section exactly, and the file size must equal the header's data length
+   (a valid header followed by a huge tail, or a header claiming gigabytes the file does not hold, is
+   refused here, without reading the data);
+4. only then (:func:`read_tensors`; :meth:`~mentor3ad.model.detector.Detector.load` first checks the
+   backbone identity and the backbones' size, :func:`check_backbone_budget`) are the tensors
+   memory-mapped, and every value must be finite.
 
-Any failure is a :class:`~mentor3ad.errors.ModelLoadError` naming the file and the problem. Writes are
-atomic (:func:`mentor3ad.io.files.atomic_write_bytes`).
+:func:`read_checkpoint_header` does steps 1-3, :func:`read_checkpoint` all four. Any failure is a
+:class:`~mentor3ad.errors.ModelLoadError` naming the file and the problem. Writes are atomic
+(:func:`mentor3ad.io.files.atomic_write_bytes`) and refuse non-finite thresholds and weights.
 """
 from __future__ import annotations
 
@@ -23,14 +30,15 @@ import json
 import math
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Iterator, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..config import Mentor3ADConfig
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, Mentor3ADError, ModelLoadError
 from ..io.files import atomic_write_bytes
 
 FORMAT_NAME = "mentor3ad-checkpoint"
@@ -42,6 +50,10 @@ MAX_DIMENSION = 16384  # feature channels and head widths
 DIMENSION_KEYS = ("mentor_dim", "mfm_hidden_dim", "mgm_hidden_dim", "mgm_mentor_dim", "vote_conv_channels",
                   "ocsvm_rff_dim", "infonce_max_patches")
 LIMITS = {"vote_levels": 64, "vote_kernel_size": 15, "vote_conv_channels": 256, "infonce_max_patches": 1 << 20}
+# the default heads (768/1152-d features) have 4.0 M parameters; 32x that is implausible for a model file
+MAX_HEAD_PARAMETERS = 1 << 27  # 128 M float32 = 512 MiB
+# ViT-B/8 + Point-MAE have 108 M parameters; a model file asking for more than 1 G is refused before building
+MAX_BACKBONE_PARAMETERS = 1 << 30
 
 
 def json_default(value):
@@ -134,13 +146,16 @@ def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, floa
         rgb_dim, xyz_dim = metadata["rgb_dim"], metadata["xyz_dim"]
     except KeyError as err:
         raise ModelLoadError(f"{path}: invalid checkpoint metadata: missing {err}") from None
-    except ConfigError as err:
+    except (ConfigError, TypeError, ValueError, AttributeError) as err:
         raise ModelLoadError(f"{path}: invalid checkpoint metadata: {err}") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelLoadError(f"{path}: the threshold must be a finite number, got {threshold!r}")
     for name, value in (("rgb_dim", rgb_dim), ("xyz_dim", xyz_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
             raise ModelLoadError(f"{path}: {name} must be an integer in [1, {MAX_DIMENSION}], got {value!r}")
+    for key, value in _numbers(metadata["config"], "config"):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ModelLoadError(f"{path}: invalid checkpoint metadata: {key} is {value} (not a finite number)")
     model = config.model
     for key in DIMENSION_KEYS + tuple(LIMITS):
         limit = LIMITS.get(key, MAX_DIMENSION)
@@ -154,13 +169,79 @@ def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, floa
     return config, float(threshold), identity, int(rgb_dim), int(xyz_dim)
 
 
+def _numbers(value, key: str) -> Iterator[Tuple[str, Any]]:
+    """(dotted key, number) for every int/float inside a JSON-like structure."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _numbers(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{key}[{index}]")
+    elif isinstance(value, (int, float)):
+        yield key, value
+
+
 def expected_tensors(config: Mentor3ADConfig, rgb_dim: int, xyz_dim: int) -> Dict[str, Tuple[int, ...]]:
     """{tensor name: shape} of the heads this config describes (built on the meta device: no memory)."""
     from .heads import Mentor3ADHeads
 
-    with torch.device("meta"):
-        heads = Mentor3ADHeads(rgb_dim, xyz_dim, config.model, seed=config.train.seed)
+    try:
+        with torch.device("meta"):
+            heads = Mentor3ADHeads(rgb_dim, xyz_dim, config.model, seed=config.train.seed)
+    except Exception as err:  # noqa: BLE001 - a config the heads cannot be built from
+        raise ModelLoadError(f"the stored model config does not describe buildable heads: {type(err).__name__}: "
+                             f"{err}") from None
     return {name: tuple(t.shape) for name, t in heads.state_dict().items()}
+
+
+def _check_head_budget(path: Path, expected: Dict[str, Tuple[int, ...]]) -> None:
+    count = sum(int(np.prod(shape, dtype=np.int64)) for shape in expected.values())
+    if count > MAX_HEAD_PARAMETERS:
+        raise ModelLoadError(f"{path}: the stored model config describes heads with {count:,} parameters "
+                             f"({count * 4 / 2 ** 30:.1f} GiB), more than the plausible maximum "
+                             f"{MAX_HEAD_PARAMETERS:,}; refusing the file before allocating anything")
+
+
+class _QuietRandomInit:
+    """Drops the backbones' "RANDOM weights" warnings while a size estimate builds them with weights 'none'."""
+
+    def filter(self, record) -> bool:
+        return "RANDOM" not in str(record.msg)
+
+
+def check_backbone_budget(path: Path, features) -> int:
+    """Build the backbones a FeatureConfig describes on torch's meta device (architecture only: no memory,
+    no weight files read) and refuse (ModelLoadError) more than ``MAX_BACKBONE_PARAMETERS``; returns the
+    count. Run before the real FeatureExtractor is built from a model file's config."""
+    import dataclasses
+    import logging
+
+    from .. import backbones
+
+    shape_only = dataclasses.replace(features, rgb_weights="none", point_weights="none")
+    quiet = _QuietRandomInit()
+    loggers = [logging.getLogger(f"mentor3ad.backbones.{name}") for name in ("timm_rgb", "point_mae")]
+    total = 0
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        for kind in backbones.KINDS:
+            with torch.device("meta"):
+                built = backbones.build(kind, shape_only, torch.device("meta"))
+            modules = [built] if isinstance(built, torch.nn.Module) else \
+                [v for v in vars(built).values() if isinstance(v, torch.nn.Module)]
+            total += sum(p.numel() for module in modules for p in module.parameters())
+    except Mentor3ADError as err:
+        raise ModelLoadError(f"{path}: cannot build the feature extractor of this model: {err}") from None
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta: the real build decides
+        return -1
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+    if total > MAX_BACKBONE_PARAMETERS:
+        raise ModelLoadError(f"{path}: the stored feature config describes backbones with {total:,} parameters, "
+                             f"more than the plausible maximum {MAX_BACKBONE_PARAMETERS:,}; refusing to build them")
+    return total
 
 
 def _check_layout(path: Path, header: dict, data_start: int, expected: Dict[str, Tuple[int, ...]]) -> None:
@@ -170,33 +251,75 @@ def _check_layout(path: Path, header: dict, data_start: int, expected: Dict[str,
     if unknown or missing or extra:
         raise ModelLoadError(f"{path}: weights do not match the stored model config: missing {missing[:5]}, "
                              f"unexpected {(extra + unknown)[:5]}")
-    end = 0
+    spans = []
     for name, shape in expected.items():
         info = stored[name]
         if info.get("dtype") != "F32" or tuple(info.get("shape", ())) != shape:
             raise ModelLoadError(f"{path}: tensor {name} is {info.get('dtype')} {tuple(info.get('shape', ()))}, the "
                                  f"config needs F32 {shape}")
-        offsets = info.get("data_offsets") or [0, 0]
-        if offsets[1] - offsets[0] != 4 * int(np.prod(shape, dtype=np.int64)):
-            raise ModelLoadError(f"{path}: tensor {name} has a data length that does not fit its shape")
-        end = max(end, int(offsets[1]))
+        offsets = info.get("data_offsets")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or offsets[1] - offsets[0] != 4 * int(np.prod(shape, dtype=np.int64))):
+            raise ModelLoadError(f"{path}: tensor {name} has data offsets {offsets!r} that do not fit its shape")
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for start, stop, name in sorted(spans):
+        if start != end:
+            raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt file: tensor {name} starts at "
+                                 f"data byte {start}, expected {end}: overlapping or gapped tensors)")
+        end = stop
     size = path.stat().st_size
     if data_start + end != size:
         raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: {size} bytes, "
                              f"the header describes {data_start + end})")
 
 
-def read_checkpoint(path: Union[str, Path]) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """(metadata, head tensors without prefix) of a model file, validated as the module docstring says."""
-    from safetensors.torch import load_file
+@dataclass
+class CheckpointHeader:
+    """What :func:`read_checkpoint_header` validated: the raw safetensors header and the checked metadata."""
 
+    path: Path
+    header: dict
+    metadata: dict
+    config: Mentor3ADConfig
+    threshold: float
+    backbone_identity: dict
+    rgb_dim: int
+    xyz_dim: int
+
+
+def read_checkpoint_header(path: Union[str, Path]) -> CheckpointHeader:
+    """Steps 1-3 of the module docstring: header, metadata, tensor layout and file size (no tensor data read)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     header, data_start = _read_header(path)
     metadata = _metadata(path, header)
-    config, _, _, rgb_dim, xyz_dim = validate_metadata(path, metadata)
-    _check_layout(path, header, data_start, expected_tensors(config, rgb_dim, xyz_dim))
+    config, threshold, identity, rgb_dim, xyz_dim = validate_metadata(path, metadata)
+    try:
+        expected = expected_tensors(config, rgb_dim, xyz_dim)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{path}: {err}") from None
+    _check_head_budget(path, expected)
+    _check_layout(path, header, data_start, expected)
+    return CheckpointHeader(path, header, metadata, config, threshold, identity, rgb_dim, xyz_dim)
+
+
+def read_checkpoint(path: Union[str, Path]) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(metadata, head tensors without prefix) of a model file, validated as the module docstring says."""
+    checked = read_checkpoint_header(path)
+    return checked.metadata, read_tensors(checked)
+
+
+def read_tensors(checked: CheckpointHeader) -> Dict[str, torch.Tensor]:
+    """Step 4: the head tensors (without prefix) of a file :func:`read_checkpoint_header` accepted; every
+    value finite. The header is read again and must be unchanged (the file was not replaced meanwhile)."""
+    from safetensors.torch import load_file
+
+    path = checked.path
+    if _read_header(path)[0] != checked.header:
+        raise ModelLoadError(f"{path} changed while it was being loaded; load it again")
     try:
         tensors = load_file(str(path))  # memory-mapped
     except Exception as err:  # noqa: BLE001 - any parse failure means a broken file
@@ -207,8 +330,10 @@ def read_checkpoint(path: Union[str, Path]) -> Tuple[dict, Dict[str, torch.Tenso
     if bad:
         raise ModelLoadError(f"{path}: non-finite (NaN/Inf) weights in {', '.join(sorted(bad)[:5])}"
                              f"{' ...' if len(bad) > 5 else ''}; refusing the model")
-    return metadata, tensors
+    return tensors
 
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TENSOR_PREFIX", "read_checkpoint", "write_checkpoint",
-           "new_metadata", "validate_metadata", "expected_tensors", "canonical_json", "json_default"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TENSOR_PREFIX", "MAX_HEAD_PARAMETERS",
+           "MAX_BACKBONE_PARAMETERS", "CheckpointHeader", "read_checkpoint", "read_checkpoint_header", "read_tensors",
+           "check_backbone_budget", "write_checkpoint", "new_metadata", "validate_metadata", "expected_tensors",
+           "canonical_json", "json_default"]

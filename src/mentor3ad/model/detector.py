@@ -264,7 +264,7 @@ class Detector:
             result = self.predict(rgb, xyz)
         except Mentor3ADError as err:
             raise ModelLoadError(f"the model fails its self-test prediction: {err}") from None
-        except (RuntimeError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - whatever a broken model raises, it is refused
             raise ModelLoadError(f"the model fails its self-test prediction: {type(err).__name__}: {err}") from None
         if result.verdict is Verdict.ERROR:
             raise ModelLoadError(f"the model fails its self-test prediction: {result.reason}")
@@ -289,11 +289,12 @@ class Detector:
         precision: run the backbones in "fp32", "bf16" or "fp16" (CUDA) regardless of the stored one.
         Raises ModelLoadError when the file is missing, corrupt or implausible (see
         :mod:`mentor3ad.model.checkpoint`), its feature identity differs from the extractor's, or the
-        self-test prediction is not a finite PASS/FAIL.
+        self-test prediction is not a finite PASS/FAIL. Order: header and metadata (no tensor data read),
+        the backbones' size on the meta device, the extractor and its identity, then the tensors.
         """
         path = Path(path)
-        metadata, tensors = checkpoint.read_checkpoint(path)
-        config, threshold, stored_identity, rgb_dim, xyz_dim = checkpoint.validate_metadata(path, metadata)
+        checked = checkpoint.read_checkpoint_header(path)
+        config, stored_identity = checked.config, checked.backbone_identity
         if precision is not None:
             if precision not in PRECISIONS:
                 raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -301,10 +302,14 @@ class Detector:
         if extractor is None:
             from ..features.extractor import FeatureExtractor
 
+            checkpoint.check_backbone_budget(path, config.features)
             try:
                 extractor = FeatureExtractor(config.features, device)
             except Mentor3ADError as err:
                 raise ModelLoadError(f"{path}: cannot build the feature extractor of this model: {err}") from None
+            except Exception as err:  # noqa: BLE001 - e.g. a timm architecture its kwargs cannot build
+                raise ModelLoadError(f"{path}: cannot build the feature extractor of this model: "
+                                     f"{type(err).__name__}: {err}") from None
         current = json.loads(checkpoint.canonical_json(extractor.identity()))
         if checkpoint.canonical_json(current) != checkpoint.canonical_json(stored_identity):
             differences = sorted(set(_flatten(stored_identity).items()) ^ set(_flatten(current).items()))
@@ -312,12 +317,15 @@ class Detector:
             raise ModelLoadError(
                 f"{path}: the model was trained with different backbone features than this extractor provides "
                 f"(differs in: {', '.join(keys) or 'identity'}); stored {stored_identity}, current {current}")
+        tensors = checkpoint.read_tensors(checked)
+        metadata, threshold, rgb_dim, xyz_dim = checked.metadata, checked.threshold, checked.rgb_dim, checked.xyz_dim
         heads = Mentor3ADHeads(rgb_dim, xyz_dim, config.model, seed=config.train.seed)
         try:
             heads.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             raise ModelLoadError(f"{path}: weights do not match the stored model config: {err}") from None
-        detector = cls(config, heads, extractor, threshold=threshold, training_info=metadata.get("training_info"),
+        info = metadata.get("training_info")
+        detector = cls(config, heads, extractor, threshold=threshold, training_info=info if isinstance(info, dict) else {},
                        device=device, backbone_identity=stored_identity)
         if self_test:
             try:

@@ -1,0 +1,285 @@
+"""Attack model files built from a real tiny checkpoint: each one is refused by ``Detector.load`` with a
+``ModelLoadError`` naming the reason; the large ones quickly and without reading or allocating their size."""
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import train_tiny_model
+from mentor3ad.errors import ModelLoadError
+from mentor3ad.model import checkpoint
+from mentor3ad.model.checkpoint import METADATA_KEY, TENSOR_PREFIX, expected_tensors
+from mentor3ad.model.detector import Detector
+from mentor3ad.model.heads import Mentor3ADHeads
+
+GIB = 2 ** 30
+FAST_S = 2.0  # refusals of huge files: well under the time reading them would take
+SMALL_RSS = 100 * 2 ** 20  # ... and well under their size in memory
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    detector = train_tiny_model(path)
+    return path, detector
+
+
+@pytest.fixture(scope="module")
+def extractor(model):
+    return model[1].extractor
+
+
+def _parts(path):
+    """(metadata dict, {name: tensor}) of a model file, unvalidated."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = json.loads(handle.metadata()[METADATA_KEY])
+    tensors = {k[len(TENSOR_PREFIX):]: v for k, v in load_file(str(path)).items()}
+    return metadata, tensors
+
+
+def _write(path, tensors, metadata, metadata_text=None):
+    """A safetensors file with arbitrary (also non-finite) tensors and metadata (text as given)."""
+    from safetensors.torch import save_file
+
+    text = metadata_text if metadata_text is not None else json.dumps(metadata)
+    save_file({TENSOR_PREFIX + k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={METADATA_KEY: text})
+    return path
+
+
+def _write_header_only(path, shapes, metadata, size=None):
+    """A file whose safetensors header describes F32 ``shapes`` (contiguous), sparse-extended to the size the
+    header describes (or ``size``): no data bytes are actually written."""
+    header, offset = {"__metadata__": {METADATA_KEY: json.dumps(metadata)}}, 0
+    for name, shape in shapes.items():
+        length = 4 * int(np.prod(shape, dtype=np.int64))
+        header[TENSOR_PREFIX + name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + length]}
+        offset += length
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    os.truncate(path, size if size is not None else 8 + len(raw) + offset)
+    return path
+
+
+def _status_kib(key):
+    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _refusal_cost(load):
+    """(ModelLoadError, seconds, peak RSS growth in bytes) of a load that must be refused."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError) as info:
+        load()
+    seconds = time.perf_counter() - started
+    rss = (_status_kib("VmHWM") - before) * 1024
+    print(f"refused in {seconds * 1000:.0f} ms, peak RSS +{rss / 2 ** 20:.1f} MiB: {info.value}"[:300])
+    return info.value, seconds, rss
+
+
+def test_untouched_rewrite_still_loads(model, extractor, tmp_path):
+    # the attack files below are written by the same helper: only their attack is wrong
+    metadata, tensors = _parts(model[0])
+    copy = _write(tmp_path / "copy.safetensors", tensors, metadata)
+    assert Detector.load(copy, extractor=extractor).threshold == model[1].threshold
+
+
+def test_all_head_weights_nan(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    poisoned = _write(tmp_path / "nan.safetensors", {k: torch.full_like(v, float("nan")) for k, v in tensors.items()},
+                      metadata)
+    with pytest.raises(ModelLoadError, match=r"non-finite \(NaN/Inf\) weights in .*refusing the model"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_one_nan_element_in_one_bias(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    tensors["mfm.fusion_mlp.0.bias"][3] = float("nan")
+    poisoned = _write(tmp_path / "one_nan.safetensors", tensors, metadata)
+    with pytest.raises(ModelLoadError, match=r"non-finite \(NaN/Inf\) weights in mfm\.fusion_mlp\.0\.bias;"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+@pytest.mark.parametrize("threshold", ["Infinity", "-Infinity", "NaN", '"0.5"', "null", "true"])
+def test_threshold_that_is_not_a_finite_number(model, extractor, tmp_path, threshold):
+    metadata, tensors = _parts(model[0])
+    text = json.dumps({**metadata, "threshold": "@@"}).replace('"@@"', threshold)
+    poisoned = _write(tmp_path / "threshold.safetensors", tensors, metadata, metadata_text=text)
+    with pytest.raises(ModelLoadError, match="the threshold must be a finite number, got"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_non_finite_number_in_the_stored_config(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    metadata["config"]["model"]["smoothing_sigma"] = float("nan")
+    poisoned = _write(tmp_path / "sigma.safetensors", tensors, metadata)
+    with pytest.raises(ModelLoadError, match=r"config\.model\.smoothing_sigma is nan \(not a finite number\)"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def _other_heads(metadata, dim=152):
+    config = checkpoint.Mentor3ADConfig.from_dict(metadata["config"])
+    heads = Mentor3ADHeads(dim, dim, config.model, seed=1)
+    return {k: v.detach().clone() for k, v in heads.state_dict().items()}
+
+
+def test_heads_for_other_features_than_the_stored_identity(model, extractor, tmp_path):
+    metadata, _ = _parts(model[0])
+    assert (metadata["rgb_dim"], metadata["xyz_dim"]) == (32, 64)
+    # metadata dims and tensors consistently 152-d, the stored identity (and the extractor) 32/64-d
+    poisoned = _write(tmp_path / "dims.safetensors", _other_heads(metadata), {**metadata, "rgb_dim": 152, "xyz_dim": 152})
+    with pytest.raises(ModelLoadError, match="heads are for 152/152-channel features but the stored backbone "
+                                             "identity gives 32/64"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_self_consistent_file_for_another_extractor_is_refused_before_its_tensors_are_read(
+        model, extractor, tmp_path, monkeypatch):
+    metadata, _ = _parts(model[0])
+    identity = json.loads(json.dumps(metadata["backbone_identity"]))
+    identity.update(rgb_dim=152, xyz_dim=152)
+    identity["rgb"]["out_dim"] = identity["points"]["out_dim"] = 152
+    poisoned = _write(tmp_path / "identity.safetensors", _other_heads(metadata),
+                      {**metadata, "rgb_dim": 152, "xyz_dim": 152, "backbone_identity": identity})
+    assert checkpoint.read_checkpoint_header(poisoned).rgb_dim == 152  # the file itself is consistent
+    reads = []
+    monkeypatch.setattr(checkpoint, "read_tensors", lambda checked: reads.append(checked) or {})
+    with pytest.raises(ModelLoadError, match=r"different backbone features than this extractor provides "
+                                             r"\(differs in: .*rgb_dim.*xyz_dim"):
+        Detector.load(poisoned, extractor=extractor)
+    assert reads == []
+
+
+def test_tensors_that_do_not_fit_the_stored_dims(model, extractor, tmp_path):
+    metadata, _ = _parts(model[0])
+    poisoned = _write(tmp_path / "shapes.safetensors", _other_heads(metadata), metadata)
+    with pytest.raises(ModelLoadError, match=r"tensor \S+ is F32 \([\d, ]*152[\d, ]*\), the config needs F32 \((\d+, )?(32|64),?\)"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_huge_dimension_refused_before_any_allocation(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    metadata["config"]["model"]["mfm_hidden_dim"] = 10_000_000
+    poisoned = _write(tmp_path / "huge_dim.safetensors", tensors, metadata)
+    error, seconds, rss = _refusal_cost(lambda: Detector.load(poisoned, extractor=extractor))
+    assert "model.mfm_hidden_dim = 10000000 exceeds the plausible maximum 16384" in str(error)
+    assert seconds < FAST_S and rss < SMALL_RSS, (seconds, rss)
+
+
+def test_dimensions_within_bounds_but_gigabytes_of_heads(model, extractor, tmp_path):
+    # two widths at their bound: 0.54 G parameters; the header describes them exactly (a sparse 2 GiB file)
+    metadata, _ = _parts(model[0])
+    metadata["config"]["model"].update(mfm_hidden_dim=16384, mgm_hidden_dim=16384)
+    config = checkpoint.Mentor3ADConfig.from_dict(metadata["config"])
+    poisoned = _write_header_only(tmp_path / "wide.safetensors", expected_tensors(config, 32, 64), metadata)
+    assert poisoned.stat().st_size > 2 * GIB and poisoned.stat().st_blocks * 512 < 2 ** 20
+    error, seconds, rss = _refusal_cost(lambda: Detector.load(poisoned, extractor=extractor))
+    assert re.search(r"describes heads with [\d,]+ parameters \(\d+\.\d GiB\), more than the plausible maximum",
+                     str(error))
+    assert seconds < FAST_S and rss < SMALL_RSS, (seconds, rss)
+
+
+def test_sparse_2gib_file_with_a_valid_header(model, extractor, tmp_path):
+    poisoned = tmp_path / "sparse.safetensors"
+    shutil.copyfile(model[0], poisoned)
+    described = poisoned.stat().st_size
+    os.truncate(poisoned, 2 * GIB)
+    error, seconds, rss = _refusal_cost(lambda: Detector.load(poisoned, extractor=extractor))
+    assert f"corrupt or truncated file: {2 * GIB} bytes, the header describes {described}" in str(error)
+    assert seconds < FAST_S and rss < SMALL_RSS, (seconds, rss)
+
+
+def test_header_claiming_a_2gib_tensor(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    shapes["rgb_mean"] = (2 * GIB // 4,)
+    claimed = _write_header_only(tmp_path / "claim.safetensors", shapes, metadata)  # sparse, size as described
+    error, seconds, rss = _refusal_cost(lambda: Detector.load(claimed, extractor=extractor))
+    assert "tensor rgb_mean is F32 (536870912,), the config needs F32 (32,)" in str(error)
+    assert seconds < FAST_S and rss < SMALL_RSS, (seconds, rss)
+    # the same header on a small file: refused for the size before the shapes matter
+    small = _write_header_only(tmp_path / "claim_small.safetensors", shapes, metadata, size=4096)
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        Detector.load(small, extractor=extractor)
+
+
+def test_overlapping_tensors(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    good = _write(tmp_path / "good.safetensors", tensors, metadata)
+    raw = good.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + length])
+    a, b = TENSOR_PREFIX + "rgb_mean", TENSOR_PREFIX + "xyz_mean"  # both 1-d; point b into a's bytes
+    start = header[a]["data_offsets"][0]
+    header[b]["data_offsets"] = [start, start + 4 * header[b]["shape"][0]]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    poisoned = tmp_path / "overlap.safetensors"
+    poisoned.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    with pytest.raises(ModelLoadError, match="overlapping or gapped tensors"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_backbone_options_describing_a_giant_network(model, tmp_path):
+    metadata, tensors = _parts(model[0])
+    metadata["config"]["features"]["rgb_options"]["model_kwargs"].update(embed_dim=16384, depth=64, num_heads=2)
+    poisoned = _write(tmp_path / "giant_backbone.safetensors", tensors, metadata)
+    error, seconds, rss = _refusal_cost(lambda: Detector.load(poisoned))  # builds its own extractor
+    assert re.search(r"backbones with [\d,]+ parameters, more than the plausible maximum", str(error))
+    assert seconds < 10 * FAST_S and rss < 4 * SMALL_RSS, (seconds, rss)  # (includes importing timm)
+
+
+def test_finite_weights_that_overflow_fail_the_self_test(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    for name in tensors:
+        if name.startswith("mfm.") and name.endswith("weight"):
+            tensors[name] = torch.full_like(tensors[name], 3e38)
+    poisoned = _write(tmp_path / "overflow.safetensors", tensors, metadata)
+    assert checkpoint.read_checkpoint(poisoned)  # every value is finite: only the self-test can see it
+    with pytest.raises(ModelLoadError, match="fails its self-test prediction: non-finite anomaly map"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_file_replaced_between_header_and_tensors(model, tmp_path):
+    path = tmp_path / "moving.safetensors"
+    shutil.copyfile(model[0], path)
+    checked = checkpoint.read_checkpoint_header(path)
+    metadata, tensors = _parts(model[0])
+    _write(path, tensors, {**metadata, "threshold": metadata["threshold"] + 1.0})
+    with pytest.raises(ModelLoadError, match="changed while it was being loaded"):
+        checkpoint.read_tensors(checked)
+
+
+def test_save_refuses_non_finite_threshold_and_weights(model, tmp_path):
+    detector = model[1]
+    target = tmp_path / "refused.safetensors"
+    old = detector.threshold
+    try:
+        detector.threshold = float("inf")
+        with pytest.raises(ModelLoadError, match=r"refusing to save .*the threshold is inf \(calibrate"):
+            detector.save(target)
+    finally:
+        detector.threshold = old
+    bias = detector.heads.mgm.xyz_to_rgb.head[0].bias
+    saved = bias.detach().clone()
+    try:
+        with torch.no_grad():
+            bias[0] = float("nan")
+        with pytest.raises(ModelLoadError, match=r"refusing to save .*non-finite weights in mgm\.xyz_to_rgb\.head\.0\.bias"):
+            detector.save(target)
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary was written
+    assert detector.save(target).is_file()
