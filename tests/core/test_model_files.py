@@ -240,14 +240,30 @@ def test_backbone_options_describing_a_giant_network(model, tmp_path):
     assert seconds < 10 * FAST_S and rss < 4 * SMALL_RSS, (seconds, rss)  # (includes importing timm)
 
 
-def test_finite_weights_that_overflow_fail_the_self_test(model, extractor, tmp_path):
+@pytest.mark.parametrize("name, value, reason", [
+    ("mfm.*weight", 3e38, r"its (rgb|xyz|mtr) score map is non-finite"),  # overflows to inf/NaN in the MLPs
+    ("rgb_scale", 0.0, r"its (rgb|xyz|mtr) score map is non-finite"),  # division by zero in the standardisation
+    ("voting.ocsvm.input_scale", 0.0, r"OC-SVM output is non-finite"),
+    ("voting.ocsvm.rho", -1e30, r"OC-SVM output is at most -1e\+30 on every patch, its map is ~0 and every part "
+                                r"would PASS"),
+])
+def test_finite_weights_that_break_the_model_fail_the_self_test(model, extractor, tmp_path, name, value, reason):
     metadata, tensors = _parts(model[0])
-    for name in tensors:
-        if name.startswith("mfm.") and name.endswith("weight"):
-            tensors[name] = torch.full_like(tensors[name], 3e38)
-    poisoned = _write(tmp_path / "overflow.safetensors", tensors, metadata)
+    hits = [k for k in tensors if re.fullmatch(name.replace(".", r"\.").replace("*", ".*"), k)]
+    assert hits
+    for key in hits:
+        tensors[key] = torch.full_like(tensors[key], value)
+    poisoned = _write(tmp_path / "finite.safetensors", tensors, metadata)
     assert checkpoint.read_checkpoint(poisoned)  # every value is finite: only the self-test can see it
-    with pytest.raises(ModelLoadError, match="fails its self-test prediction: non-finite anomaly map"):
+    with pytest.raises(ModelLoadError, match="fails its self-test: (the Voting Module.s )?" + reason):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_threshold_no_score_can_exceed(model, extractor, tmp_path):
+    metadata, tensors = _parts(model[0])
+    poisoned = _write(tmp_path / "high.safetensors", tensors, {**metadata, "threshold": 1e30})
+    with pytest.raises(ModelLoadError, match=r"the threshold 1e\+30 is not below the largest score the model can "
+                                             r"produce \(1\.142e\+26\): no part could ever FAIL"):
         Detector.load(poisoned, extractor=extractor)
 
 

@@ -31,6 +31,7 @@ from .postprocess import decide, upsample_maps
 
 LOG = logging.getLogger(__name__)
 HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
+OCSVM_SCORE_CLAMP = 60.0  # VotingModule.forward: map = exp(min(OC-SVM score, 60))
 
 
 def check_input(rgb: np.ndarray, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -167,14 +168,19 @@ class Detector:
         """(B, R, R) -> (B, H, W) (:func:`mentor3ad.model.postprocess.upsample_maps`)."""
         return upsample_maps(maps, int(self.config.features.image_size), self.config.model.smoothing_sigma, output_size)
 
-    def image_scores_from_features(self, features, batch_size: int = 8) -> List[float]:
-        """Image scores (max of the post-processed map at features.image_size) of a FeatureSet."""
+    def image_scores_from_features(self, features, sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                                   batch_size: int = 8) -> List[float]:
+        """Image scores of a FeatureSet: the max of each post-processed map at its input resolution ``sizes``
+        ((H, W) per sample, as :meth:`predict` scores it; default features.image_size)."""
         size = int(self.config.features.image_size)
+        sizes = list(sizes) if sizes is not None else [(size, size)] * len(features)
         scores = []
         for start in range(0, len(features), batch_size):
             batch = features.subset(slice(start, start + batch_size))
-            maps = self.postprocess(self.maps_from_features(batch.rgb, batch.xyz, batch.valid), (size, size))
-            scores.extend(float(v) for v in maps.flatten(1).max(dim=1).values.cpu())
+            maps = self.maps_from_features(batch.rgb, batch.xyz, batch.valid)
+            for index in range(len(batch)):
+                full = self.postprocess(maps[index:index + 1], sizes[start + index])
+                scores.append(float(full.max()))
         return scores
 
     def _decide_features(self, features: Sequence, inputs: Sequence[Tuple[Tuple[int, int], np.ndarray]],
@@ -255,13 +261,32 @@ class Detector:
             seconds = time.perf_counter() - started
         return seconds
 
+    def max_score(self) -> float:
+        """The largest image score these heads can produce: the Voting Module clamps its OC-SVM score at
+        ``OCSVM_SCORE_CLAMP`` before exp(); without voting the map is a product of cosine distances (<= 2)."""
+        if self.heads.voting is not None:
+            return float(np.exp(np.float32(OCSVM_SCORE_CLAMP)))
+        return 2.0 ** len(self.config.model.score_maps)
+
     def self_test(self) -> float:
-        """Warm up and check that the model answers: a finite map and a PASS/FAIL decision on
-        :func:`warmup_scene`. Raises ModelLoadError with the reason otherwise; returns the seconds taken."""
+        """Warm up and check that the model can answer: on :func:`warmup_scene` every score map and the
+        Voting Module's OC-SVM output are finite, the OC-SVM output is not below exp()'s underflow on every
+        valid patch (a map of zeros would PASS every part), the threshold is below :meth:`max_score` (else
+        no part could ever FAIL), and the prediction is a finite PASS/FAIL. Raises ModelLoadError with the
+        reason otherwise; returns the seconds taken."""
+        from ..features.extractor import stack_features
+
         rgb, xyz = warmup_scene(int(self.config.features.image_size))
         started = time.perf_counter()
+        if self.threshold >= self.max_score():
+            raise ModelLoadError(f"the threshold {self.threshold:g} is not below the largest score the model can "
+                                 f"produce ({self.max_score():.4g}): no part could ever FAIL")
         try:
-            result = self.predict(rgb, xyz)
+            features = self.extractor.extract_batch([rgb], [xyz])
+            self._check_internals(stack_features(features))
+            result = self._decide_features(features, [(rgb.shape[:2], xyz)], None)[0]
+        except ModelLoadError:
+            raise
         except Mentor3ADError as err:
             raise ModelLoadError(f"the model fails its self-test prediction: {err}") from None
         except Exception as err:  # noqa: BLE001 - whatever a broken model raises, it is refused
@@ -269,6 +294,25 @@ class Detector:
         if result.verdict is Verdict.ERROR:
             raise ModelLoadError(f"the model fails its self-test prediction: {result.reason}")
         return time.perf_counter() - started
+
+    @torch.no_grad()
+    def _check_internals(self, stacked) -> None:
+        rgb, xyz = stacked.rgb.to(self.device), stacked.xyz.to(self.device)
+        valid = stacked.valid.to(self.device).bool()
+        maps = self.heads.score_maps(rgb, xyz, valid)
+        for name, values in maps.items():
+            if not bool(torch.isfinite(values).all()):
+                raise ModelLoadError(f"the model fails its self-test: its {name} score map is non-finite")
+        if self.heads.voting is None or not bool(valid.any()):
+            return
+        features = self.heads.voting.pixel_features(self.heads.stacked(maps))
+        raw = self.heads.voting.ocsvm(features.reshape(-1, features.shape[-1])).reshape(features.shape[:3])[valid]
+        if not bool(torch.isfinite(raw).all()):
+            raise ModelLoadError("the model fails its self-test: the Voting Module's OC-SVM output is non-finite "
+                                 f"({int(torch.isnan(raw).sum())} NaN of {raw.numel()} patches)")
+        if float(raw.max()) < -OCSVM_SCORE_CLAMP:
+            raise ModelLoadError(f"the model fails its self-test: the Voting Module's OC-SVM output is at most "
+                                 f"{float(raw.max()):.3g} on every patch, its map is ~0 and every part would PASS")
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict:
