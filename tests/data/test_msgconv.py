@@ -192,3 +192,72 @@ def test_binning_and_roi_adjust_intrinsics_like_image_geometry():
     assert depth_io.intrinsics_from_camera_info(info) == (400.0, 400.0, 30.0, 26.0)
     depth = NS(**depth_io.xyz_to_depth_fields(np.ones((16, 20, 3), np.float32)))
     assert depth_io.depth_to_xyz(depth, info).shape == (16, 20, 3)  # ROI size is the image size
+
+
+# ------------------------------------------------------------------ malformed PointCloud2 layouts
+def _real_cloud(bigendian=False, size=(24, 32)):
+    """Fields of an organized cloud of a synthetic part (metres, NaN = invalid), in either byte order."""
+    from mentor3ad.io.datasets.synthetic import generate_sample
+
+    xyz = generate_sample(3, size).xyz
+    xyz = np.where((xyz == 0).all(-1, keepdims=True), np.float32(np.nan), xyz).astype(np.float32)
+    fields = msgconv.xyz_to_cloud_fields(xyz, padded=True)
+    if bigendian:
+        fields["data"] = np.frombuffer(fields["data"], "<f4").astype(">f4").tobytes()
+        fields["is_bigendian"] = True
+    return xyz, {**fields, "fields": _field_objs(fields["fields"])}
+
+
+def test_cloud_field_layout_errors_name_the_problem():
+    _, good = _real_cloud()
+    cases = [
+        ([("x", 0, 7, 1), ("y", 2, 7, 1), ("z", 8, 7, 1)], r"fields 'x' \(offset 0\) and 'y' \(offset 2\) overlap"),
+        ([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 4, 7, 1)], r"fields 'y' \(offset 4\) and 'z' \(offset 4\) overlap"),
+        ([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("x", 12, 7, 1)], r"field 'x' twice \(offsets 0 and 12\)"),
+        ([("x", 0, 7, 1), ("y", 4, 7, 2), ("z", 12, 7, 1)], r"field 'y' has count 2, expected 1"),
+        ([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 0)], r"field 'z' has count 0, expected 1"),
+        ([("x", -4, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1)], r"field 'x' has a negative offset -4"),
+    ]
+    for fields, reason in cases:
+        with pytest.raises(MessageConversionError, match=reason):
+            msgconv.cloud_to_xyz(NS(**{**good, "fields": _field_objs(fields)}))
+    # padding fields may repeat (PCL names them "_"); unrelated duplicates do not matter
+    extra = _field_objs([("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("_", 12, 7, 1), ("_", 13, 2, 1)])
+    assert msgconv.cloud_to_xyz(NS(**{**good, "fields": extra})).shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_correctly_labelled_byte_orders_read(bigendian):
+    xyz, fields = _real_cloud(bigendian)
+    assert np.array_equal(msgconv.cloud_to_xyz(NS(**fields)), xyz, equal_nan=True)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_wrong_is_bigendian_flag_is_detected(bigendian):
+    _, fields = _real_cloud(bigendian)
+    mislabelled = NS(**{**fields, "is_bigendian": not bigendian})
+    with pytest.raises(MessageConversionError, match=rf"is_bigendian looks wrong: decoded as is_bigendian="
+                                                     rf"{not bigendian} only \d+% of \d+ points are plausible metres"):
+        msgconv.cloud_to_xyz(mislabelled)
+
+
+def test_wrong_flag_on_a_mostly_invalid_cloud_is_detected():
+    xyz, fields = _real_cloud()
+    data = np.frombuffer(fields["data"], "<f4").reshape(24, 32, 4).copy()
+    data[:, 4:] = np.nan  # a few valid columns; NaN markers decode to denormals in the wrong byte order
+    mislabelled = NS(**{**fields, "data": data.tobytes(), "is_bigendian": True})
+    with pytest.raises(MessageConversionError, match="is_bigendian looks wrong"):
+        msgconv.cloud_to_xyz(mislabelled)
+
+
+def test_noise_is_not_taken_for_a_byte_order_problem():
+    # random bytes are implausible in both orders: returned as they are (the working volume refuses them)
+    _, fields = _real_cloud()
+    noise = np.random.default_rng(0).integers(0, 256, len(fields["data"]), dtype=np.uint8).tobytes()
+    out = msgconv.cloud_to_xyz(NS(**{**fields, "data": noise}))
+    assert out.shape == (24, 32, 3) and not (np.isfinite(out) & (np.abs(out) < 1e5)).all()
+    # a correctly labelled cloud with a few absurd points is still read
+    xyz, fields = _real_cloud()
+    data = np.frombuffer(fields["data"], "<f4").reshape(24, 32, 4).copy()
+    data[:5, :, :3] = 3e30
+    assert np.isfinite(msgconv.cloud_to_xyz(NS(**{**fields, "data": data.tobytes()}))).any()

@@ -178,8 +178,15 @@ def mono_to_mask(msg: Any) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- cloud
 def _cloud_field_offsets(msg: Any) -> Dict[str, int]:
+    """{x, y, z: byte offset in a point}: each present once, FLOAT32, count 1, not overlapping another."""
     fields = list(_field(msg, "fields"))
-    by_name = {str(f.name): f for f in fields}
+    by_name: Dict[str, Any] = {}
+    for f in fields:
+        name = str(f.name)
+        if name in ("x", "y", "z") and name in by_name:
+            raise InputError(f"point cloud has field '{name}' twice (offsets {int(by_name[name].offset)} and "
+                             f"{int(f.offset)}); which one holds the coordinate is ambiguous")
+        by_name.setdefault(name, f)
     missing = [n for n in ("x", "y", "z") if n not in by_name]
     if missing:
         raise InputError(
@@ -193,10 +200,50 @@ def _cloud_field_offsets(msg: Any) -> Dict[str, int]:
                 f"point cloud field '{name}' has datatype {_POINTFIELD_NAMES.get(int(f.datatype), f.datatype)}, "
                 "expected FLOAT32 (7)"
             )
-        if int(getattr(f, "count", 1)) < 1:
-            raise InputError(f"point cloud field '{name}' has count {f.count}, expected 1")
+        if int(getattr(f, "count", 1)) != 1:
+            raise InputError(f"point cloud field '{name}' has count {f.count}, expected 1 (one coordinate per point)")
+        if int(f.offset) < 0:
+            raise InputError(f"point cloud field '{name}' has a negative offset {f.offset}")
         offsets[name] = int(f.offset)
+    for a, b in (("x", "y"), ("x", "z"), ("y", "z")):
+        if abs(offsets[a] - offsets[b]) < 4:
+            raise InputError(f"point cloud fields '{a}' (offset {offsets[a]}) and '{b}' (offset {offsets[b]}) "
+                             "overlap: FLOAT32 coordinates need 4 bytes each")
     return offsets
+
+
+PLAUSIBLE_METRES = (1e-7, 1e5)  # |coordinate| of a real sensor point, when not exactly 0
+BYTE_ORDER_SAMPLE = 16384  # points the byte-order check looks at (evenly spread over the cloud)
+
+
+def _plausible_fraction(xyz: np.ndarray) -> Tuple[float, int]:
+    """(fraction of the measured points whose coordinates are all 0 or within PLAUSIBLE_METRES, how many
+    measured points): points that are all-NaN or all-zero (invalid markers) are not counted."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        magnitude = np.abs(xyz)
+        invalid = np.isnan(xyz).all(-1) | (xyz == 0).all(-1)
+        sane = (magnitude == 0) | ((magnitude >= PLAUSIBLE_METRES[0]) & (magnitude <= PLAUSIBLE_METRES[1]))
+    measured = int((~invalid).sum())
+    return (float((sane.all(-1) & ~invalid).sum()) / measured if measured else 1.0), measured
+
+
+def _check_byte_order(xyz: np.ndarray, swapped: np.ndarray, bigendian: bool) -> None:
+    """InputError when the declared byte order decodes to nonsense and the other one to metres.
+
+    Decoded with the wrong order, real coordinates become values of random magnitude (the low mantissa
+    byte turns into the exponent: 1e-38 ... 1e38, denormals, NaN) and NaN markers become denormals: well
+    under half of the points look like metres. The check needs a clear majority both ways (< 50 %
+    plausible as declared, > 90 % swapped), so noisy but correctly labelled clouds are never refused."""
+    declared, measured = _plausible_fraction(xyz)
+    if declared >= 0.5 or measured == 0:
+        return
+    other, _ = _plausible_fraction(swapped)
+    if other > 0.9:
+        example = xyz[~(np.isnan(xyz).all(-1) | (xyz == 0).all(-1))][0]  # (N, 3) points
+        raise InputError(
+            f"point cloud is_bigendian looks wrong: decoded as is_bigendian={bigendian} only {declared:.0%} of "
+            f"{measured} points are plausible metres (e.g. {example.tolist()}), with the other byte order "
+            f"{other:.0%} are; fix the sender's is_bigendian flag")
 
 
 def cloud_to_xyz(msg: Any, require_organized: bool = True) -> np.ndarray:
@@ -204,6 +251,10 @@ def cloud_to_xyz(msg: Any, require_organized: bool = True) -> np.ndarray:
 
     Any field offsets, ``point_step`` and ``row_step`` padding and either endianness are supported.
     With ``require_organized`` a cloud of height 1 is refused (it cannot be aligned with an image).
+    Refused (InputError naming the problem): x/y/z missing, duplicated, not FLOAT32, ``count`` != 1 or
+    overlapping one another; fields outside ``point_step``; a data size other than height * row_step;
+    and data whose ``is_bigendian`` flag is evidently wrong (:func:`_check_byte_order`). Other absurd
+    values (1e6 m away, behind the camera) are for the working volume of :mod:`mentor3ad.io.inputs`.
     """
     height, width = int(msg.height), int(msg.width)
     if require_organized and height <= 1:
@@ -226,12 +277,14 @@ def cloud_to_xyz(msg: Any, require_organized: bool = True) -> np.ndarray:
         )
     rows = _rows(msg, height, row_step, "point cloud", "row_step")[:, : width * point_step]
     rows = rows.reshape(height, width, point_step)
-    dtype = np.dtype(">f4" if int(getattr(msg, "is_bigendian", False)) else "<f4")
-    xyz = np.empty((height, width, 3), np.float32)
+    bigendian = bool(int(getattr(msg, "is_bigendian", False)))
+    raw = np.empty((height, width, 3), np.uint32)
     for channel, name in enumerate(("x", "y", "z")):
         off = offsets[name]
-        raw = np.ascontiguousarray(rows[:, :, off : off + 4])
-        xyz[..., channel] = raw.view(dtype)[..., 0].astype(np.float32)
+        raw[..., channel] = np.ascontiguousarray(rows[:, :, off : off + 4]).view(">u4" if bigendian else "<u4")[..., 0]
+    xyz = raw.view(np.float32)
+    sample = raw.reshape(-1, 3)[:: max(1, raw.size // 3 // BYTE_ORDER_SAMPLE)]  # evenly spread points
+    _check_byte_order(sample.view(np.float32), sample.byteswap().view(np.float32), bigendian)
     return xyz
 
 
