@@ -16,15 +16,31 @@ synchronizer, bags, parameters and CLI pick it up.
 Topic names: :data:`TOPICS` holds every topic once, with the absolute name used in recordings
 (``/camera/points``: what ``mentor3ad to-bag`` writes and the trainer/evaluator read by default) and
 the relative name the inspector subscribes to (``points``: remap it to the driver's topic).
+
+Plausibility (:class:`InputChecks`, applied by :meth:`InputMode.convert` in the node and in recordings
+alike, so training sees what inspection sees). Decisions:
+
+* The 3D data is in the sensor's optical frame (z forward, metres), as a pixel-aligned organized cloud
+  or a registered depth image always is. A point with z <= 0 (zero or negative depth, behind the
+  camera) is invalid in every mode and with any volume: no camera measures it.
+* :class:`WorkingVolume` (default x, y in [-10, 10] m, z in (0, 10] m): points outside are invalid
+  (set to NaN, like a dropout), so a few stray returns do not reach the model; when fewer than
+  ``min_valid_points`` remain the pair is refused with "N points outside the working volume ...",
+  e.g. a cloud 1e6 m away (wrong units, garbage data). ``volume=None`` keeps only the z > 0 rule.
+* Frames: when the image's ``header.frame_id`` and the cloud's / depth image's are both set and differ,
+  the pair is refused ("image frame 'A' differs from cloud frame 'B'"): pixel alignment is only
+  guaranteed in one frame. ``require_same_frame=False`` allows it (a calibrated, registered pair
+  published under two names); an empty frame_id is not checked.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from . import depth as depth_io
 from . import msgconv
 
@@ -98,6 +114,100 @@ def _depth_fields(xyz: np.ndarray, camera_matrix: Optional[np.ndarray], depth_en
 
 
 @dataclass(frozen=True)
+class WorkingVolume:
+    """Box in the sensor's optical frame, metres: x_min <= x <= x_max, y_min <= y <= y_max, z_min < z <= z_max."""
+
+    x_min: float = -10.0
+    x_max: float = 10.0
+    y_min: float = -10.0
+    y_max: float = 10.0
+    z_min: float = 0.0
+    z_max: float = 10.0
+
+    def __post_init__(self):
+        values = [self.x_min, self.x_max, self.y_min, self.y_max, self.z_min, self.z_max]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ConfigError(f"working volume bounds must be finite numbers, got {values}")
+        if not (self.x_min < self.x_max and self.y_min < self.y_max and self.z_min < self.z_max):
+            raise ConfigError(f"working volume needs min < max on every axis, got {self.describe()}")
+        if self.z_min < 0:
+            raise ConfigError(f"working volume z_min must be >= 0 (z <= 0 is behind the camera), got {self.z_min}")
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> "WorkingVolume":
+        """[x_min, x_max, y_min, y_max, z_min, z_max] (a node's double-array parameter) -> WorkingVolume."""
+        values = list(values)
+        if len(values) != 6:
+            raise ConfigError(f"working volume needs 6 values [x_min, x_max, y_min, y_max, z_min, z_max], "
+                              f"got {len(values)}")
+        return cls(*(float(v) for v in values))
+
+    def contains(self, xyz: np.ndarray) -> np.ndarray:
+        """(H, W) bool for (H, W, 3) points (NaN: False)."""
+        x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+        with np.errstate(invalid="ignore"):
+            return ((x >= self.x_min) & (x <= self.x_max) & (y >= self.y_min) & (y <= self.y_max)
+                    & (z > self.z_min) & (z <= self.z_max))
+
+    def describe(self) -> str:
+        return (f"x [{self.x_min:g}, {self.x_max:g}] m, y [{self.y_min:g}, {self.y_max:g}] m, "
+                f"z ({self.z_min:g}, {self.z_max:g}] m")
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """Plausibility rules of :meth:`InputMode.convert` (see the module docstring for the decisions)."""
+
+    volume: Optional[WorkingVolume] = WorkingVolume()
+    require_same_frame: bool = True
+
+
+DEFAULT_CHECKS = InputChecks()
+
+
+def _frame(msg: Any) -> str:
+    return str(getattr(getattr(msg, "header", None), "frame_id", "") or "")
+
+
+def check_frames(messages: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """InputError when the image's frame_id and that of a 3D message (``keys``) are both set and differ."""
+    image_frame = _frame(messages["image"])
+    for key in keys:
+        frame = _frame(messages[key])
+        if image_frame and frame and frame != image_frame:
+            what = "cloud" if key == "points" else key.replace("_", " ")
+            raise InputError(f"image frame '{image_frame}' differs from {what} frame '{frame}': the pair is not "
+                             "pixel-aligned in one frame (require_same_frame=false allows it)")
+
+
+def apply_volume(xyz: np.ndarray, volume: Optional[WorkingVolume], min_valid_points: int) -> np.ndarray:
+    """xyz with points behind the camera (z <= 0) and outside ``volume`` set to NaN; InputError when fewer
+    than ``min_valid_points`` valid points remain (naming what was dropped)."""
+    valid = msgconv.valid_point_mask(xyz)
+    with np.errstate(invalid="ignore"):
+        behind = valid & ~(xyz[..., 2] > 0)
+    outside = valid & ~behind & ~volume.contains(xyz) if volume is not None else np.zeros_like(valid)
+    dropped = behind | outside
+    remaining = int(valid.sum() - dropped.sum())
+    if remaining < min_valid_points:
+        if not dropped.any():
+            msgconv.check_enough_valid_points(xyz, min_valid_points)
+        parts = []
+        if outside.any():
+            example = ", ".join(f"{float(c):.4g}" for c in xyz[outside][0])
+            parts.append(f"{int(outside.sum())} points outside the working volume {volume.describe()} "
+                         f"(e.g. [{example}])")
+        if behind.any():
+            parts.append(f"{int(behind.sum())} points behind the camera (z <= 0)")
+        raise InputError(f"{' and '.join(parts)}: {remaining} valid points remain of {xyz.shape[0] * xyz.shape[1]}, "
+                         f"need at least {min_valid_points}")
+    if dropped.any():
+        xyz = xyz.copy()
+        xyz[dropped] = np.nan
+    return xyz
+
+
+@dataclass(frozen=True)
 class InputMode:
     """One way the 3D data arrives beside the image.
 
@@ -127,13 +237,18 @@ class InputMode:
         """"image" followed by the 3D topic keys: the synchronizer's input order."""
         return ("image",) + self.topic_keys
 
-    def convert(self, messages: Mapping[str, Any], min_valid_points: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-        """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres); InputError naming the problem."""
+    def convert(self, messages: Mapping[str, Any], min_valid_points: int = 1,
+                checks: Optional[InputChecks] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres, invalid NaN); InputError
+        naming the problem. ``checks`` (default :data:`DEFAULT_CHECKS`): frame agreement, z > 0 and the
+        working volume (points outside become NaN), then at least ``min_valid_points`` valid points."""
+        checks = DEFAULT_CHECKS if checks is None else checks
+        if checks.require_same_frame:
+            check_frames(messages, [k for k in self.topic_keys if k not in self.constant_keys])
         rgb = msgconv.image_to_rgb(messages["image"])
         xyz = self.to_xyz(messages)
         msgconv.check_aligned(rgb, xyz)
-        msgconv.check_enough_valid_points(xyz, min_valid_points)
-        return rgb, xyz
+        return rgb, apply_volume(xyz, checks.volume, min_valid_points)
 
 
 INPUT_MODES: Dict[str, InputMode] = {m.name: m for m in (
@@ -157,4 +272,5 @@ def input_mode_help() -> str:
     return "; ".join(f"{m.name}: {m.description}" for m in INPUT_MODES.values())
 
 
-__all__ = ["Topic", "TOPICS", "InputMode", "INPUT_MODES", "input_mode", "input_mode_help", "recorded_topics"]
+__all__ = ["Topic", "TOPICS", "InputMode", "INPUT_MODES", "input_mode", "input_mode_help", "recorded_topics",
+           "WorkingVolume", "InputChecks", "DEFAULT_CHECKS", "check_frames", "apply_volume"]
