@@ -36,6 +36,9 @@ def load_samples(path: PathLike, split: str = "test", input_mode: str = "points"
         raise ConfigError(f"{path} does not exist")
     if is_bag(path):
         samples = list(read_bag_samples(path, topics, input_mode, slop_ns, require_mask))
+        if not samples:
+            raise InputError(f"bag {path} has no synchronized image/{input_mode} pairs"
+                             f"{' with a mask' if require_mask else ''} within {slop_ns / 1e6:g} ms")
         return samples[:shots] if shots else samples
     return load_mvtec_split(path, split, shots=shots)
 
@@ -51,10 +54,12 @@ def split_validation(samples: list, val_fraction: float) -> Tuple[list, list]:
 
 def require_good(samples: Sequence[Sample], what: str) -> None:
     """InputError naming the samples labelled defective (training and threshold data must be good parts)."""
-    bad = [s.name for s in samples if s.label not in (None, 0)]
+    bad = [s for s in samples if s.label not in (None, 0)]
     if bad:
+        where = f"; the first from {bad[0].source}" if bad[0].source else ""
         raise InputError(f"{what} needs good parts only, but {len(bad)} are labelled defective "
-                         f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}): is this a labelled test recording?")
+                         f"({', '.join(s.name for s in bad[:5])}{' ...' if len(bad) > 5 else ''}{where}): "
+                         "is this a labelled test recording?")
 
 
 def read_good_parts(bag_paths: Sequence[PathLike], val_bag_paths: Sequence[PathLike] = (), val_fraction: float = 0.2,
@@ -125,7 +130,7 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
                 cache_dir=None, progress: bool = False) -> Dict[str, Any]:
     """Set ``detector.threshold`` from good parts (``frr``: false-reject rate) or labelled parts (``f1``);
     returns {rule, threshold, old_threshold, false_reject_rate | f1}."""
-    from .model.calibration import calibrate_f1, calibrate_false_reject, false_reject_rate
+    from .model.calibration import calibrate_f1, calibrate_false_reject, false_reject_estimate, false_reject_rate
 
     if not samples:
         raise InputError("no samples to calibrate on")
@@ -137,16 +142,20 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
     else:
         raise ConfigError(f"unknown calibration rule {rule!r}; choose frr or f1")
     results = detector.predict_samples(samples, cache_dir=cache_dir, progress=progress)
-    errors = [r.reason for r in results if not r.verdict.is_decision]
+    errors = [(s, r.reason) for s, r in zip(samples, results) if not r.verdict.is_decision]
     if errors:
-        raise InputError(f"{len(errors)} calibration parts got no score: {errors[0]}")
+        first = errors[0][0]
+        raise InputError(f"{len(errors)} calibration parts got no score, e.g. {first.name}"
+                         f"{f' ({first.source})' if first.source else ''}: {errors[0][1]}")
     scores = [r.score for r in results]
     old = detector.threshold
     if rule == "frr":
         rate = target_frr if target_frr is not None else detector.config.calibration.target_false_reject_rate
-        threshold = calibrate_false_reject(scores, rate, detector.config.calibration.margin)
-        info = {"rule": f"false-reject rate {rate} on {len(scores)} good parts",
-                "false_reject_rate": false_reject_rate(scores, threshold)}
+        calibration = detector.config.calibration
+        threshold = calibrate_false_reject(scores, rate, calibration.margin, calibration.rule)
+        info = {"rule": f"{calibration.rule}, false-reject rate {rate} on {len(scores)} good parts",
+                "false_reject_rate": false_reject_rate(scores, threshold),
+                "expected_false_reject_rate": false_reject_estimate(scores, threshold)}
     else:
         threshold, f1 = calibrate_f1(scores, [s.label for s in samples])
         info = {"rule": f"F1-optimal on {len(scores)} labelled parts", "f1": f1}
@@ -166,10 +175,11 @@ def evaluate_model(detector, samples: Sequence[Sample], out_dir: Optional[PathLi
     if not samples:
         raise InputError("no labelled samples to evaluate")
     predictions = detector.predict_samples(samples, cache_dir=cache_dir, progress=progress)
-    undecided = [(s.name, p.reason) for s, p in zip(samples, predictions) if not p.verdict.is_decision]
+    undecided = [(s, p.reason) for s, p in zip(samples, predictions) if not p.verdict.is_decision]
     if undecided:
-        raise InputError(f"{len(undecided)} of {len(samples)} parts got no decision, e.g. {undecided[0][0]}: "
-                         f"{undecided[0][1]}")
+        first = undecided[0][0]
+        raise InputError(f"{len(undecided)} of {len(samples)} parts got no decision, e.g. {first.name}"
+                         f"{f' ({first.source})' if first.source else ''}: {undecided[0][1]}")
     naive = None
     if naive_train:
         try:

@@ -72,7 +72,7 @@ def test_broken_bags_give_clear_errors(tmp_path):
     db = next(bag.glob("*.db3"))
     data = db.read_bytes()
     db.write_bytes(data[: len(data) // 3])
-    with pytest.raises(BagError, match="cannot (open|read) bag"):
+    with pytest.raises(BagError, match="cannot (open|read) bag|bag .* is damaged"):
         list(read_bag_samples(bag))
     with pytest.raises(BagError, match="already exists"):
         write_dataset_bag(_samples()[:1], bag)
@@ -85,7 +85,7 @@ def test_truncated_mcap(tmp_path):
     f = next(bag.glob("*.mcap"))
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    with pytest.raises(BagError, match="cannot (open|read) bag"):
+    with pytest.raises(BagError, match="cannot (open|read) bag|bag .* is damaged"):
         list(read_bag_samples(bag))
 
 
@@ -140,3 +140,105 @@ def test_approximate_pairing_out_of_order_and_single_camera_info(tmp_path):
     assert list(read_bag_samples(tmp_path / "live", input_mode="depth", slop_ns=1_000_000)) == []
     with pytest.raises(BagError, match="no topic.*gt_mask"):
         list(read_bag_samples(tmp_path / "live", input_mode="depth", require_mask=True))
+
+
+# ------------------------------------------------------------------ container integrity (CRCs, SQLite)
+def _mcap(tmp_path, name="m", count=16):
+    samples = [generate_sample(i, (64, 64), name=f"p/{i}") for i in range(count)]  # 1.3 MiB: two chunks
+    bag = write_dataset_bag(samples, tmp_path / name, storage="mcap")
+    return bag, next(bag.glob("*.mcap"))
+
+
+def _records(data):
+    """[(offset, opcode, content)] of the data section, up to and including DataEnd."""
+    import struct
+
+    out, offset = [], 8
+    while True:
+        opcode, length = data[offset], struct.unpack_from("<Q", data, offset + 1)[0]
+        out.append((offset, opcode, data[offset + 9:offset + 9 + length]))
+        if opcode == 0x0F:
+            return out
+        offset += 9 + length
+
+
+def test_mcap_bags_carry_real_crcs(tmp_path):
+    import struct
+    import zlib
+
+    from mentor3ad.io.files import verify_mcap
+
+    bag, path = _mcap(tmp_path)
+    data = path.read_bytes()
+    records = _records(data)
+    chunks = [(o, c) for o, op, c in records if op == 0x06]
+    assert len(chunks) >= 2
+    for _, content in chunks:  # start, end, uncompressed size, CRC, compression "" (4 bytes), records length
+        size, crc = struct.unpack_from("<QI", content, 16)
+        assert content[28:32] == b"\0\0\0\0" and crc != 0
+        assert crc == zlib.crc32(content[40:40 + struct.unpack_from("<Q", content, 32)[0]]) and size > 0
+    data_end = records[-1]
+    assert struct.unpack_from("<I", data_end[2])[0] == zlib.crc32(data[:data_end[0]]) != 0
+    footer = len(data) - 8 - 29
+    summary_start = struct.unpack_from("<Q", data, footer + 9)[0]
+    assert struct.unpack_from("<I", data, footer + 25)[0] == zlib.crc32(data[summary_start:footer + 25]) != 0
+    assert verify_mcap(path) == len(chunks)
+    assert len(list(read_bag_samples(bag))) == 16
+
+
+def test_corrupted_chunk_is_refused_naming_bag_and_position(tmp_path):
+    bag, path = _mcap(tmp_path)
+    data = bytearray(path.read_bytes())
+    second = [o for o, op, _ in _records(data) if op == 0x06][1]
+    start = second + 9 + 40 + 5000  # 4 KiB inside the second chunk's records
+    data[start:start + 4096] = bytes(b ^ 0xFF for b in data[start:start + 4096])
+    path.write_bytes(bytes(data))
+    with pytest.raises(BagError, match=rf"bag {bag} is damaged: {path}: chunk 1 at byte {second} \(to byte \d+\) is "
+                                       r"corrupt: CRC-32 of its records is [0-9a-f]{8}, recorded [0-9a-f]{8}"):
+        list(read_bag_samples(bag))
+
+
+def test_corruption_outside_the_chunks_is_refused(tmp_path):
+    bag, path = _mcap(tmp_path)
+    original = path.read_bytes()
+    index = next(o for o, op, _ in _records(original) if op == 0x07)  # a message index record
+    data = bytearray(original)
+    data[index + 20] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BagError, match=r"is corrupt between byte 8 and \d+ \(outside the chunks"):
+        list(read_bag_samples(bag))
+    data = bytearray(original)
+    footer = len(data) - 8 - 29
+    data[footer - 30] ^= 0x01  # the summary (chunk indexes, statistics, offsets)
+    path.write_bytes(bytes(data))
+    with pytest.raises(BagError, match=r"summary \(index\) section before byte \d+ is corrupt"):
+        list(read_bag_samples(bag))
+
+
+def test_mcap_without_crcs_still_reads(tmp_path):
+    # files of other writers may carry no CRCs (0 = not computed, per the MCAP specification)
+    import struct
+
+    from mentor3ad.io.files import verify_mcap
+
+    bag, path = _mcap(tmp_path, count=3)
+    data = bytearray(path.read_bytes())
+    for offset, opcode, _ in _records(data):
+        if opcode == 0x06:
+            data[offset + 9 + 24:offset + 9 + 28] = b"\0\0\0\0"
+        elif opcode == 0x0F:
+            data[offset + 9:offset + 13] = b"\0\0\0\0"
+    data[len(data) - 8 - 4:len(data) - 8] = struct.pack("<I", 0)
+    path.write_bytes(bytes(data))
+    assert verify_mcap(path) == 0 and len(list(read_bag_samples(bag))) == 3
+
+
+def test_corrupted_sqlite_page_is_refused(tmp_path):
+    bag = write_dataset_bag(_samples(), tmp_path / "s")
+    db = next(bag.glob("*.db3"))
+    data = bytearray(db.read_bytes())
+    data[6 * 4096:6 * 4096 + 64] = b"\xa5" * 64  # the header of a b-tree page
+    db.write_bytes(bytes(data))
+    with pytest.raises(BagError, match=rf"bag {bag} is damaged: {db} (is corrupt \(SQLite quick_check: |is not a "
+                                       r"readable SQLite database)"):
+        list(read_bag_samples(bag))

@@ -4,12 +4,15 @@ Writing (:func:`write_dataset_bag`): every sample becomes one stamp shared by al
 ``image`` (sensor_msgs/Image rgb8), the input mode's 3D topics (:mod:`mentor3ad.io.inputs`: an
 organized PointCloud2 with NaN for invalid points, or a depth image + camera_info); labelled
 samples also get the ``mask`` (mono8, 255 = defect) and every sample a ``sample_info`` std_msgs/String
-with JSON ``{"name", "defect", "label"}``. Storage sqlite3 or mcap.
+with JSON ``{"name", "defect", "label"}``. Storage sqlite3 or mcap; mcap files get real CRC-32s in every
+chunk, the data section and the summary (``rosbags`` writes 0: :func:`mentor3ad.io.files.add_mcap_crcs`).
 
 Reading (:func:`read_bag_samples`): image messages are paired with the input mode's topics whose
 header stamp is nearest, within ``slop_ns`` (``constant_keys`` such as camera_info: the nearest one,
 no tolerance); mask and sample_info are attached when their stamp is within ``slop_ns``.
 Topic names: ``topics`` maps topic keys to names (default: :func:`mentor3ad.io.inputs.recorded_topics`).
+Before reading, every storage file is checked (:func:`verify_bag`: MCAP structure and CRCs, SQLite
+``quick_check``). Every failure is a BagError (the container) or an InputError (a message), naming the bag.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import numpy as np
 from ..errors import BagError, InputError
 from ..types import Sample
 from . import msgconv
-from .inputs import TOPICS, InputMode, input_mode, recorded_topics
+from .files import add_mcap_crcs, verify_mcap, verify_sqlite
+from .inputs import TOPICS, InputChecks, InputMode, input_mode, recorded_topics
 
 PathLike = Union[str, Path]
 DEFAULT_START_STAMP_NS = 1_700_000_000 * 1_000_000_000
@@ -42,6 +46,11 @@ def rosbags_factory(typestore) -> msgconv.MessageFactory:
     return msgconv.MessageFactory(lambda name: typestore.types[name],
                                   byte_array=lambda data: np.frombuffer(data, dtype=np.uint8).copy(),
                                   float_array=lambda values: np.asarray(values, np.float64))
+
+
+def _why(exc: BaseException) -> str:
+    """An exception of a library as one line: ``Type: message`` (YAML and SQLite messages span lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _mode(name: str) -> InputMode:
@@ -118,6 +127,8 @@ def write_dataset_bag(
     if count == 0:
         shutil.rmtree(bag_path, ignore_errors=True)
         raise BagError("no samples to write")
+    for path in bag_path.glob("*.mcap"):
+        add_mcap_crcs(path)
     return bag_path
 
 
@@ -125,6 +136,21 @@ def write_dataset_bag(
 def is_bag(path: PathLike) -> bool:
     """A rosbag2 directory (it has metadata.yaml)."""
     return (Path(path) / "metadata.yaml").is_file()
+
+
+def verify_bag(bag_path: PathLike) -> None:
+    """Integrity of a bag's storage files (MCAP CRCs and structure, SQLite quick_check); BagError naming
+    the bag, the file and where it is damaged."""
+    bag_path = Path(bag_path)
+    try:
+        for path in sorted(bag_path.glob("*.mcap")):
+            verify_mcap(path)
+        for path in sorted(bag_path.glob("*.db3")):
+            verify_sqlite(path)
+    except BagError as exc:
+        raise BagError(f"bag {bag_path} is damaged: {exc}") from None
+    except OSError as exc:
+        raise BagError(f"cannot read bag {bag_path}: {_why(exc)}") from None
 
 
 def bag_topics(bag_path: PathLike) -> Dict[str, str]:
@@ -135,7 +161,7 @@ def bag_topics(bag_path: PathLike) -> Dict[str, str]:
         with Reader(Path(bag_path)) as reader:
             return {c.topic: c.msgtype for c in reader.connections}
     except Exception as exc:  # rosbags raises several types for unreadable bags
-        raise BagError(f"cannot open bag {bag_path}: {type(exc).__name__}: {exc}") from None
+        raise BagError(f"cannot open bag {bag_path}: {_why(exc)}") from None
 
 
 def _nearest(stamps: List[int], target: int) -> Optional[int]:
@@ -162,10 +188,12 @@ def _raw_header_stamp(raw: Any) -> Optional[int]:
     return sec * msgconv.NS_PER_S + nanosec
 
 
-def _sample_from_messages(bag_path: Path, index: int, stamp: int, msgs: Dict[str, Any], mode: InputMode) -> Sample:
-    """Convert one synchronized message set (keys image, the mode's topics, mask, sample_info)."""
+def _sample_from_messages(bag_path: Path, index: int, stamp: int, msgs: Dict[str, Any], mode: InputMode,
+                          checks: Optional[InputChecks] = None) -> Sample:
+    """Convert one synchronized message set (keys image, the mode's topics, mask, sample_info); a pair
+    without a single valid 3D point (after the input checks) is an InputError, as in the inspector."""
     try:
-        rgb, xyz = mode.convert(msgs, min_valid_points=0)
+        rgb, xyz = mode.convert(msgs, 1, checks)
         sample = Sample(rgb=rgb, xyz=xyz, name=f"{bag_path.name}/{index:04d}", source=f"{bag_path}#{stamp}",
                         stamp_ns=stamp)
         if "mask" in msgs:
@@ -196,6 +224,7 @@ def read_bag_samples(
     input_mode: str = "points",
     slop_ns: int = 20_000_000,
     require_mask: bool = False,
+    checks: Optional[InputChecks] = None,
 ) -> Iterator[Sample]:
     """Synchronized samples from one or more bags, in image-stamp order per bag.
 
@@ -204,7 +233,8 @@ def read_bag_samples(
     sample_info when present (else ``<bag>/<index>``). Images without a partner within ``slop_ns`` are
     skipped (and, with ``require_mask``, images without a mask). Raises BagError when a bag lacks the
     configured topics (listing the topics it has) or cannot be read, and InputError (naming the bag
-    and stamp) for a bad message.
+    and stamp) for a bad message. ``checks``: the input plausibility rules (default
+    :data:`mentor3ad.io.inputs.DEFAULT_CHECKS`, as the inspector applies them).
 
     Streaming: a first pass reads only the header stamps (from the raw CDR bytes) to plan the
     pairs, the second deserializes messages as they come and yields each sample as soon as it and
@@ -216,7 +246,7 @@ def read_bag_samples(
     if not paths:
         raise BagError("no bag given")
     for bag_path in paths:
-        yield from _read_one_bag(Path(bag_path), names, mode, slop_ns, require_mask)
+        yield from _read_one_bag(Path(bag_path), names, mode, slop_ns, require_mask, checks)
 
 
 def _plan_pairs(stamps: Dict[str, List[Tuple[int, int]]], mode: InputMode, slop_ns: int,
@@ -252,11 +282,12 @@ def _plan_pairs(stamps: Dict[str, List[Tuple[int, int]]], mode: InputMode, slop_
 
 
 def _read_one_bag(bag_path: Path, names: Dict[str, str], mode: InputMode, slop_ns: int,
-                  require_mask: bool) -> Iterator[Sample]:
+                  require_mask: bool, checks: Optional[InputChecks]) -> Iterator[Sample]:
     from rosbags.rosbag2 import Reader
 
     ts = _typestore()
     keys = list(mode.keys) + ["mask", "sample_info"]
+    verify_bag(bag_path)
     available = bag_topics(bag_path)
     required = list(mode.keys) + (["mask"] if require_mask else [])
     missing = [names[k] for k in required if names[k] not in available]
@@ -288,7 +319,7 @@ def _read_one_bag(bag_path: Path, names: Dict[str, str], mode: InputMode, slop_n
     except BagError:
         raise
     except Exception as exc:  # rosbags/sqlite3/mcap raise many types for broken files
-        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {type(exc).__name__}: {exc}") from None
+        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {_why(exc)}") from None
     for key in stamps:
         stamps[key].sort()
     plan = _plan_pairs(stamps, mode, slop_ns, require_mask)
@@ -311,7 +342,7 @@ def _read_one_bag(bag_path: Path, names: Dict[str, str], mode: InputMode, slop_n
                 while next_sample < len(plan) and all(p in cache for p in plan[next_sample][1].values()):
                     stamp, parts = plan[next_sample]
                     sample = _sample_from_messages(bag_path, next_sample, stamp,
-                                                   {k: cache[p] for k, p in parts.items()}, mode)
+                                                   {k: cache[p] for k, p in parts.items()}, mode, checks)
                     for p in parts.values():
                         refcount[p] -= 1
                         if refcount[p] == 0:
@@ -321,10 +352,10 @@ def _read_one_bag(bag_path: Path, names: Dict[str, str], mode: InputMode, slop_n
     except (BagError, InputError):
         raise
     except Exception as exc:
-        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {type(exc).__name__}: {exc}") from None
+        raise BagError(f"cannot read bag {bag_path} (broken or truncated?): {_why(exc)}") from None
     if next_sample < len(plan):
         raise BagError(f"bag {bag_path}: {len(plan) - next_sample} planned samples were incomplete on the second read")
 
 
-__all__ = ["STORAGES", "write_dataset_bag", "read_bag_samples", "bag_topics", "is_bag", "rosbags_factory",
+__all__ = ["STORAGES", "write_dataset_bag", "read_bag_samples", "bag_topics", "is_bag", "verify_bag", "rosbags_factory",
            "DEFAULT_START_STAMP_NS"]
