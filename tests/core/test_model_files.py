@@ -299,3 +299,23 @@ def test_save_refuses_non_finite_threshold_and_weights(model, tmp_path):
             bias.copy_(saved)
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary was written
     assert detector.save(target).is_file()
+
+
+def test_save_stores_undefined_diagnostics_as_null(model, extractor, tmp_path):
+    detector = model[1]
+    detector.training_info["undefined_rate"] = float("nan")
+    detector.training_info["curve"] = [1.0, float("inf")]
+    try:
+        path = detector.save(tmp_path / "diagnostics.safetensors")
+    finally:
+        del detector.training_info["undefined_rate"], detector.training_info["curve"]
+    loaded = Detector.load(path, extractor=extractor)
+    assert loaded.training_info["undefined_rate"] is None and loaded.training_info["curve"] == [1.0, None]
+    sigma = detector.config.model.smoothing_sigma
+    try:
+        detector.config.model.smoothing_sigma = float("nan")
+        with pytest.raises(ModelLoadError, match=r"refusing to save .*non-finite numbers in "
+                                                 r"metadata\.config\.model\.smoothing_sigma"):
+            detector.save(tmp_path / "bad_config.safetensors")
+    finally:
+        detector.config.model.smoothing_sigma = sigma

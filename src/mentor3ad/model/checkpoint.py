@@ -73,7 +73,9 @@ def canonical_json(value) -> str:
 
 
 def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], metadata: Dict[str, Any]) -> Path:
-    """Write head tensors (names without prefix) and metadata atomically; refuses non-finite content."""
+    """Write head tensors (names without prefix) and metadata atomically; refuses non-finite content
+    (threshold, weights, config numbers: ModelLoadError). Non-finite diagnostics in ``training_info``
+    (e.g. an undefined rate) are stored as null: JSON has no NaN and the loader refuses non-finite numbers."""
     from safetensors.torch import save as safetensors_bytes
 
     threshold = metadata.get("threshold")
@@ -82,6 +84,12 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], m
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise ModelLoadError(f"refusing to save {path}: non-finite weights in {', '.join(sorted(bad)[:5])}")
+    metadata = {**metadata, "training_info": _finite_or_null(json.loads(json.dumps(
+        metadata.get("training_info") or {}, default=json_default)))}
+    bad_numbers = [key for key, value in _numbers(metadata, "metadata")
+                   if isinstance(value, float) and not math.isfinite(value)]
+    if bad_numbers:
+        raise ModelLoadError(f"refusing to save {path}: non-finite numbers in {', '.join(bad_numbers[:5])}")
     header = {METADATA_KEY: json.dumps(metadata, default=json_default, allow_nan=False)}
     payload = safetensors_bytes({TENSOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                                 metadata=header)
@@ -167,6 +175,15 @@ def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, floa
         raise ModelLoadError(f"{path}: the heads are for {rgb_dim}/{xyz_dim}-channel features but the stored "
                              f"backbone identity gives {identity.get('rgb_dim')}/{identity.get('xyz_dim')}")
     return config, float(threshold), identity, int(rgb_dim), int(xyz_dim)
+
+
+def _finite_or_null(value):
+    """A JSON-like structure with every non-finite float replaced by None."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _numbers(value, key: str) -> Iterator[Tuple[str, Any]]:
