@@ -1,5 +1,6 @@
-"""`mentor3ad evaluate --data`, `train --bag` and `calibrate --data` on every kind of broken recording: a
-non-zero exit and exactly one `mentor3ad <cmd>: error: ...` line naming the bag, never a traceback.
+"""`mentor3ad evaluate --data`, `train --bag` and `calibrate --data` on every kind of broken recording (and
+`evaluate` / `calibrate` on broken model files): a non-zero exit and exactly one `mentor3ad <cmd>: error: ...`
+line naming the bag (the model file), never a traceback.
 
 The commands run as the console script does (``sys.exit(main(argv))``), each in a process forked from one
 driver that has imported the package once (a fresh interpreter per case would cost ~4 s of imports); one
@@ -165,6 +166,26 @@ KINDS = {
 }
 
 
+def _nan_weights(path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v.fill_(float("nan")) for k, v in load_file(str(path)).items()}, str(path), metadata=metadata)
+
+
+MODEL_KINDS = {  # (checked with the model path in place of the bag)
+    "model_missing": lambda path: path.unlink(),
+    "model_is_a_directory": lambda path: (path.unlink(), path.mkdir()),
+    "model_zero_length": lambda path: os.truncate(path, 0),
+    "model_truncated": lambda path: os.truncate(path, path.stat().st_size // 2),
+    "model_sparse_2gib": lambda path: os.truncate(path, 2 ** 31),
+    "model_garbage": lambda path: path.write_bytes(b"\xff" * 4096),
+    "model_nan_weights": _nan_weights,
+}
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("broken_bags")
@@ -194,6 +215,15 @@ def world(tmp_path_factory):
                     "train": ["train", "--bag", bag, "--config", config, "--out", out / "m.safetensors"],
                     "calibrate": ["calibrate", "--model", model, "--data", bag, "--out", out / "c.safetensors"]}[command]
             cases.append({"kind": kind, "command": command, "bag": str(bag), "argv": [*map(str, argv), "--no-progress"]})
+    good = write_dataset_bag(_samples(False), root / "good_bag")
+    for kind, breaker in MODEL_KINDS.items():
+        broken = root / "models" / kind / "model.safetensors"
+        broken.parent.mkdir(parents=True)
+        shutil.copyfile(model, broken)
+        breaker(broken)
+        for command in ("evaluate", "calibrate"):
+            argv = [command, "--model", broken, "--data", good, "--out", broken.parent / command, "--no-progress"]
+            cases.append({"kind": kind, "command": command, "bag": str(broken), "argv": list(map(str, argv))})
     return root, model, cases
 
 
@@ -263,8 +293,18 @@ def _check(result):
 def test_every_kind_of_broken_bag_gives_one_error_line_naming_the_bag(results):
     assert len(KINDS) >= 20
     failures = {f"{kind}/{command}": (_check(r), r["stderr"][-600:]) for (kind, command), r in results.items()
-                if _check(r)}
+                if _check(r) and kind in KINDS}
     assert not failures, json.dumps(failures, indent=1)
+
+
+def test_every_kind_of_broken_model_file_gives_one_error_line_naming_it(results):
+    cases = {key: r for key, r in results.items() if key[0] in MODEL_KINDS}
+    assert len(cases) == 2 * len(MODEL_KINDS)
+    failures = {f"{kind}/{command}": (_check(r), r["stderr"][-600:]) for (kind, command), r in cases.items() if _check(r)}
+    assert not failures, json.dumps(failures, indent=1)
+    assert "non-finite (NaN/Inf) weights" in results[("model_nan_weights", "evaluate")]["stderr"]
+    assert "model file not found" in results[("model_is_a_directory", "calibrate")]["stderr"]
+    assert all(r["code"] == 1 for r in cases.values())  # ModelLoadError: 1 (2 is for configuration errors)
 
 
 def test_the_errors_say_what_is_wrong(results):
