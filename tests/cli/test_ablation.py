@@ -57,30 +57,109 @@ def test_train_command_writes_a_loadable_model(dataset, config_file, tmp_path, c
     assert "not an MVTec" in capsys.readouterr().err
 
 
-def test_ablate_prints_table_for_all_variants(dataset, config_file, tmp_path, capsys):
-    table_json = tmp_path / "ablation.json"
-    code = cli_main(["ablate", "--data", str(dataset), "--config", str(config_file), "--cache-dir", str(tmp_path / "cache"),
-                        "--json", str(table_json), "--save-dir", str(tmp_path / "models"), "--no-progress"])
+@pytest.fixture(scope="module")
+def ablation(dataset, config_file, tmp_path_factory):
+    """One full `mentor3ad ablate` run (every row, JSON, saved models) shared by the tests below."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("ablation")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli_main(["ablate", "--data", str(dataset), "--config", str(config_file), "--cache-dir",
+                         str(root / "cache"), "--json", str(root / "ablation.json"), "--save-dir", str(root / "models"),
+                         "--no-progress"])
     assert code == 0
-    printed = capsys.readouterr().out
-    for name in ablate.VARIANTS:
-        assert f"| {name} |" in printed
-    assert "I-AUROC" in printed and "AUPRO@1%" in printed and "| naive baseline |" in printed
-    result = json.loads(table_json.read_text())
+    return printed.getvalue(), json.loads((root / "ablation.json").read_text()), root / "models"
+
+
+def test_ablate_prints_table_for_all_variants(ablation):
+    printed, result, models = ablation
+    for name in ablate.ROWS + ["naive baseline"]:
+        assert printed.count(f"| {name} |") == 2, name  # the metric table and the verdict table
+    assert "I-AUROC" in printed and "AUPRO@1%" in printed and "escape rate" in printed and "false-reject rate" in printed
     rows = {row["variant"]: row for row in result["rows"]}
-    assert set(rows) == set(ablate.VARIANTS) | {"naive baseline"}
-    for row in rows.values():
+    assert list(rows) == ablate.ROWS + ["naive baseline"]
+    for name, row in rows.items():
         for key in ("i_auroc", "p_auroc", "aupro_30", "aupro_1"):
-            assert 0.0 <= row[key] <= 1.0 and not math.isnan(row[key])
+            assert 0.0 <= row[key] <= 1.0 and not math.isnan(row[key]), (name, key)
+        verdicts, rates = row["verdicts"], row["rates"]  # verdict counts at the row's own threshold
+        assert verdicts["threshold"] == pytest.approx(row["threshold"]) and verdicts["errors"] == 0
+        assert verdicts["true_positives"] + verdicts["false_negatives"] == rates["defective_parts"] == 3
+        assert verdicts["false_positives"] + verdicts["true_negatives"] == rates["good_parts"] == 3
+        assert rates["escapes"] == verdicts["false_negatives"] and rates["false_rejects"] == verdicts["false_positives"]
+        assert rates["per_type"]["stain"]["escape_rate"] == pytest.approx(rates["escape_rate"])
+    # the stain is a colour defect: Mentor3AD and the RGB peers catch it, the 3D-only bank is blind to it
+    for name in ("Mentor3AD", "PatchCore RGB", "PatchCore RGB+3D (BTF)"):
+        assert rows[name]["i_auroc"] > 0.9, name
     identities = result["identities"]
     assert identities["CFM baseline"]["use_mentor"] is False and identities["CFM baseline"]["use_voting"] is False
     assert identities["w/o voting"]["use_mentor"] is True and identities["w/o voting"]["use_voting"] is False
     assert identities["w/o mentor"]["score_maps"] == ["rgb", "xyz"]
-    assert len({identity["model_id"] for identity in identities.values()}) == 4
-    saved = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert len({identity["model_id"] for identity in identities.values()}) == 7
+    assert {identities[n]["modality"] for n in ablate.PATCHCORE_ROWS} == {"rgb", "xyz", "rgb+xyz"}
+    for name in ablate.PATCHCORE_ROWS:  # 10 % coreset of 5 parts x 8 x 8 cells, calibrated on the validation parts
+        assert identities[name]["bank_patches"] == 32 and identities[name]["train_patches"] == 320
+        assert identities[name]["threshold_source"] == "validation"
+    saved = sorted(p.name for p in models.iterdir())
     assert saved == ["cfm_baseline.safetensors", "mentor3ad.safetensors", "wo_mentor.safetensors",
                      "wo_voting.safetensors"]
-    assert Detector.load(tmp_path / "models" / "cfm_baseline.safetensors").identity == identities["CFM baseline"]
+    assert Detector.load(models / "cfm_baseline.safetensors").identity == identities["CFM baseline"]
+
+
+def test_derived_variants_get_their_own_threshold(ablation, dataset):
+    """w/o voting and CFM are cut from voting models: their thresholds are re-calibrated on the validation
+    split by the training rule (the parent's, on another scale, would PASS every part)."""
+    from mentor3ad.eval.patchcore import calibrate_threshold
+    from mentor3ad.io.datasets.mvtec import load_mvtec_split
+
+    _, result, models = ablation
+    rows = {row["variant"]: row for row in result["rows"]}
+    validation = load_mvtec_split(dataset, "validation")
+    for name, parent, slug in (("w/o voting", "Mentor3AD", "wo_voting"), ("CFM baseline", "w/o mentor", "cfm_baseline")):
+        detector = Detector.load(models / f"{slug}.safetensors")
+        assert detector.threshold == pytest.approx(rows[name]["threshold"])
+        assert detector.training_info["inherited_threshold"] == pytest.approx(rows[parent]["threshold"])
+        assert not math.isclose(rows[name]["threshold"], rows[parent]["threshold"], rel_tol=1e-3)
+        scores = [r.score for r in detector.predict_samples(validation, progress=False)]
+        assert detector.threshold == pytest.approx(calibrate_threshold(scores, detector.config.calibration))
+        frr = rows[name]["validation_false_reject_rate"]
+        assert math.isfinite(frr) and frr == pytest.approx(sum(s > detector.threshold for s in scores) / len(scores))
+        assert detector.training_info["threshold_source"] == "validation"
+        # with the parent's threshold this model would call every part good
+        assert all(s < rows[parent]["threshold"] for s in scores)
+
+
+def test_ablate_reuses_a_model_from_train(dataset, config_file, ablation, tmp_path, caplog, capsys):
+    import logging
+
+    model = tmp_path / "full.safetensors"
+    assert run_cli(["train", "--data", str(dataset), "--config", str(config_file), "--out", str(model),
+                    "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    given = Detector.load(model)
+    caplog.set_level(logging.INFO, logger="mentor3ad.ablate")
+    out = tmp_path / "reuse.json"
+    assert cli_main(["ablate", "--data", str(dataset), "--model", str(model), "--cache-dir", str(tmp_path / "cache"),
+                     "--variants", "Mentor3AD", "w/o voting", "PatchCore RGB", "--json", str(out), "--no-progress"]) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "mentor3ad.ablate"]
+    assert any(f"reusing model {given.model_id}" in m for m in messages)
+    assert not any(m.startswith("training ") for m in messages)  # nothing retrained
+    result = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert list(rows) == ["Mentor3AD", "w/o voting", "PatchCore RGB", "naive baseline"]
+    assert rows["Mentor3AD"]["model_id"] == given.model_id and result["identities"]["Mentor3AD"] == given.identity
+    assert rows["Mentor3AD"]["threshold"] == given.threshold
+    # the same training on the same data (deterministic): the rows equal the full ablation's
+    full = {row["variant"]: row for row in ablation[1]["rows"]}
+    for name in ("Mentor3AD", "w/o voting", "PatchCore RGB"):
+        assert rows[name]["i_auroc"] == pytest.approx(full[name]["i_auroc"])
+        assert rows[name]["threshold"] == pytest.approx(full[name]["threshold"])
+    # the model brings its config: --config / --set are refused, and so is a model without voting
+    capsys.readouterr()
+    assert cli_main(["ablate", "--data", str(dataset), "--model", str(model), "--set", "train.mgm_epochs=1"]) == 2
+    assert "mentor3ad ablate: error: ablate --model: the model's config" in capsys.readouterr().err
+    assert cli_main(["ablate", "--data", str(dataset), "--model", str(ablation[2] / "wo_voting.safetensors")]) == 2
+    assert "is not a full Mentor3AD model" in capsys.readouterr().err
 
 
 def test_without_voting_matches_a_separately_trained_model(dataset):

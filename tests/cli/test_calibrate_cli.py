@@ -53,7 +53,24 @@ def test_f1_rule_on_labelled_parts(model_and_data, tmp_path):
     scores = [p.score for p in Detector.load(model).predict_samples(test, progress=False)]
     threshold, f1 = calibrate_f1(scores, [s.label for s in test])
     assert Detector.load(out).threshold == pytest.approx(threshold)
-    assert json.loads(stdout.strip().splitlines()[-1])["f1"] == pytest.approx(f1)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["f1"] == pytest.approx(f1) and summary["split"] == "test"
+    assert Detector.load(out).training_info["threshold_source"] == f"{data} (test split)"
+    # without --split the test split is used, and a warning line says so (not on stdout: its last line is JSON)
+    warning = [line for line in output.splitlines() if "calibrate: warning" in line]
+    assert len(warning) == 1 and "mentor3ad calibrate: warning: --rule f1 without --split" in warning[0]
+    assert "test split" in warning[0] and "optimistic" in warning[0] and "calibrate: warning" not in stdout
+
+
+def test_f1_rule_on_an_explicit_split_says_nothing_more(model_and_data, tmp_path):
+    model, data = model_and_data
+    code, stdout, output = _cli("--model", str(model), "--data", str(data), "--rule", "f1", "--split", "test",
+                                "--out", str(tmp_path / "f1.safetensors"))
+    assert code == 0, output
+    assert "calibrate: warning" not in output and json.loads(stdout.strip().splitlines()[-1])["split"] == "test"
+    # the validation split holds good parts only: F1 needs defective ones, one line says so
+    code, _, output = _cli("--model", str(model), "--data", str(data), "--rule", "f1", "--split", "validation")
+    assert code == 1 and "needs at least one anomalous sample" in output and "Traceback" not in output
 
 
 def test_false_reject_rule_refuses_defective_parts(model_and_data):

@@ -7,9 +7,10 @@ import pytest
 from helpers import LEARNING_CONFIG
 from mentor3ad.eval.baselines import NaiveBaseline
 from mentor3ad.io.datasets.synthetic import generate_sample
-from mentor3ad.eval.report import evaluate_predictions
-from mentor3ad.eval.tables import format_metric_table, print_metric_table, report_rows
+from mentor3ad.eval.report import decision_rates, evaluate_predictions, verdict_counts
+from mentor3ad.eval.tables import format_metric_table, format_rate_table, print_metric_table, report_rows
 from mentor3ad.model.postprocess import decide
+from mentor3ad.types import InspectionResult
 
 RES = (24, 32)
 
@@ -59,6 +60,37 @@ def test_worst_sample_is_the_missed_defect(tmp_path):
     assert samples[4].name in (tmp_path / "gallery.html").read_text().split("best samples")[0]
 
 
+def test_escape_and_false_reject_rates_per_defect_type(tmp_path):
+    samples = _test_set()  # good x3, dent, paint, dent
+    predictions = _oracle(samples, miss={4})  # the paint defect PASSes
+    predictions[0] = decide(np.ones(RES, np.float32), 0.5)  # a good part FAILs
+    report = evaluate_predictions(samples, predictions, out_dir=tmp_path)
+    rates = json.loads((tmp_path / "report.json").read_text())["rates"]
+    assert rates == report["rates"]
+    assert (rates["escapes"], rates["defective_parts"], rates["false_rejects"], rates["good_parts"]) == (1, 3, 1, 3)
+    assert rates["escape_rate"] == pytest.approx(1 / 3) and rates["false_reject_rate"] == pytest.approx(1 / 3)
+    assert rates["threshold"] == 0.5 and rates["errors"] == 0
+    assert list(rates["per_type"]) == ["good", "dent", "paint"]
+    assert rates["per_type"]["good"] == {"parts": 3, "passed": 2, "failed": 1, "errors": 0,
+                                         "false_reject_rate": pytest.approx(1 / 3)}
+    assert rates["per_type"]["paint"]["escape_rate"] == 1.0 and rates["per_type"]["dent"]["escape_rate"] == 0.0
+    table = format_rate_table(rates)
+    assert "| good | 3 | 2 | 1 | 0 | false-reject 1/3 (33.3 %) |" in table
+    assert "| paint | 1 | 1 | 0 | 0 | escape 1/1 (100.0 %) |" in table and "| all defective | 3 | 1 | 2 | 0 |" in table
+    # an ERROR is counted on its own, never as a PASS (nor as caught)
+    predictions[5] = InspectionResult.error("no valid points", threshold=0.5)
+    labels, defects = [s.label for s in samples], [s.defect for s in samples]
+    rates = decision_rates(labels, defects, predictions)
+    assert rates["per_type"]["dent"] == {"parts": 2, "passed": 0, "failed": 1, "errors": 1, "escape_rate": 0.0}
+    assert rates["escapes"] == 1 and rates["errors"] == 1 and rates["defective_parts"] == 3
+    verdicts = verdict_counts(labels, predictions)
+    assert (verdicts["true_positives"], verdicts["false_negatives"], verdicts["errors"]) == (1, 1, 1)
+    # a defective part without a defect name (defect "good") is of type "defective"
+    assert list(decision_rates([1, 0], ["good", "good"], predictions[3:5])["per_type"]) == ["good", "defective"]
+    with pytest.raises(ValueError, match="2 labels"):
+        decision_rates([1, 0], ["good"], predictions[:2])
+
+
 def test_bad_inputs_and_table(capsys):
     samples = _test_set()
     with pytest.raises(ValueError, match="6 samples but 5 model predictions"):
@@ -99,8 +131,11 @@ def test_evaluate_cli_on_folder_and_bag(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| mentor3ad |" in text and "| naive baseline |" in text and "4 images (2 good, 2 anomalous)" in text
     assert "| good + geometry |" in text and "| good + appearance |" in text
+    assert "escape rate " in text and "false-reject rate " in text and "| part type | parts | PASS | FAIL |" in text
+    assert "| dent | 1 |" in text and "| paint | 1 |" in text and "| good | 2 |" in text
     report = json.loads((out / "report.json").read_text())
     assert report["info"]["model"]["model_id"] == detector.model_id and 0 <= report["metrics"]["i_auroc"] <= 1
+    assert set(report["rates"]["per_type"]) == {"good", "dent", "paint"} and report["rates"]["good_parts"] == 2
     assert (out / "gallery.html").is_file() and (out / "pro.png").is_file()
     bag = write_dataset_bag(load_mvtec_split(data, "test"), tmp_path / "test_bag", storage="mcap")
     out_bag = tmp_path / "report_bag"

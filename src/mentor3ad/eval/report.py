@@ -4,7 +4,8 @@
 predictions (any object with ``score``, ``anomaly_map``, ``threshold``, ``is_anomalous``) and returns a
 report dict; with ``out_dir`` it also writes::
 
-    report.json      metrics (+ per defect type, verdict counts at the model threshold, naive baseline)
+    report.json      metrics (+ per defect type, verdict counts, escape and false-reject rates at the model
+                     threshold overall and per defect type, naive baseline)
     curves.json      image ROC, pixel ROC and PRO curves
     roc.png, pro.png curve plots (matplotlib, Agg backend)
     gallery.html     worst and best test samples: RGB | depth | heatmap overlay (GT outlined in green)
@@ -54,12 +55,12 @@ def _check_predictions(samples: Sequence[Sample], predictions: Sequence[Any], wh
             raise InputError(f"{what} anomaly map {i} has shape {shape}, sample {s.name or i} is {s.rgb.shape[:2]}")
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return float(value) if math.isfinite(float(value)) else None
     if isinstance(value, np.integer):
@@ -67,19 +68,80 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _verdicts(labels: Sequence[int], predictions: Sequence[Any]) -> Dict[str, Any]:
-    tp = sum(1 for y, p in zip(labels, predictions) if y == 1 and p.is_anomalous)
-    fn = sum(1 for y, p in zip(labels, predictions) if y == 1 and not p.is_anomalous)
-    fp = sum(1 for y, p in zip(labels, predictions) if y == 0 and p.is_anomalous)
-    tn = sum(1 for y, p in zip(labels, predictions) if y == 0 and not p.is_anomalous)
+def verdict_counts(labels: Sequence[int], predictions: Sequence[Any]) -> Dict[str, Any]:
+    """Confusion counts at the predictions' threshold(s); undecided answers (ERROR) are ``errors``, never
+    counted as PASS."""
+    decided = [(y, p.is_anomalous) for y, p in zip(labels, predictions) if _decided(p)]
+    tp = sum(1 for y, failed in decided if y == 1 and failed)
+    fn = sum(1 for y, failed in decided if y == 1 and not failed)
+    fp = sum(1 for y, failed in decided if y == 0 and failed)
+    tn = sum(1 for y, failed in decided if y == 0 and not failed)
     n = max(tp + fn + fp + tn, 1)
-    thresholds = sorted({float(p.threshold) for p in predictions})
     return {
-        "threshold": thresholds[0] if len(thresholds) == 1 else thresholds,
+        "threshold": _threshold_of(predictions),
         "true_positives": tp, "false_negatives": fn, "false_positives": fp, "true_negatives": tn,
+        "errors": len(labels) - len(decided),
         "accuracy": (tp + tn) / n,
         "recall": tp / (tp + fn) if tp + fn else math.nan,
         "false_positive_rate": fp / (fp + tn) if fp + tn else math.nan,
+    }
+
+
+def _decided(prediction: Any) -> bool:
+    verdict = getattr(prediction, "verdict", None)
+    return bool(verdict.is_decision) if verdict is not None else True
+
+
+def _threshold_of(predictions: Sequence[Any]) -> Any:
+    thresholds = sorted({float(p.threshold) for p in predictions if math.isfinite(float(p.threshold))})
+    return thresholds[0] if len(thresholds) == 1 else (thresholds or math.nan)
+
+
+def part_type(label: int, defect: Optional[str]) -> str:
+    """The rate group of a part: "good" for label 0, else its defect type ("defective" when unnamed)."""
+    if not label:
+        return "good"
+    return defect if defect and defect != "good" else "defective"
+
+
+def decision_rates(labels: Sequence[int], defects: Sequence[Optional[str]],
+                   predictions: Sequence[Any]) -> Dict[str, Any]:
+    """Escape and false-reject rates at the model's threshold, overall and per part type.
+
+    escape rate = defective parts that PASS / defective parts; false-reject rate = good parts that FAIL /
+    good parts. Parts without a decision (ERROR, SKIPPED) are counted as ``errors`` (in the denominators,
+    never as PASS). Returns {threshold, escape_rate, escapes, defective_parts, false_reject_rate,
+    false_rejects, good_parts, errors, per_type: {type: {parts, passed, failed, errors, escape_rate |
+    false_reject_rate}}} with "good" the good parts' type."""
+    if not len(labels) == len(defects) == len(predictions):
+        raise InputError(f"{len(labels)} labels, {len(defects)} defect types and {len(predictions)} predictions")
+    per_type: Dict[str, Dict[str, Any]] = {}
+    for label, defect, prediction in zip(labels, defects, predictions):
+        entry = per_type.setdefault(part_type(label, defect), {"parts": 0, "passed": 0, "failed": 0, "errors": 0})
+        entry["parts"] += 1
+        if not _decided(prediction):
+            entry["errors"] += 1
+        elif prediction.is_anomalous:
+            entry["failed"] += 1
+        else:
+            entry["passed"] += 1
+    for name, entry in per_type.items():
+        key, count = ("false_reject_rate", entry["failed"]) if name == "good" else ("escape_rate", entry["passed"])
+        entry[key] = count / entry["parts"]
+    good = per_type.get("good", {"parts": 0, "failed": 0, "errors": 0})
+    defective = [entry for name, entry in per_type.items() if name != "good"]
+    n_defective = sum(e["parts"] for e in defective)
+    escapes = sum(e["passed"] for e in defective)
+    ordered = {"good": per_type["good"]} if "good" in per_type else {}
+    ordered.update({name: per_type[name] for name in sorted(per_type) if name != "good"})
+    return {
+        "threshold": _threshold_of(predictions),
+        "escape_rate": escapes / n_defective if n_defective else math.nan,
+        "escapes": escapes, "defective_parts": n_defective,
+        "false_reject_rate": good["failed"] / good["parts"] if good["parts"] else math.nan,
+        "false_rejects": good["failed"], "good_parts": good["parts"],
+        "errors": good["errors"] + sum(e["errors"] for e in defective),
+        "per_type": ordered,
     }
 
 
@@ -99,7 +161,9 @@ def evaluate_predictions(
     ``report["naive"]``. extra: additional JSON-able info stored under ``report["info"]`` (model id,
     data path, backbone weights ...). defect_groups: {group: [defect types]} (e.g. the synthetic
     cell's families geometry/appearance/both): metrics of good + each group's samples in
-    ``report["per_group"]``. Returns the report dict (curves are in ``report["curves"]``).
+    ``report["per_group"]``. ``report["verdicts"]``: confusion counts at the threshold, ``report["rates"]``:
+    escape and false-reject rates with counts, overall and per defect type (:func:`decision_rates`).
+    Returns the report dict (curves are in ``report["curves"]``).
     """
     samples, predictions = list(samples), list(predictions)
     if not samples:
@@ -121,7 +185,8 @@ def evaluate_predictions(
             if any(labels[i] for i in idx) and not all(labels[i] for i in idx):
                 report["per_group"][group] = compute_metrics(
                     [scores[i] for i in idx], [labels[i] for i in idx], [maps[i] for i in idx], [masks[i] for i in idx])
-    report["verdicts"] = _verdicts(labels, predictions)
+    report["verdicts"] = verdict_counts(labels, predictions)
+    report["rates"] = decision_rates(labels, defects, predictions)
     if naive is not None:
         if isinstance(naive, Mapping):
             report["naive"] = dict(naive)
@@ -141,9 +206,9 @@ def evaluate_predictions(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "report.json", json.dumps(_finite({k: v for k, v in report.items() if k != "curves"}),
+        atomic_write_text(out / "report.json", json.dumps(json_safe({k: v for k, v in report.items() if k != "curves"}),
                                                            indent=2))
-        atomic_write_text(out / "curves.json", json.dumps(_finite(curves)))
+        atomic_write_text(out / "curves.json", json.dumps(json_safe(curves)))
         plot_curves(curves, metrics, out, title)
         write_gallery(samples, predictions, labels, masks, out, gallery_size, title)
         report["files"] = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

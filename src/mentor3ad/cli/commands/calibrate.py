@@ -2,7 +2,9 @@
 
 Two rules (:mod:`mentor3ad.model.calibration`, via :func:`mentor3ad.jobs.recalibrate`):
 * ``--rule frr`` (default): from good parts only, so that at most ``--target-frr`` of them FAIL;
-* ``--rule f1``: from labelled parts (good and defective), the F1-optimal threshold.
+* ``--rule f1``: from labelled parts (good and defective), the F1-optimal threshold. Without ``--split``
+  it uses the test split and says so in a warning line on stderr: an evaluation on the same split is then
+  optimistic (the threshold was chosen on it).
 The model file is rewritten atomically (or ``--out`` is written); the backbones run once per sample
 (features cached with ``--cache-dir``).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..common import add_recording_arguments, topics_from_args
@@ -20,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint (.safetensors)")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (MVTec 3D-AD layout) or rosbag2 directory")
     p.add_argument("--split", default=None, choices=["train", "validation", "test"],
-                   help="split of a dataset folder (default: validation for frr, test for f1)")
+                   help="split of a dataset folder (default: validation for frr; test for f1, with a warning)")
     p.add_argument("--rule", default="frr", choices=["frr", "f1"], help="frr: good parts only; f1: labelled parts")
     p.add_argument("--target-frr", type=float, default=None,
                    help="allowed false-reject rate for --rule frr (default: the model's calibration.target_false_reject_rate)")
@@ -33,14 +36,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...io.bags import is_bag
     from ...jobs import load_samples, recalibrate
     from ...model.detector import Detector
 
     detector = Detector.load(args.model, device=args.device)
+    bag = is_bag(args.data)
     split = args.split or ("validation" if args.rule == "frr" else "test")
+    if args.rule == "f1" and args.split is None and not bag:
+        print(f"mentor3ad calibrate: warning: --rule f1 without --split calibrates on the test split of {args.data}; "
+              "an evaluation on that split is then optimistic (choose the split with --split)", file=sys.stderr)
     samples = load_samples(args.data, split, args.input_mode, topics_from_args(args), int(args.slop_ms * 1e6))
     info = recalibrate(detector, samples, args.rule, args.target_frr, args.cache_dir, progress=not args.no_progress)
-    detector.training_info.update(threshold_source=str(args.data))
+    detector.training_info.update(threshold_source=str(args.data) if bag else f"{args.data} ({split} split)")
     out = detector.save(args.out or args.model)
-    print(json.dumps({"model": str(out), "model_id": detector.model_id, **info}))
+    print(json.dumps({"model": str(out), "model_id": detector.model_id,
+                      "split": None if bag else split, **info}))
     return 0

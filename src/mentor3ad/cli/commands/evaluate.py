@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ...eval.report import dataset_defect_groups
-    from ...eval.tables import print_metric_table, report_rows
+    from ...eval.tables import format_rate_table, print_metric_table, rate_text, report_rows
     from ...io.bags import is_bag
     from ...jobs import evaluate_model, load_samples
     from ...model.detector import Detector
@@ -64,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
     if report.get("per_group"):
         print()
         print_metric_table([{"name": f"good + {g}", **v} for g, v in report["per_group"].items()])
-    v = report["verdicts"]
+    v, rates = report["verdicts"], report["rates"]
+    errors = f", {v['errors']} ERROR (not decided)" if v["errors"] else ""
     print(f"\nat threshold {v['threshold']}: {v['true_positives']} TP, {v['false_positives']} FP, "
-          f"{v['true_negatives']} TN, {v['false_negatives']} FN")
+          f"{v['true_negatives']} TN, {v['false_negatives']} FN{errors}")
+    print(f"escape rate {rate_text(rates['escapes'], rates['defective_parts'])}, false-reject rate "
+          f"{rate_text(rates['false_rejects'], rates['good_parts'])} at the model's threshold; per part type:\n")
+    print(format_rate_table(rates))
     print(f"report: {args.out / 'report.json'}, plots: roc.png pro.png, gallery: {args.out / 'gallery.html'}")
     return 0

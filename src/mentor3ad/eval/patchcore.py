@@ -1,0 +1,333 @@
+"""PatchCore / BTF memory-bank detectors on the features Mentor3AD uses: a same-features peer yardstick.
+
+Mentor3AD's heads are compared with a training-free peer that sees EXACTLY the same inputs: the
+detector's own :class:`~mentor3ad.features.extractor.FeatureSet` (cached features of its
+FeatureExtractor), the same post-processing and the same verdict and threshold rules. Differences in
+the ablation table are then the heads', not the backbones'.
+
+* Memory bank (PatchCore, Roth et al. 2022): every training patch of the R x R grid, a (P, C) matrix,
+  reduced by greedy k-center selection (:func:`kcenter_greedy`) to ``coreset_ratio`` (default 10 %) of
+  its rows. As in PatchCore / anomalib / BTF the selection runs on a sparse random projection
+  (Johnson-Lindenstrauss dimension for eps = 0.9, :func:`sparse_random_projection`); the bank keeps the
+  full features.
+* Patch score: L2 distance of each test patch to its nearest bank patch (:func:`nearest_neighbours`,
+  chunked so that at most ``max_elements`` distances exist at a time) -> (M, R, R) maps.
+* Maps -> answers as the detector does: :func:`mentor3ad.model.postprocess.upsample_maps` with the
+  model's ``image_size`` and ``smoothing_sigma``, then :func:`~mentor3ad.model.postprocess.decide`
+  (image score = max of the map, ERROR for non-finite maps).
+* Threshold: the detector's false-reject rule (:func:`calibrate_threshold`) on the held-out good parts.
+
+Modalities (``MODALITIES``): ``rgb`` (RGB backbone features), ``xyz`` (3D backbone features) and
+``rgb+xyz``, BTF's combination (Horwitz & Hoshen 2023, eliahuhorwitz/3D-ADS ``RGBFPFHFeatures``): the
+RGB and 3D patch features concatenated per cell, unnormalised, into ONE bank, and every cell of the grid
+scored (``cells="all"``; background cells included, their 3D features are 0 there as BTF's FPFH are).
+``cells="valid"`` banks the cells with object points only and maps 0 elsewhere (what the heads see).
+Two things BTF does are left out on purpose: its 3 x 3 average pooling of the feature maps (the
+features would no longer be the detector's) and its re-weighted image score (the verdict's score is the
+map's maximum, as for every detector here); the latter is available as :meth:`PatchCore.reweighted_scores`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import CalibrationConfig, Mentor3ADConfig
+from ..errors import ConfigError, InputError
+from ..features.extractor import FeatureSet
+from ..model.calibration import calibrate_false_reject
+from ..model.postprocess import decide, upsample_maps
+from ..types import InspectionResult
+
+LOG = logging.getLogger(__name__)
+MODALITIES = ("rgb", "xyz", "rgb+xyz")
+CELLS = ("all", "valid")
+DEFAULT_CORESET_RATIO = 0.1
+PROJECTION_EPS = 0.9  # PatchCore / anomalib / BTF: SparseRandomProjection(eps=0.9)
+MAX_DISTANCE_ELEMENTS = 1 << 24  # distances alive at once in nearest_neighbours (64 MiB of float32)
+REWEIGHT_NEIGHBOURS = 3  # BTF's n_reweight
+
+
+def calibrate_threshold(scores: Sequence[float], calibration: CalibrationConfig) -> float:
+    """The detector's false-reject rule on good-part image scores: ``calibrate_false_reject`` with the
+    config's target rate, margin and (where the config has one) rule."""
+    rule = getattr(calibration, "rule", None)
+    options = {"rule": rule} if rule else {}
+    return calibrate_false_reject(scores, calibration.target_false_reject_rate, calibration.margin, **options)
+
+
+def jl_dimension(samples: int, eps: float = PROJECTION_EPS) -> int:
+    """Johnson-Lindenstrauss dimension that keeps pairwise distances of ``samples`` points within a factor
+    (1 +- eps): 4 ln(n) / (eps^2 / 2 - eps^3 / 3) (scikit-learn's ``johnson_lindenstrauss_min_dim``)."""
+    return int(4.0 * math.log(max(samples, 2)) / (eps ** 2 / 2.0 - eps ** 3 / 3.0))
+
+
+def sparse_random_projection(x: torch.Tensor, seed: int = 0, eps: float = PROJECTION_EPS) -> torch.Tensor:
+    """(P, C) -> (P, k) with k = :func:`jl_dimension` (P); x itself when k >= C (nothing to gain).
+
+    Li et al.'s very sparse projection as scikit-learn's ``SparseRandomProjection`` (density 1/sqrt(C)):
+    entries +-sqrt(1 / density) / sqrt(k) with probability density / 2 each, else 0; seeded."""
+    count, channels = x.shape
+    dim = jl_dimension(count, eps)
+    if dim >= channels:
+        return x
+    density = 1.0 / math.sqrt(channels)
+    draw = torch.rand(channels, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    signs = (draw < density / 2).double() - ((draw >= density / 2) & (draw < density)).double()
+    matrix = (signs * math.sqrt(1.0 / density) / math.sqrt(dim)).to(device=x.device, dtype=x.dtype)
+    return x @ matrix
+
+
+def kcenter_greedy(x: torch.Tensor, count: int, seed: int = 0, project: bool = True) -> torch.Tensor:
+    """Greedy k-center coreset: ``count`` row indices (count,) int64 of x (P, C).
+
+    Starts at a seeded random row, then repeatedly adds the row farthest (L2) from those chosen so far,
+    so the chosen rows cover x with the smallest radius a greedy choice can give (2-approximation of the
+    k-center problem). With ``project`` the distances are those of :func:`sparse_random_projection` (x).
+    Memory: the projection (P, k) and two (P,) vectors."""
+    total = int(x.shape[0])
+    if count < 1:
+        raise ConfigError(f"a coreset needs at least one row, got {count}")
+    if count >= total:
+        return torch.arange(total)
+    z = sparse_random_projection(x.float(), seed) if project else x.float()
+    squared = (z * z).sum(1)
+    generator = torch.Generator().manual_seed(seed)
+    current = int(torch.randint(total, (1,), generator=generator))
+    chosen = torch.empty(count, dtype=torch.long)
+    nearest = torch.full((total,), float("inf"), device=z.device)
+    for step in range(count):
+        chosen[step] = current
+        distance = torch.addmv(squared, z, z[current], alpha=-2.0).add_(squared[current]).clamp_min_(0.0)
+        torch.minimum(nearest, distance, out=nearest)
+        nearest[current] = 0.0  # rounding must not let a chosen row look far from itself
+        current = int(torch.argmax(nearest))
+    return chosen
+
+
+def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor,
+                       max_elements: int = MAX_DISTANCE_ELEMENTS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Nearest bank row of every query: queries (Q, C), bank (N, C) -> (distance (Q,), index (Q,) int64).
+
+    The neighbour is found on |b|^2 - 2 q.b in chunks of at most ``max_elements`` entries; its distance is
+    then computed directly as ||q - b|| (exactly 0 for a query that is a bank row)."""
+    if bank.shape[0] == 0:
+        raise InputError("the memory bank is empty")
+    bank_squared = (bank * bank).sum(1)
+    chunk = max(1, int(max_elements) // int(bank.shape[0]))
+    distances, indices = [], []
+    for start in range(0, int(queries.shape[0]), chunk):
+        block = queries[start:start + chunk]
+        index = (bank_squared[None] - 2.0 * (block @ bank.T)).argmin(1)
+        distances.append(torch.linalg.vector_norm(block - bank[index], dim=1))
+        indices.append(index)
+    if not distances:
+        return queries.new_zeros(0), torch.zeros(0, dtype=torch.long, device=queries.device)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def patches_of(features: FeatureSet, modality: str) -> torch.Tensor:
+    """The patch grid of one modality: (M, C, R, R) (``rgb+xyz``: channels concatenated, RGB first)."""
+    if modality == "rgb":
+        return features.rgb.float()
+    if modality == "xyz":
+        return features.xyz.float()
+    if modality == "rgb+xyz":
+        return torch.cat([features.rgb.float(), features.xyz.float()], dim=1)
+    raise ConfigError(f"PatchCore modality must be one of {MODALITIES}, got {modality!r}")
+
+
+def _rows(grid: torch.Tensor) -> torch.Tensor:
+    """(M, C, R, R) -> (M * R * R, C), rows in sample-major, row-major cell order."""
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
+
+
+class PatchCore:
+    """A PatchCore memory bank on one modality of Mentor3AD's features (module docstring).
+
+    modality: ``rgb`` | ``xyz`` | ``rgb+xyz`` (BTF); coreset_ratio: share of the training patches kept
+    (1.0: all); cells: ``all`` (BTF) | ``valid``; image_size, smoothing_sigma: the detector's
+    post-processing; calibration: the detector's threshold rule; seed: projection and start of the
+    coreset. After :meth:`fit`: ``bank`` (N, C), ``threshold``, ``timings`` (seconds, patch counts)."""
+
+    def __init__(self, modality: str = "rgb+xyz", coreset_ratio: float = DEFAULT_CORESET_RATIO, cells: str = "all",
+                 image_size: int = 224, smoothing_sigma: float = 4.0, calibration: Optional[CalibrationConfig] = None,
+                 seed: int = 0, device="cpu", max_elements: int = MAX_DISTANCE_ELEMENTS):
+        if modality not in MODALITIES:
+            raise ConfigError(f"PatchCore modality must be one of {MODALITIES}, got {modality!r}")
+        if cells not in CELLS:
+            raise ConfigError(f"PatchCore cells must be one of {CELLS}, got {cells!r}")
+        if not 0.0 < float(coreset_ratio) <= 1.0:
+            raise ConfigError(f"the coreset ratio must be in (0, 1], got {coreset_ratio}")
+        self.modality, self.coreset_ratio, self.cells = modality, float(coreset_ratio), cells
+        self.image_size, self.smoothing_sigma = int(image_size), float(smoothing_sigma)
+        self.calibration = calibration or CalibrationConfig()
+        self.seed, self.device, self.max_elements = int(seed), torch.device(device), int(max_elements)
+        self.bank: Optional[torch.Tensor] = None
+        self.threshold = float("inf")
+        self.threshold_source = ""
+        self.calibration_scores: List[float] = []
+        self.timings: Dict[str, float] = {}
+        self._id: Optional[Tuple[float, str]] = None
+
+    @classmethod
+    def for_detector(cls, config: Mentor3ADConfig, modality: str, **options) -> "PatchCore":
+        """A PatchCore with a Mentor3AD config's post-processing, threshold rule and seed."""
+        defaults = dict(image_size=config.features.image_size, smoothing_sigma=config.model.smoothing_sigma,
+                        calibration=config.calibration, seed=config.train.seed)
+        return cls(modality, **{**defaults, **options})
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, train: FeatureSet, validation: Optional[FeatureSet] = None,
+            val_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> "PatchCore":
+        """Build the bank from good training features and calibrate the threshold on ``validation`` (good
+        parts, scored at their input sizes ``val_sizes``, default image_size); without validation on the
+        training scores (optimistic: bank patches are at distance 0)."""
+        if len(train) == 0:
+            raise InputError("PatchCore needs at least one training sample")
+        started = time.perf_counter()
+        rows = _rows(patches_of(train, self.modality)).to(self.device)
+        if self.cells == "valid":
+            rows = rows[train.valid.reshape(-1).to(self.device)]
+        if rows.shape[0] == 0:
+            raise InputError("PatchCore: the training samples have no valid cell")
+        keep = max(1, int(self.coreset_ratio * rows.shape[0]))
+        self.bank = rows[kcenter_greedy(rows, keep, self.seed).to(self.device)].contiguous()
+        self.timings = {"train_patches": int(rows.shape[0]), "bank_patches": int(self.bank.shape[0]),
+                        "coreset_s": round(time.perf_counter() - started, 4)}
+        self._id = None
+        if validation is not None and len(validation):
+            scores, self.threshold_source = self.image_scores(validation, val_sizes), "validation"
+        else:
+            LOG.warning("PatchCore %s: no held-out good parts, calibrating on the training scores (optimistic)",
+                        self.modality)
+            scores, self.threshold_source = self.image_scores(train), "train"
+        self.threshold = calibrate_threshold(scores, self.calibration)
+        self.calibration_scores = [float(s) for s in scores]
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _check_fitted(self) -> torch.Tensor:
+        if self.bank is None:
+            raise InputError("PatchCore is not fitted; call fit(train_features) first")
+        return self.bank
+
+    def _distances(self, features: FeatureSet) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (queries (M * R * R, C), distance (M, R * R), bank index (M, R * R))."""
+        bank = self._check_fitted()
+        grid = patches_of(features, self.modality)
+        if grid.shape[1] != bank.shape[1]:
+            raise InputError(f"PatchCore {self.modality}: features have {grid.shape[1]} channels, the bank "
+                             f"{bank.shape[1]}")
+        queries = _rows(grid).to(self.device)
+        distance, index = nearest_neighbours(queries, bank, self.max_elements)
+        count = len(features)
+        return queries, distance.reshape(count, -1), index.reshape(count, -1)
+
+    @torch.no_grad()
+    def patch_maps(self, features: FeatureSet) -> torch.Tensor:
+        """Nearest-neighbour distance per cell: (M, R, R) float32 (0 at invalid cells for cells="valid")."""
+        _, distance, _ = self._distances(features)
+        if self.cells == "valid":
+            distance = torch.where(features.valid.reshape(len(features), -1).to(distance.device), distance,
+                                   torch.zeros_like(distance))
+        side = int(features.valid.shape[-1])
+        return distance.reshape(len(features), side, side).cpu()
+
+    def _sizes(self, count: int, sizes: Optional[Sequence[Tuple[int, int]]]) -> List[Tuple[int, int]]:
+        sizes = list(sizes) if sizes is not None else [(self.image_size, self.image_size)] * count
+        if len(sizes) != count:
+            raise InputError(f"{count} feature samples but {len(sizes)} output sizes")
+        return [tuple(int(v) for v in size) for size in sizes]
+
+    @torch.no_grad()
+    def anomaly_maps(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[np.ndarray]:
+        """(H, W) float32 anomaly maps at the input sizes ``sizes`` (default image_size), post-processed as
+        the detector's (:func:`~mentor3ad.model.postprocess.upsample_maps`)."""
+        maps = self.patch_maps(features)
+        return [upsample_maps(maps[i:i + 1], self.image_size, self.smoothing_sigma, size)[0].numpy().astype(np.float32)
+                for i, size in enumerate(self._sizes(len(features), sizes))]
+
+    def image_scores(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[float]:
+        """Image scores as :func:`decide` takes them: the max of each post-processed map."""
+        return [float(m.max()) for m in self.anomaly_maps(features, sizes)]
+
+    @torch.no_grad()
+    def reweighted_scores(self, features: FeatureSet) -> List[float]:
+        """BTF's / PatchCore's re-weighted image score per sample (not used for verdicts): s* = the largest
+        patch distance, m* its nearest bank patch, d_k the distances of the test patch to m*'s k-1 = 2
+        next bank neighbours; score = (1 - exp(s*/sqrt(C)) / sum_k exp(d_k/sqrt(C))) s*."""
+        bank = self._check_fitted()
+        queries, distance, index = self._distances(features)
+        if self.cells == "valid":
+            distance = torch.where(features.valid.reshape(len(features), -1).to(distance.device), distance,
+                                   torch.full_like(distance, -1.0))
+        temperature = math.sqrt(bank.shape[1])
+        cells = distance.shape[1]
+        scores = []
+        for sample in range(len(features)):
+            cell = int(torch.argmax(distance[sample]))
+            worst, test_patch = distance[sample, cell], queries[sample * cells + cell]
+            to_star = torch.linalg.vector_norm(bank - bank[index[sample, cell]], dim=1)
+            neighbours = torch.topk(to_star, min(REWEIGHT_NEIGHBOURS, bank.shape[0]), largest=False).indices[1:]
+            if neighbours.numel() == 0:
+                scores.append(float(worst))
+                continue
+            spread = torch.linalg.vector_norm(test_patch[None] - bank[neighbours], dim=1)
+            weight = 1.0 - torch.exp(worst / temperature) / torch.exp(spread / temperature).sum()
+            scores.append(float(weight * worst))
+        return scores
+
+    # ------------------------------------------------------------------ answers
+    @property
+    def model_id(self) -> str:
+        """``patchcore-`` + 12 hex digits of the bank, the options and the threshold."""
+        if self._id is None or self._id[0] != self.threshold:
+            digest = hashlib.sha256(self._check_fitted().cpu().numpy().tobytes())
+            digest.update(repr((self.modality, self.coreset_ratio, self.cells, self.image_size, self.smoothing_sigma,
+                                self.seed, self.threshold)).encode())
+            self._id = (self.threshold, f"patchcore-{digest.hexdigest()[:12]}")
+        return self._id[1]
+
+    @property
+    def identity(self) -> Dict[str, Any]:
+        return {"model_id": self.model_id, "method": "patchcore", "modality": self.modality,
+                "coreset_ratio": self.coreset_ratio, "cells": self.cells, "seed": self.seed,
+                "threshold": self.threshold, "threshold_source": self.threshold_source, **self.timings}
+
+    def predict_features(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                         xyzs: Optional[Sequence[np.ndarray]] = None,
+                         threshold: Optional[float] = None) -> List[InspectionResult]:
+        """Answers from features: maps at ``sizes`` (H, W) per sample, verdicts by :func:`decide` at the
+        calibrated threshold (or ``threshold``); ``xyzs`` (H, W, 3) measure the regions on the clouds."""
+        started = time.perf_counter()
+        maps = self.anomaly_maps(features, sizes)
+        xyzs = list(xyzs) if xyzs is not None else [None] * len(maps)
+        threshold = self.threshold if threshold is None else float(threshold)
+        results = [decide(m, threshold, xyz, self.model_id) for m, xyz in zip(maps, xyzs)]
+        self.timings["predict_s"] = round(time.perf_counter() - started, 4)
+        return results
+
+    def predict_samples(self, samples: Sequence, extractor, cache_dir=None, batch_size: int = 8,
+                        threshold: Optional[float] = None) -> List[InspectionResult]:
+        """Answers for :class:`~mentor3ad.types.Sample` s, features from ``extractor`` (the detector's) through
+        the feature cache when ``cache_dir``."""
+        from ..features.cache import extract_features
+        from ..features.extractor import stack_features
+
+        results: List[InspectionResult] = []
+        for start in range(0, len(samples), max(1, batch_size)):
+            chunk = samples[start:start + max(1, batch_size)]
+            features = stack_features(extract_features(chunk, extractor, cache_dir, batch_size))
+            results += self.predict_features(features, [s.rgb.shape[:2] for s in chunk], [s.xyz for s in chunk],
+                                             threshold)
+        return results
+
+
+__all__ = ["PatchCore", "MODALITIES", "CELLS", "DEFAULT_CORESET_RATIO", "calibrate_threshold", "jl_dimension",
+           "sparse_random_projection", "kcenter_greedy", "nearest_neighbours", "patches_of"]
