@@ -73,7 +73,9 @@ def ablation(dataset, config_file, tmp_path_factory):
     return printed.getvalue(), json.loads((root / "ablation.json").read_text()), root / "models"
 
 
-def test_ablate_prints_table_for_all_variants(ablation):
+def test_ablate_prints_table_for_all_variants(ablation, config_file):
+    from mentor3ad.config import load_config
+
     printed, result, models = ablation
     for name in ablate.ROWS + ["naive baseline"]:
         assert printed.count(f"| {name} |") == 2, name  # the metric table and the verdict table
@@ -96,6 +98,8 @@ def test_ablate_prints_table_for_all_variants(ablation):
     assert identities["CFM baseline"]["use_mentor"] is False and identities["CFM baseline"]["use_voting"] is False
     assert identities["w/o voting"]["use_mentor"] is True and identities["w/o voting"]["use_voting"] is False
     assert identities["w/o mentor"]["score_maps"] == ["rgb", "xyz"]
+    base_maps = list(load_config(config_file).model.score_maps)  # the full rows keep the config's score maps
+    assert identities["Mentor3AD"]["score_maps"] == identities["w/o voting"]["score_maps"] == base_maps
     assert len({identity["model_id"] for identity in identities.values()}) == 7
     assert {identities[n]["modality"] for n in ablate.PATCHCORE_ROWS} == {"rgb", "xyz", "rgb+xyz"}
     for name in ablate.PATCHCORE_ROWS:  # 10 % coreset of 5 parts x 8 x 8 cells, calibrated on the validation parts

@@ -1,9 +1,10 @@
 """``mentor3ad ablate``: full Mentor3AD, w/o voting, w/o mentor, the CFM baseline, three PatchCore peers and
 the naive baseline on one test split, all on the same cached backbone features.
 
-* Training is deterministic and the VM stage comes last, so "w/o voting" is the full model's MFM + MGM
-  without its Voting Module (identical weights to a separate run) and "CFM" is the "w/o mentor" model's
-  MGM without it: two trainings give four rows. The derived models' scores are on another scale than
+* Rows differ from the base config only in use_mentor / use_voting (rows w/o mentor also drop the
+  mentor's score map "mtr"). Training is deterministic and the VM stage comes last, so "w/o voting" is
+  the full model's MFM + MGM without its Voting Module (identical weights to a separate run) and "CFM"
+  is the "w/o mentor" model's MGM without it: two trainings give four rows. The derived models' scores are on another scale than
   their parent's, so each is re-calibrated by the training rule on the validation split (the training
   split when there is none, as training does) before it is saved or evaluated.
 * ``--model M`` reuses a model ``mentor3ad train`` produced as the full row (not retrained); its config
@@ -29,11 +30,11 @@ from ..common import add_common_arguments, config_from_args
 LOG = logging.getLogger("mentor3ad.ablate")
 
 VARIANTS = {
-    # name: (use_mentor, use_voting, score maps)
-    "Mentor3AD": (True, True, ["rgb", "xyz", "mtr"]),
-    "w/o voting": (True, False, ["rgb", "xyz", "mtr"]),
-    "w/o mentor": (False, True, ["rgb", "xyz"]),
-    "CFM baseline": (False, False, ["rgb", "xyz"]),
+    # name: (use_mentor, use_voting); score maps: the base config's, without the mentor's "mtr" w/o mentor
+    "Mentor3AD": (True, True),
+    "w/o voting": (True, False),
+    "w/o mentor": (False, True),
+    "CFM baseline": (False, False),
 }
 DERIVED = {"w/o voting": "Mentor3AD", "CFM baseline": "w/o mentor"}  # row: the voting model it is cut from
 PATCHCORE_ROWS = {"PatchCore RGB": "rgb", "PatchCore 3D": "xyz", "PatchCore RGB+3D (BTF)": "rgb+xyz"}
@@ -130,12 +131,24 @@ def _given_model(args: argparse.Namespace):
     return detector
 
 
+def variant_config(base, name: str):
+    """The base config with a row's switches: the full model keeps the base score maps, the rows without
+    mentor drop its map "mtr" (ConfigError when no map is left)."""
+    from ...errors import ConfigError
+
+    use_mentor, use_voting = VARIANTS[name]
+    config = base.copy()
+    maps = list(base.model.score_maps) if use_mentor else [m for m in base.model.score_maps if m != "mtr"]
+    if not maps:
+        raise ConfigError(f"ablate: the '{name}' row has no score map left of {base.model.score_maps}")
+    config.model.use_mentor, config.model.use_voting, config.model.score_maps = use_mentor, use_voting, maps
+    return config
+
+
 def _train(name: str, base, splits: Dict[str, Split], args, extractor):
     from ...model.training import train_detector
 
-    use_mentor, use_voting, maps = VARIANTS[name]
-    config = base.copy()
-    config.model.use_mentor, config.model.use_voting, config.model.score_maps = use_mentor, use_voting, maps
+    config = variant_config(base, name)
     LOG.info("training %s", name)
     validation = splits.get("validation")
     return train_detector(splits["train"].samples, config, val_samples=validation.samples if validation else None,
