@@ -51,6 +51,7 @@ setup_env() {
               $(find src -name '*.py' | LC_ALL=C sort))"
   if [ "$(cat "$VENV/.package-hash" 2>/dev/null)" != "$pkg_hash" ]; then
     echo "mentor3ad: installing the mentor3ad package into $VENV ..." >&2
+    rm -rf "$ROOT/build/lib" "$ROOT/build/bdist."*  # setuptools keeps deleted modules there: no stale files
     (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
         --no-build-isolation . 2>&1 | grep -v -e "^WARNING: Location" -e BuildBackendWarning -e "warnings.warn" >&2 || true)
     "$VENV/bin/python" -c "import mentor3ad" || { echo "mentor3ad: package install failed" >&2; exit 1; }

@@ -27,8 +27,9 @@ needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "train").is_dir(),
 
 TINY_RGB_OPTIONS = {"model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 64}}
 TINY_POINT_OPTIONS = {"num_groups": 32, "group_size": 8, "depth": 2, "width": 32, "heads": 2, "feature_blocks": [0, 1]}
-TINY_FEATURES = dict(rgb_weights="none", rgb_options=TINY_RGB_OPTIONS, point_options=TINY_POINT_OPTIONS,
-                     image_size=64, feature_resolution=8)
+TINY_FEATURES = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none", rgb_options=TINY_RGB_OPTIONS,
+                     point_backbone="point_mae", point_options=TINY_POINT_OPTIONS, image_size=64, point_image_size=0,
+                     feature_resolution=8, min_cell_fraction=0.0)
 TINY_MODEL_CONFIG = {
     "features": TINY_FEATURES,
     "model": dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=16, vote_levels=2),

@@ -5,22 +5,20 @@
 ``train`` (:class:`TrainConfig`) and ``calibration`` (:class:`CalibrationConfig`). Unknown keys are a
 :class:`~mentor3ad.errors.ConfigError` naming the key; ``to_dict`` / ``from_dict`` round-trip exactly.
 :func:`load_config` reads a YAML file (default: the packaged ``config/model.yaml``) with
-``section.key=value`` overrides; :func:`packaged_file` finds the package's data files in a source
-checkout, a colcon/ament install or a pip install.
+``section.key=value`` overrides. The dataclasses' defaults are the packaged
+``config/model.yaml``'s values (tests/core/test_training.py keeps the two equal).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError
+from .package_files import packaged_file
 
-PACKAGE = "mentor3ad"
 SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PLANE_METHODS = ("ransac", "open3d", "none")
@@ -38,8 +36,12 @@ class FeatureConfig:
     point_backbone: a registered 3D backbone ("point_mae", ...).
     point_weights: weight file of the 3D backbone, "auto", or "none" (random init / weight-free).
     point_options: options of the 3D backbone (each backbone documents and validates its own).
-    image_size: backbone input side in pixels (RGB bicubic, XYZ nearest).
-    feature_resolution: side of the heads' working grid R (divides image_size).
+    image_size: RGB backbone input side in pixels (bicubic resize); maps are smoothed at this size.
+    point_image_size: side of the organized cloud the 3D branch works on (nearest resize; plane removal,
+        cluster filter and 3D descriptors run at this size); 0 = image_size.
+    feature_resolution: side of the heads' working grid R (divides image_size and point_image_size).
+    min_cell_fraction: a grid cell is a valid patch only when at least this share of its pixels holds a
+        cleaned 3D point (0: any point; thin silhouette cells carry unstable 3D descriptors).
     plane_removal: "ransac" (torch, on device) | "open3d" (peers' RANSAC, CPU) | "none";
         plane_distance_m: points closer than this (metres) to the background plane are dropped;
         plane_border_px: image border (pixels at image_size) the plane is fitted to;
@@ -50,14 +52,17 @@ class FeatureConfig:
     init_seed: seeds random-init weights and RANSAC so that random backbones are reproducible.
     """
 
-    rgb_backbone: str = "vit_base_patch8_224.dino"
+    rgb_backbone: str = "tf_efficientnet_lite0"
     rgb_weights: str = "auto"
-    rgb_options: Dict[str, Any] = field(default_factory=dict)
-    point_backbone: str = "point_mae"
+    rgb_options: Dict[str, Any] = field(default_factory=lambda: {"feature_strides": [8, 16]})
+    point_backbone: str = "fpfh"
     point_weights: str = "none"
-    point_options: Dict[str, Any] = field(default_factory=dict)
-    image_size: int = 224
+    point_options: Dict[str, Any] = field(default_factory=lambda: {
+        "normal_radius_mm": 100.0, "normal_max_nn": 30, "feature_radius_mm": 250.0, "feature_max_nn": 100})
+    image_size: int = 448
+    point_image_size: int = 224
     feature_resolution: int = 28
+    min_cell_fraction: float = 0.25
     plane_removal: str = "ransac"
     plane_distance_m: float = 0.005
     plane_border_px: int = 3
@@ -78,6 +83,11 @@ class FeatureConfig:
         if self.image_size < 8 or self.feature_resolution < 1 or self.image_size % self.feature_resolution:
             raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
                               f"features.image_size {self.image_size} (>= 8)")
+        if self.point_image_size < 0 or self.cloud_size % self.feature_resolution:
+            raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
+                              f"features.point_image_size {self.cloud_size}")
+        if not 0.0 <= self.min_cell_fraction < 1.0:
+            raise ConfigError(f"features.min_cell_fraction must be in [0, 1), got {self.min_cell_fraction}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"features.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.plane_removal not in PLANE_METHODS:
@@ -85,6 +95,11 @@ class FeatureConfig:
         if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0 or self.plane_border_px < 1 or self.plane_iterations < 1:
             raise ConfigError("features.plane_distance_m, cluster_eps_m must be > 0 and plane_border_px, "
                               "plane_iterations >= 1")
+
+    @property
+    def cloud_size(self) -> int:
+        """The side of the organized cloud the 3D branch works on (point_image_size, else image_size)."""
+        return self.point_image_size or self.image_size
 
     def common(self) -> Dict[str, Any]:
         """The keys every backbone shares (preprocessing and grid), for the extractor identity."""
@@ -129,16 +144,16 @@ class ModelConfig:
 
     standardize_features: bool = True
     mentor_dim: int = 128
-    mfm_hidden_dim: int = 512
+    mfm_hidden_dim: int = 1024
     mfm_fusion: str = "concat"
     infonce_temperature: float = 0.1
     infonce_max_patches: int = 2048
     mfm_fused_contrast_weight: float = 1.0
-    mgm_hidden_dim: int = 512
+    mgm_hidden_dim: int = 1024
     mgm_mentor_dim: int = 128
     mgm_fusion: str = "concat"
     use_mentor: bool = True
-    score_maps: List[str] = field(default_factory=lambda: list(SCORE_MAP_NAMES))
+    score_maps: List[str] = field(default_factory=lambda: ["rgb", "xyz"])
     use_voting: bool = True
     vote_levels: int = 4
     vote_conv_channels: int = 4
@@ -149,7 +164,7 @@ class ModelConfig:
     ocsvm_rff_gamma: float = 1.0
     ocsvm_include_raw: bool = False
     score_eps: float = 1e-6
-    smoothing_sigma: float = 4.0
+    smoothing_sigma: float = 8.0
 
     def validate(self) -> None:
         if self.mfm_fusion not in ("concat", "sum") or self.mgm_fusion not in ("concat", "sum"):
@@ -200,9 +215,9 @@ class TrainConfig:
 
     seed: int = 0
     batch_size: int = 4
-    mfm_epochs: int = 20
+    mfm_epochs: int = 40
     mfm_lr: float = 1e-3
-    mgm_epochs: int = 40
+    mgm_epochs: int = 100
     mgm_lr: float = 1e-3
     weight_decay: float = 0.0
     vm_steps: int = 500
@@ -223,20 +238,29 @@ class TrainConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Decision threshold.
+    """Decision threshold (:mod:`mentor3ad.model.calibration`).
 
-    target_false_reject_rate: fraction of normal parts allowed to FAIL; threshold = the
-        ceil((1 - rate) * n)-th smallest of n held-out normal image scores (the maximum when n < 1/rate).
+    target_false_reject_rate: fraction of good parts allowed to FAIL.
+    rule: "tail" (a robust model of the good parts' log-score tail; default) or "quantile" (the
+        ceil((1 - rate) * n)-th smallest of n scores: the maximum when n < 1/rate).
+    cv_folds: also score the training parts by K-fold cross-validation of the heads (K more head
+        trainings) and calibrate on held-out + cross-validated scores; 0 = held-out parts only.
     margin: relative margin added on top: threshold * (1 + margin).
     """
 
     target_false_reject_rate: float = 0.01
+    rule: str = "tail"
+    cv_folds: int = 0
     margin: float = 0.0
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
             raise ConfigError(f"calibration.target_false_reject_rate must be in [0, 1), got "
                              f"{self.target_false_reject_rate}")
+        if self.rule not in ("tail", "quantile"):
+            raise ConfigError(f"calibration.rule must be tail or quantile, got {self.rule!r}")
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
 
 
 @dataclass
@@ -345,38 +369,6 @@ def _coerce(hint, value, name: str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
     return value
-
-
-# ------------------------------------------------------------------------------------------ files
-def packaged_file(*parts: str) -> Path:
-    """A data file of the package (e.g. ``packaged_file("config", "model.yaml")``).
-
-    Looked up, in order: the source checkout this module runs from; the ament share directory
-    (``ament_index_python``, i.e. a colcon install or any prefix on AMENT_PREFIX_PATH);
-    ``<prefix>/share/mentor3ad`` of every AMENT_PREFIX_PATH entry; ``sys.prefix/share/mentor3ad``
-    (pip install). Raises ConfigError listing the places tried.
-    """
-    candidates = []
-    for candidate in _package_file_candidates(parts):
-        if candidate.is_file():
-            return candidate
-        candidates.append(candidate)
-    tried = ", ".join(dict.fromkeys(map(str, candidates)))
-    raise ConfigError(f"packaged file {'/'.join(parts)} not found (looked in {tried}); reinstall the package")
-
-
-def _package_file_candidates(parts: Sequence[str]):
-    """Where packaged files may be, in order (generated lazily: the first hit ends the search)."""
-    yield Path(__file__).resolve().parents[2].joinpath(*parts)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        yield Path(get_package_share_directory(PACKAGE)).joinpath(*parts)
-    except (ImportError, LookupError, OSError, ValueError):  # not installed / not in the ament index
-        pass
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        yield Path(prefix, "share", PACKAGE).joinpath(*parts)
-    yield Path(sys.prefix, "share", PACKAGE).joinpath(*parts)
 
 
 def default_config_path() -> Path:

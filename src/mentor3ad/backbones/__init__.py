@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import logging
 import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -49,19 +50,21 @@ class BackboneEntry:
     name: str
     factory: Callable[..., Any]
     options: Optional[type] = None  # dataclass of the backbone's options
+    weight_free: bool = False  # needs no weights (descriptors such as FPFH): ``*_weights`` is not resolved
 
 
 _REGISTRY: Dict[Tuple[str, str], BackboneEntry] = {}
 _DISCOVERED = False
+_BROKEN: Dict[str, str] = {}  # module -> why it could not be imported
 
 
-def register(kind: str, name: str, options: Optional[type] = None) -> Callable:
+def register(kind: str, name: str, options: Optional[type] = None, weight_free: bool = False) -> Callable:
     """Decorator registering ``factory(features, options, device)`` as backbone ``name`` of ``kind``."""
     if kind not in KINDS:
         raise ValueError(f"backbone kind must be one of {KINDS}, got {kind!r}")
 
     def decorate(factory: Callable) -> Callable:
-        _REGISTRY[(kind, name)] = BackboneEntry(kind, name, factory, options)
+        _REGISTRY[(kind, name)] = BackboneEntry(kind, name, factory, options, weight_free)
         return factory
 
     return decorate
@@ -73,7 +76,11 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+        try:
+            importlib.import_module(f"{__name__}.{module.name}")
+        except Exception as exc:  # noqa: BLE001 - e.g. a stale file left in an install: the others still work
+            _BROKEN[module.name] = f"{type(exc).__name__}: {exc}"
+            logging.getLogger(__name__).warning("backbone module %s not loaded: %s", module.name, _BROKEN[module.name])
     _DISCOVERED = True
 
 
@@ -87,7 +94,8 @@ def entry(kind: str, name: str) -> BackboneEntry:
     _discover()
     found = _REGISTRY.get((kind, name)) or _REGISTRY.get((kind, FALLBACK.get(kind, "")))
     if found is None:
-        raise ConfigError(f"unknown {kind} backbone {name!r}; registered: {', '.join(names(kind))}")
+        broken = "".join(f"; module {m} failed to import ({why})" for m, why in _BROKEN.items())
+        raise ConfigError(f"unknown {kind} backbone {name!r}; registered: {', '.join(names(kind))}{broken}")
     return found
 
 
@@ -109,6 +117,19 @@ def options_dict(options) -> Dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(options).items()}
 
 
+def resolve_weights_of(kind: str, features) -> tuple:
+    """(weights spec to load, source) of the ``kind`` backbone of ``features`` (``auto`` resolved offline first)."""
+    from .weights import resolve_auto
+
+    name = features.rgb_backbone if kind == "rgb" else features.point_backbone
+    spec = features.rgb_weights if kind == "rgb" else features.point_weights
+    if entry(kind, name).weight_free:
+        if spec not in ("none", "", None, "auto"):
+            raise ConfigError(f"{kind} backbone {name!r} is weight-free; its weights must be none or auto, got {spec!r}")
+        return "none", "weight-free"
+    return resolve_auto(kind, name, spec)
+
+
 def build(kind: str, features, device):
     """The ``kind`` backbone named by ``features`` (a FeatureConfig), on ``device``, frozen."""
     name = features.rgb_backbone if kind == "rgb" else features.point_backbone
@@ -128,5 +149,5 @@ def autocast(device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-__all__ = ["KINDS", "BackboneEntry", "register", "names", "entry", "build", "parse_options", "options_dict",
+__all__ = ["KINDS", "BackboneEntry", "register", "names", "entry", "build", "resolve_weights_of", "parse_options", "options_dict",
            "autocast"]

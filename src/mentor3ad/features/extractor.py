@@ -8,8 +8,10 @@ configured device. :class:`FeatureSet` stacks the features of many samples for t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -21,8 +23,10 @@ from .. import backbones
 from ..config import FeatureConfig
 from ..errors import ConfigError, InputError
 from . import preprocessing
+from .projection import cell_fraction
 from .timing import StageTimer
 
+LOG = logging.getLogger(__name__)
 IDENTITY_FORMAT = 2
 STAGES = ("preprocess", "plane_removal", "rgb_backbone", "projection")  # + the 3D backbone's own sub-stages
 
@@ -83,10 +87,16 @@ class FeatureExtractor:
         self.device = torch.device(device)
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("features.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
+        rgb_weights, rgb_source = backbones.resolve_weights_of("rgb", config)
+        point_weights, point_source = backbones.resolve_weights_of("points", config)
+        self.weights_sources = {"rgb": f"{config.rgb_backbone}: {rgb_source}",
+                                "points": f"{config.point_backbone}: {point_source}"}
+        LOG.info("backbone weights: %s", "; ".join(self.weights_sources.values()))
+        resolved = dataclasses.replace(config, rgb_weights=rgb_weights, point_weights=point_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
-            self.rgb_model = backbones.build("rgb", config, self.device)
-            self.point_model = backbones.build("points", config, self.device)
+            self.rgb_model = backbones.build("rgb", resolved, self.device)
+            self.point_model = backbones.build("points", resolved, self.device)
         self.rgb_dim = int(self.rgb_model.out_dim)
         self.xyz_dim = int(self.point_model.out_dim)
         self._timer = StageTimer(self.device)
@@ -113,16 +123,17 @@ class FeatureExtractor:
 
     def timings(self) -> dict:
         """Per-stage seconds of the last extract_batch call: STAGES plus the 3D backbone's ``timings``
-        (e.g. point_fps_knn, point_transformer; "point_backbone" for a backbone that reports none)."""
+        (point_neighbourhoods, point_descriptors; "point_backbone" for a backbone that reports none)."""
         return dict(self._timer.seconds)
 
     def _prepare(self, rgb, xyz) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> image (3, S, S) in [0, 1], points grid (S, S, 3) metres (invalid 0), valid (S, S) bool."""
+        """-> image (3, S, S) in [0, 1] (S = image_size), points grid (P, P, 3) metres (invalid 0), valid (P, P)
+        bool (P = point image size)."""
         cfg = self.config
         start = self._timer.now()
         rgb_t, xyz_t = preprocessing.upload(rgb, xyz, self.device)
         image = preprocessing.resize_rgb(rgb_t, cfg.image_size)
-        grid, valid = preprocessing.resize_xyz(xyz_t, cfg.image_size)
+        grid, valid = preprocessing.resize_xyz(xyz_t, cfg.cloud_size)
         start = self._timer.tick("preprocess", start)
         valid = preprocessing.remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
                                            cfg.plane_iterations, cfg.init_seed)
@@ -170,6 +181,10 @@ class FeatureExtractor:
             self._timer.tick("point_backbone", start)
         for stage, seconds in stages.items():
             self._timer.add(stage, seconds)
+        if self.config.min_cell_fraction > 0:
+            size = self.config.feature_resolution
+            encoded = [(xyz_map, valid & (cell_fraction(p[2], size) >= self.config.min_cell_fraction))
+                       for (xyz_map, valid), p in zip(encoded, prepared)]
         return [Features(rgb=rgb_maps[i].contiguous(), xyz=xyz_map, valid=valid)
                 for i, (xyz_map, valid) in enumerate(encoded)]
 

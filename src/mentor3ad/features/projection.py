@@ -1,17 +1,23 @@
-"""Point features -> dense image-grid features at the heads' working resolution.
+"""3D features -> dense image-grid features at the heads' working resolution R x R.
 
-Each valid pixel's 3D point gets the 3-NN inverse-distance interpolation of the group-centre features
+* :func:`project_point_features` (group features of point transformers such as Point-MAE): each valid
+  pixel's 3D point gets the 3-NN inverse-distance interpolation of the group-centre features
 (PointNet++ ``three_interpolate``, as M3DM/CFM), is scattered onto the ``image_size`` grid, smoothed
 with a ``smoothing_kernel`` box filter and average-pooled to ``resolution`` x ``resolution`` cells.
 All steps are linear in the centre features, so they are folded into one (R*R, G) operator that
 multiplies the (G, C) centre features: no (C, 224, 224) intermediate is materialised. Averages are
 taken over valid pixels only (mask-normalised), so object borders are not darkened by empty pixels.
+* :func:`pool_pixel_features` (per-pixel descriptors such as FPFH): the same box filter and cell means
+  over valid pixels, directly on a (C, S, S) descriptor image.
+* :func:`cell_fraction`: the share of each cell's pixels that hold a valid (cleaned) 3D point; cells below
+  ``features.min_cell_fraction`` are not valid patches (thin silhouette cells carry unstable descriptors).
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 
 from ..backbones.pointops import three_nn_weights
 
@@ -92,3 +98,30 @@ def project_point_features_reference(
     factor = image_size // resolution
     grid, mask = box(grid, factor, factor), box(mask, factor, factor)
     return (grid / mask.clamp_min(1e-12))[0]
+
+
+def pool_pixel_features(values: torch.Tensor, valid: torch.Tensor, resolution: int,
+                        smoothing_kernel: int = 3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel descriptors (C, S, S) (any value on invalid pixels), valid (S, S) bool -> (features
+    (C, R, R): per cell the mean over valid pixels after a ``smoothing_kernel`` box filter over valid
+    pixels, valid (R, R) bool = the cell holds a valid pixel)."""
+    channels, size, _ = values.shape
+    if size % resolution:
+        raise ValueError(f"point image size {size} must be a multiple of the working resolution {resolution}")
+    mask = valid.to(values.dtype)[None, None]
+    summed = (values * mask[0])[None]
+    if smoothing_kernel > 1:
+        pad = smoothing_kernel // 2
+        summed = F.avg_pool2d(summed, smoothing_kernel, 1, pad, count_include_pad=True)
+        weight = F.avg_pool2d(mask, smoothing_kernel, 1, pad, count_include_pad=True)
+    else:
+        weight = mask
+    factor = size // resolution
+    features = F.avg_pool2d(summed, factor, factor)[0] / F.avg_pool2d(weight, factor, factor)[0].clamp_min(1e-12)
+    return features.contiguous(), cell_fraction(valid, resolution) > 0
+
+
+def cell_fraction(valid: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(S, S) bool -> (R, R) float: the share of each cell's pixels that are valid."""
+    factor = valid.shape[-1] // resolution
+    return F.avg_pool2d(valid.float()[None, None], factor, factor)[0, 0]

@@ -226,7 +226,6 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     extractor: an existing FeatureExtractor built from config.features (else one is created).
     """
     from ..features.cache import extract_features
-    from .calibration import calibrate_false_reject
     from .detector import Detector
 
     log = log or LOG.info
@@ -249,15 +248,68 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
         validation = stack_features(extract_features(val_samples, extractor, cache_dir, progress=progress,
                                                      desc="validation features"))
     heads, info = train_heads(train, config, validation, device, progress, log)
+    info["weights_sources"] = dict(getattr(extractor, "weights_sources", {}))
     detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
-    calibration_features, source = (validation, "validation") if validation is not None else (train, "train")
-    if validation is None:
-        log("no held-out normal samples: calibrating the threshold on the training scores (optimistic)")
-    scores = detector.image_scores_from_features(calibration_features)
-    threshold = calibrate_false_reject(scores, config.calibration.target_false_reject_rate, config.calibration.margin)
-    detector.threshold = threshold
-    detector.training_info["threshold_source"] = source
-    detector.training_info["threshold_rule"] = (
-        f"false-reject rate {config.calibration.target_false_reject_rate} on {len(scores)} normal scores")
-    log(f"threshold {threshold:.6g} from {len(scores)} {source} scores")
+    calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_samples], validation,
+                       [s.rgb.shape[:2] for s in val_samples or []], device, log)
     return detector
+
+
+def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
+                           log: Callable[[str], None]) -> List[float]:
+    """Image scores of every training sample by heads trained without it (``calibration.cv_folds`` folds)."""
+    from .detector import Detector
+
+    folds = config.calibration.cv_folds
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
+    scores: List[float] = []
+    for fold in range(folds):
+        held = order[fold::folds]
+        kept = [i for i in order if i not in set(held)]
+        log(f"calibration: cross-validation fold {fold + 1}/{folds} ({len(kept)} training, {len(held)} scored)")
+        heads, _ = train_heads(train.subset(kept), config, None, device, progress=False, log=lambda message: None)
+        scores += Detector(config, heads, backbone_identity={}, device=device).image_scores_from_features(
+            train.subset(held), [sizes[i] for i in held])
+    return scores
+
+
+def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
+                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info) -> float:
+    """Set the threshold from held-out good scores (and cross-validated training scores when
+    ``calibration.cv_folds``), scored at the input resolution as inference scores them; records the rule,
+    the sources and the expected false-reject rate in ``training_info``."""
+    from .calibration import calibrate_false_reject, calibration_outliers, false_reject_estimate
+
+    calibration = detector.config.calibration
+    scores, sources, kinds = [], [], []
+    if validation is not None and len(validation):
+        scores += detector.image_scores_from_features(validation, val_sizes)
+        sources.append(f"{len(validation)} held-out")
+        kinds.append("validation")
+    if calibration.cv_folds:
+        scores += cross_validated_scores(train, train_sizes, detector.config, device, log)
+        sources.append(f"{len(train)} cross-validated training")
+        kinds.append("cv")
+    if not scores:
+        log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
+        scores = detector.image_scores_from_features(train, train_sizes)
+        sources.append(f"{len(train)} training (optimistic)")
+        kinds.append("train")
+    threshold = calibrate_false_reject(scores, calibration.target_false_reject_rate, calibration.margin,
+                                       calibration.rule)
+    detector.threshold = threshold
+    estimate = false_reject_estimate(scores, threshold)
+    outliers = calibration_outliers(scores)
+    if outliers:
+        log(f"check calibration parts {', '.join(f'#{i + 1} (score {scores[i]:.4g})' for i in outliers)} of "
+            f"{len(scores)}: they score far above the other good parts and raise the threshold; a defective "
+            f"part among them would let similar defects PASS")
+    detector.training_info.update(calibration_outliers=[float(scores[i]) for i in outliers],
+        threshold_source="+".join(kinds),
+        threshold_rule=f"{calibration.rule}, target false-reject rate {calibration.target_false_reject_rate} "
+                       f"on {' + '.join(sources)} good scores",
+        expected_false_reject_rate=estimate)
+    log(f"threshold {threshold:.6g} ({calibration.rule} rule) from {' + '.join(sources)} good scores; expected "
+        f"false-reject rate {estimate['expected']:.3%} (5-95 %: {estimate['low']:.3%} - {estimate['high']:.3%}), "
+        f"{estimate['empirical']:.1%} of the calibration parts")
+    return threshold

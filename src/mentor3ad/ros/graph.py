@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..config import PACKAGE
 from ..errors import ConfigError
+from ..package_files import PACKAGE
 from ..types import InspectionResult
 from . import configure_local_discovery
 from .dds import with_dds_profile

@@ -11,9 +11,9 @@ Imported only where launch / launch_ros are installed; their imports happen insi
 import os
 from typing import Any, Dict, List
 
-from ..config import packaged_file
 from ..io.inputs import INPUT_MODES, TOPICS, input_mode
-from .dds import FASTDDS_PROFILE_ENV, LARGE_SHM_PROFILE_FILE
+from ..package_files import packaged_file
+from .dds import FASTDDS_PROFILE_ENV, INSPECTOR_PROFILE_FILE
 
 TRUE = ("true", "1", "yes", "on")
 
@@ -24,9 +24,10 @@ def package_file(*parts: str) -> str:
 
 
 def _profile_description() -> str:
-    return ("Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the started nodes: the package's 16 MiB "
-            "shared-memory segment, so large clouds are not sent as UDP fragments; empty, or "
-            "FASTDDS_DEFAULT_PROFILES_FILE already set, leaves the environment alone. Ignored by other RMWs.")
+    return ("Fast DDS XML profile (FASTDDS_DEFAULT_PROFILES_FILE) for the started nodes: the package's inspector "
+            "profile (inputs over UDP: large clouds from a driver on Fast DDS defaults arrive; "
+            "config/fastdds_large_shm.xml is the drivers' profile); empty, or FASTDDS_DEFAULT_PROFILES_FILE "
+            "already set, leaves the environment alone. Ignored by other RMWs.")
 
 
 # name: (default, description); defaults that are package files are resolved when declared
@@ -35,11 +36,11 @@ ARGUMENTS: Dict[str, tuple] = {
     "namespace": ("", "Namespace of the started nodes."),
     "use_sim_time": ("false", "Use /clock (true when replaying recordings)."),
     "log_level": ("info", "Logging level: debug, info, warn, error."),
-    "dds_profile": (("config", LARGE_SHM_PROFILE_FILE), _profile_description()),
+    "dds_profile": (("config", INSPECTOR_PROFILE_FILE), _profile_description()),
     "model_path": ("", "Model file to load; empty keeps the params file's value."),
     "device": ("", "auto, cpu, cuda or cuda:N; empty keeps the params file's value."),
     "input_mode": ("", f"{' or '.join(INPUT_MODES)}; empty keeps the params file's value."),
-    "input_reliability": ("", "Inspector input QoS reliability: best_available, reliable or best_effort; empty keeps "
+    "input_reliability": ("", "Inspector input QoS reliability: best_effort, reliable or best_available; empty keeps "
                               "the params file's value (see README: large clouds)."),
     "threshold": ("", "Decision threshold override (negative: the model's); empty keeps the params file's value."),
     "queue_policy": ("", "Inspector queue policy: all or latest; empty keeps the params file's value."),

@@ -64,23 +64,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ros-timeout", type=float, default=120.0, help="seconds to wait for one ROS result / start-up")
     p.add_argument("--ros-input-qos", choices=("reliable", "sensor"), default="reliable",
                    help="inspector input subscriptions: reliable (qos_overrides parameters) or the node's "
-                        "sensor-data default (best effort: a lost fragment of a large cloud loses the pair)")
-    p.add_argument("--dds-profile", choices=("large-shm", "default"), default="large-shm",
-                   help="large-shm: run both ROS processes with a Fast DDS profile whose shared-memory segment "
-                        "(16 MiB) carries a whole 224x224 cloud (the default 512 KiB segment sends it as UDP "
-                        "fragments that loopback drops: lost pairs or 3 s repair stalls); default: Fast DDS as "
-                        "configured (an existing FASTDDS_DEFAULT_PROFILES_FILE is always kept)")
+                        "best-effort default")
+    p.add_argument("--dds-profile", choices=("inspector", "large-shm", "none"), default="inspector",
+                   help="Fast DDS profile of both ROS processes: inspector (config/fastdds_inspector.xml, the "
+                        "inspector's default: inputs over UDP), large-shm (config/fastdds_large_shm.xml: a 16 MiB "
+                        "shared-memory segment) or none (the inspector still loads its own; an existing "
+                        "FASTDDS_DEFAULT_PROFILES_FILE is always kept)")
     p.add_argument("--save-model", type=Path, default=None, help="also save the trained bench model here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def bench_config(args: argparse.Namespace, device) -> Tuple[Any, List[str]]:
-    """Config (default YAML + --set), offline weights resolved, --amp applied -> (config, notes)."""
-    from ...backbones.weights import resolve_offline_weights
+    """Config (default YAML + --set), --amp applied -> (config, notes: where the backbone weights come from)."""
+    from ... import backbones
 
+    os.environ["MENTOR3AD_MODELS_DIR"] = str(args.models_dir)  # where rgb/point_weights "auto" look first
     config = config_from_args(args)
-    notes = resolve_offline_weights(config.features, args.models_dir)
+    notes = [f"{kind} weights: {backbones.resolve_weights_of(kind, config.features)[1]}" for kind in backbones.KINDS]
     if args.amp:
         if args.amp == "fp16" and device.type != "cuda":
             raise SystemExit("--amp fp16 needs --device cuda; on CPU use --amp bf16")
@@ -203,13 +204,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"--ros: starting inspector_node on the bench model, {args.warmup} warm-up + {args.frames} "
                   f"timed pairs one at a time ...", flush=True)
             del detector
+            from ...ros.dds import inspector_profile_path, large_shm_profile_path
             from ...ros.round_trip import run_ros
 
-            profile = None
-            if args.dds_profile == "large-shm":
-                from ...ros.dds import large_shm_profile_path
-
-                profile = large_shm_profile_path()  # config/fastdds_large_shm.xml (16 MiB shared-memory segment)
+            profile = {"inspector": inspector_profile_path, "large-shm": large_shm_profile_path,
+                       "none": lambda: None}[args.dds_profile]()
             ros = run_ros(model_path, frames, args.warmup, args.frames, device, threads, args.ros_timeout, log,
                           args.ros_input_qos, profile)
             for key, values in ros.pop("series").items():

@@ -17,8 +17,8 @@ STAGES: List[Tuple[str, str]] = [
     ("preprocess", "preprocessing: upload + resize"),
     ("plane_removal", "preprocessing: plane removal + cluster"),
     ("rgb_backbone", "RGB backbone forward"),
-    ("point_fps_knn", "point backbone: FPS + k-NN"),
-    ("point_transformer", "point backbone: embedding + transformer"),
+    ("point_neighbourhoods", "point backbone: neighbourhoods (FPS + k-NN)"),
+    ("point_descriptors", "point backbone: descriptors (transformer | FPFH)"),
     ("projection", "projection (points -> grid, RGB -> R)"),
     ("features_other", "feature extraction: untimed rest"),
     ("heads_mfm", "heads: MFM"),
@@ -45,8 +45,8 @@ EXTRACTOR_STAGES = {
     "features_preprocess": "preprocess",
     "features_plane_removal": "plane_removal",
     "features_rgb_backbone": "rgb_backbone",
-    "features_point_fps_knn": "point_fps_knn",
-    "features_point_transformer": "point_transformer",
+    "features_point_neighbourhoods": "point_neighbourhoods",
+    "features_point_descriptors": "point_descriptors",
     "features_projection": "projection",
 }
 HEAD_STAGES = ("heads_mfm", "heads_mgm", "heads_vm")

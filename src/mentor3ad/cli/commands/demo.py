@@ -19,7 +19,8 @@ from ..common import add_config_arguments, config_from_args
 LOG = logging.getLogger("mentor3ad.demo")
 
 # dataset sizes of the embedded default data
-DEMO_DATASET = dict(n_train=20, n_val=5, n_test_good=10, n_test_per_defect=4, resolution=(224, 224), seed=0)
+# 20 held-out good parts: enough for the threshold rule (a tail model of the good scores) to mean something
+DEMO_DATASET = dict(n_train=20, n_val=20, n_test_good=10, n_test_per_defect=4, resolution=(224, 224), seed=0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,12 +46,20 @@ def _dataset(args) -> Path:
     for key in ("n_train", "n_val", "n_test_good", "n_test_per_defect"):
         spec[key] = max(1 if key != "n_train" else 2, round(spec[key] * args.dataset_scale))
     marker = args.data / "dataset.json"
+    counts = {"train/good": spec["n_train"], "validation/good": spec["n_val"], "test/good": spec["n_test_good"]}
     if marker.is_file():
         existing = json.loads(marker.read_text())
-        if existing.get("resolution") == list(spec["resolution"]) and existing.get("seed") == spec["seed"]:
+        same = (existing.get("resolution") == list(spec["resolution"]) and existing.get("seed") == spec["seed"]
+                and all(existing.get("counts", {}).get(key) == value for key, value in counts.items()))
+        if same:
             LOG.info("using the existing synthetic cell dataset in %s", args.data)
             return args.data
-        raise SystemExit(f"{args.data} holds another dataset ({marker}); remove it or pass --data")
+        if existing.get("name") != "mentor3ad synthetic inspection cell":
+            raise SystemExit(f"{args.data} holds another dataset ({marker}); remove it or pass --data")
+        import shutil
+
+        print(f"      {args.data} holds another version of the synthetic cell: generating it again")
+        shutil.rmtree(args.data)
     print(f"[1/4] generating the synthetic inspection cell in {args.data} ...", flush=True)
     info = generate_cell_dataset(args.data, **spec)
     print(f"      {sum(info['counts'].values())} samples in {info['generation_seconds']} s: {info['counts']}")
@@ -58,14 +67,13 @@ def _dataset(args) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...backbones.weights import resolve_offline_weights
+    import os
     from ...eval.tables import print_metric_table, report_rows
     from ...jobs import evaluate_model, load_samples, train_and_save
 
     data = _dataset(args)
     config = config_from_args(args)
-    for note in resolve_offline_weights(config.features, args.models_dir, rgb_fallback="stand-in"):
-        print(f"      NOTE: {note}")
+    os.environ["MENTOR3AD_MODELS_DIR"] = str(args.models_dir)  # where rgb/point_weights "auto" look first
     train, val, test = (load_samples(data, split) for split in ("train", "validation", "test"))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.work_dir / "model.safetensors"
@@ -76,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, log=LOG.info, info={"data": str(data)})
     print(f"      model {detector.model_id} -> {model_path} (threshold {detector.threshold:.4f}, "
           f"{detector.training_info.get('train_seconds', float('nan')):.1f} s of head training)")
+    print("      backbone weights: " + "; ".join(detector.extractor.weights_sources.values()))
 
     print(f"[3/4] evaluating on {len(test)} test parts "
           f"({sum(1 for s in test if s.label)} defective) beside the naive baseline", flush=True)
@@ -85,12 +94,30 @@ def run(args: argparse.Namespace) -> int:
                             extra={"model_path": str(model_path), "rgb_weights": config.features.rgb_weights,
                                    "point_weights": config.features.point_weights})
     print_metric_table(report_rows(report, name="Mentor3AD"))
+    print_operating_point(report, data, detector.threshold)
     print(f"      report: {report_dir}/report.json, curves and gallery in {report_dir}")
 
     if args.no_ros:
         print("[4/4] ROS replay skipped (--no-ros)")
         return 0
     return _replay_stage(model_path, test, data, args.work_dir, report)
+
+
+def print_operating_point(report: dict, data: Path, threshold: float) -> None:
+    """What the cell would do at the calibrated threshold: defective parts caught per family, good parts passed."""
+    from ...eval.report import dataset_defect_groups
+
+    families = {d: f for f, members in (dataset_defect_groups(data) or {}).items() for d in members}
+    caught, total = {}, {}
+    for sample in report["samples"]:
+        family = "good" if not sample["label"] else families.get(sample["defect"], sample["defect"])
+        total[family] = total.get(family, 0) + 1
+        caught[family] = caught.get(family, 0) + int(bool(sample["is_anomalous"]) == bool(sample["label"]))
+    parts = [f"{name} {caught[name]}/{total[name]} caught" for name in sorted(total) if name != "good"]
+    defective = sum(total[n] for n in total if n != "good")
+    print(f"      at the calibrated threshold {threshold:.4g}: " + ", ".join(parts)
+          + f" ({sum(caught[n] for n in total if n != 'good')}/{defective} defective parts FAIL); "
+          f"good parts PASS {caught.get('good', 0)}/{total.get('good', 0)}")
 
 
 def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offline_report: dict) -> int:

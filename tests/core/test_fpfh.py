@@ -1,0 +1,67 @@
+"""The weight-free FPFH 3D backbone, the separate point image size and the minimum cell fraction."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_RGB_OPTIONS, synthetic_sample
+from mentor3ad.config import FeatureConfig
+from mentor3ad.errors import ConfigError, InputError
+from mentor3ad.features.extractor import FeatureExtractor
+from mentor3ad.features.projection import cell_fraction, pool_pixel_features
+
+pytest.importorskip("open3d")
+FPFH = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none", rgb_options=TINY_RGB_OPTIONS,
+            point_backbone="fpfh", point_weights="none", image_size=64, point_image_size=0, feature_resolution=8,
+            min_cell_fraction=0.0)
+
+
+def test_fpfh_features_on_the_grid_are_deterministic_and_see_geometry():
+    extractor = FeatureExtractor(FeatureConfig(**FPFH))
+    assert extractor.xyz_dim == 33 and extractor.identity()["points"]["weights"] == "weight-free"
+    good, bump = synthetic_sample(3), synthetic_sample(3, defect="bump")
+    a, b = extractor.extract(good.rgb, good.xyz), extractor.extract(good.rgb, good.xyz)
+    assert a.xyz.shape == (33, 8, 8) and a.valid.any() and torch.equal(a.xyz, b.xyz)
+    assert torch.isfinite(a.xyz).all()
+    c = extractor.extract(bump.rgb, bump.xyz)
+    changed = (c.xyz - a.xyz).abs().sum(0)
+    cells = torch.from_numpy(bump.mask).float()[None, None]
+    defect_cells = torch.nn.functional.avg_pool2d(cells, 8)[0, 0] > 0.3
+    assert changed[defect_cells & a.valid].mean() > 2 * changed[~defect_cells & a.valid].mean()
+    assert set(extractor.timings()) >= {"point_descriptors", "projection", "rgb_backbone"}
+
+
+def test_point_image_size_and_min_cell_fraction():
+    sample = synthetic_sample(4)
+    rgb_128 = {"model_kwargs": {**TINY_RGB_OPTIONS["model_kwargs"], "img_size": 128}}
+    wide = FeatureExtractor(FeatureConfig(**{**FPFH, "image_size": 128, "point_image_size": 64, "rgb_options": rgb_128}))
+    features = wide.extract(sample.rgb, sample.xyz)
+    assert features.rgb.shape[1:] == (8, 8) and features.xyz.shape == (33, 8, 8)
+    strict = FeatureExtractor(FeatureConfig(**{**FPFH, "min_cell_fraction": 0.5})).extract(sample.rgb, sample.xyz)
+    loose = FeatureExtractor(FeatureConfig(**FPFH)).extract(sample.rgb, sample.xyz)
+    assert strict.valid.sum() < loose.valid.sum() and not (strict.valid & ~loose.valid).any()
+    with pytest.raises(ConfigError, match="point_image_size"):
+        FeatureConfig(**{**FPFH, "point_image_size": 60})
+    with pytest.raises(ConfigError, match="min_cell_fraction"):
+        FeatureConfig(**{**FPFH, "min_cell_fraction": 1.0})
+    with pytest.raises(ConfigError, match="weight-free"):
+        FeatureExtractor(FeatureConfig(**{**FPFH, "point_weights": "models/x.pth"}))
+
+
+def test_pixel_pooling_is_the_masked_cell_mean():
+    rng = np.random.default_rng(0)
+    values = torch.from_numpy(rng.normal(size=(2, 8, 8)).astype(np.float32))
+    valid = torch.from_numpy(rng.random((8, 8)) > 0.4)
+    pooled, cells = pool_pixel_features(values, valid, 2, smoothing_kernel=1)
+    for y in range(2):
+        for x in range(2):
+            block = valid[4 * y:4 * y + 4, 4 * x:4 * x + 4]
+            expect = values[:, 4 * y:4 * y + 4, 4 * x:4 * x + 4][:, block].mean(1) if block.any() else torch.zeros(2)
+            assert torch.allclose(pooled[:, y, x], expect, atol=1e-6) and bool(cells[y, x]) == bool(block.any())
+    assert torch.allclose(cell_fraction(valid, 2)[0, 0], valid[:4, :4].float().mean())
+
+
+def test_too_few_points_is_bad_input():
+    extractor = FeatureExtractor(FeatureConfig(**FPFH))
+    sample = synthetic_sample(5)
+    with pytest.raises(InputError, match="FPFH needs at least"):
+        extractor.extract(sample.rgb, np.zeros_like(sample.xyz))
