@@ -35,6 +35,11 @@ def test_decide_all_nan_map_is_error_not_pass():
     assert result.verdict is Verdict.ERROR and "64 NaN" in result.reason
 
 
+def test_decide_empty_map_is_error():
+    result = decide(np.zeros((0, 8), np.float32), threshold=1.0)
+    assert result.verdict is Verdict.ERROR and "empty anomaly map" in result.reason
+
+
 @pytest.mark.parametrize("threshold", [math.nan, math.inf, -math.inf])
 def test_decide_non_finite_threshold_is_error(threshold):
     result = decide(_map(), threshold=threshold)
@@ -118,9 +123,6 @@ def test_infinite_offset_in_memory_is_not_a_pass(detector, part):
     assert result.verdict is Verdict.FAIL and result.score > 1e25
 
 
-@pytest.mark.xfail(strict=True, reason="VotingModule.forward maps an OC-SVM score of -inf to exp(-inf) = 0, a PASS; "
-                                       "needs non-finite scores kept non-finite in model/voting.py (files refuse "
-                                       "such weights at load: test_model_files)")
 def test_negative_infinite_offset_in_memory_is_not_a_pass(detector, part):
     with _broken(detector, "voting.ocsvm.rho", float("-inf")):
         result = detector.predict(*part)

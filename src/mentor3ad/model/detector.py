@@ -28,10 +28,10 @@ from . import checkpoint
 from ..features.timing import StageTimer
 from .heads import Mentor3ADHeads
 from .postprocess import decide, upsample_maps
+from .voting import OCSVM_SCORE_CLAMP
 
 LOG = logging.getLogger(__name__)
 HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
-OCSVM_SCORE_CLAMP = 60.0  # VotingModule.forward: map = exp(min(OC-SVM score, 60))
 
 
 def check_input(rgb: np.ndarray, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

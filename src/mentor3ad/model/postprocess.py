@@ -53,6 +53,10 @@ def decide(anomaly_map: np.ndarray, threshold: float, xyz: Optional[np.ndarray] 
            model_id: str = "") -> InspectionResult:
     """The verdict for one part from its (H, W) anomaly map (see module docstring)."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
+    if amap.size == 0:
+        return InspectionResult.error(f"empty anomaly map (shape {amap.shape}): the part cannot be judged",
+                                      score=math.nan, threshold=float(threshold), anomaly_map=amap,
+                                      model_id=model_id)
     finite = np.isfinite(amap)
     if not finite.all():
         nan, inf = int(np.isnan(amap).sum()), int((~finite).sum() - np.isnan(amap).sum())

@@ -16,6 +16,8 @@ from torch import nn
 
 from ..config import ModelConfig
 
+OCSVM_SCORE_CLAMP = 60.0  # the final map is exp(min(OC-SVM score, 60)): +inf saturates (a FAIL), never overflows
+
 
 class OneClassSVM(nn.Module):
     """Learnable one-class SVM (Schoelkopf et al. 2001) on per-pixel feature vectors x (P, K).
@@ -182,9 +184,11 @@ class VotingModule(nn.Module):
         return torch.exp(torch.log(self.levels(scores)).sum(dim=1))
 
     def forward(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, M, R, R), valid (B, R, R) -> final map (B, R, R) = exp(OC-SVM score), 0 on invalid."""
+        """(B, M, R, R), valid (B, R, R) -> final map (B, R, R) = exp(OC-SVM score), 0 on invalid; NaN where
+        the score is NaN or -inf (broken weights: exp(-inf) = 0 would read as "perfectly normal")."""
         features = self.pixel_features(scores)
         batch, height, width, dims = features.shape
         raw = self.ocsvm(features.reshape(-1, dims)).reshape(batch, height, width)
-        out = torch.exp(raw.clamp(max=60.0))
+        out = torch.exp(raw.clamp(max=OCSVM_SCORE_CLAMP))
+        out = torch.where(torch.isneginf(raw), torch.full_like(out, math.nan), out)
         return torch.where(valid, out, torch.zeros_like(out))
