@@ -9,8 +9,9 @@ with ``exit_when_done:=true`` (default) the whole launch ends once the report is
 arguments default to the names ``mentor3ad to-bag`` records; the inspector arguments are those of
 inspect.launch.py.
 
-``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
-the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
+``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
+the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone
+(inspector_node then loads that profile itself; set FASTDDS_DEFAULT_PROFILES_FILE to use your own).
 """
 from launch import LaunchDescription
 from launch.actions import EmitEvent, OpaqueFunction, RegisterEventHandler
@@ -25,7 +26,7 @@ from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 INSPECTOR_CONFIG = package_file("config", "inspector.yaml")
 EVALUATOR_CONFIG = package_file("config", "evaluator.yaml")
-DDS_PROFILE = package_file("config", "fastdds_large_shm.xml")
+DDS_PROFILE = package_file("config", "fastdds_inspector.xml")
 RECORDED = {f"{key}_topic": TOPICS[key].recorded for key in ("image", "points", "depth", "camera_info")}
 EVALUATION_ARGUMENTS = {
     "evaluator_params_file": (EVALUATOR_CONFIG, "Evaluator parameter file (YAML)."),

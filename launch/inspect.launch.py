@@ -9,8 +9,9 @@ pair_timeout, publish_anomaly_map, publish_overlay, publish_markers). ``lifecycl
 managed node (``autostart:=false`` leaves the transitions to a lifecycle manager). Every argument has a
 description: ``ros2 launch mentor3ad inspect.launch.py --show-args``.
 
-``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
-the node unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
+``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
+the node unless that variable is already set; ``dds_profile:=''`` leaves the environment alone
+(inspector_node then loads that profile itself; set FASTDDS_DEFAULT_PROFILES_FILE to use your own).
 """
 from launch import LaunchDescription
 from launch.actions import OpaqueFunction
@@ -19,7 +20,7 @@ from mentor3ad.ros.launch_support import INSPECTOR_ARGUMENTS, argument, declare,
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 CONFIG = package_file("config", "inspector.yaml")
-DDS_PROFILE = package_file("config", "fastdds_large_shm.xml")
+DDS_PROFILE = package_file("config", "fastdds_inspector.xml")
 
 
 def _inspector(context):

@@ -7,7 +7,7 @@ Parameters come from ``params_file`` (default: the package's config/trainer.yaml
 override it. The node exits when the model is written (and, with ``reload_service``, swapped into the
 running inspector: a refused swap is a failure).
 
-``dds_profile`` (default: the package's config/fastdds_large_shm.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
+``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
 """
 from launch import LaunchDescription
@@ -18,7 +18,7 @@ from mentor3ad.ros.launch_support import argument, declare, flag, package_file
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 CONFIG = package_file("config", "trainer.yaml")
-DDS_PROFILE = package_file("config", "fastdds_large_shm.xml")
+DDS_PROFILE = package_file("config", "fastdds_inspector.xml")
 LIST_ARGUMENTS = {"bag_paths": "Comma-separated rosbag2 recordings of good parts.",
                   "val_bag_paths": "Comma-separated held-out recordings for threshold calibration."}
 TEXT_ARGUMENTS = {

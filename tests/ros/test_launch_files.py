@@ -150,7 +150,7 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_dds_profile_argument_sets_fastdds_profile_unless_user_set_one(path, monkeypatch, tmp_path):
     module = load(path, monkeypatch)
-    assert module.DDS_PROFILE == str(REPO / "config" / "fastdds_large_shm.xml")  # source-checkout layout
+    assert module.DDS_PROFILE == str(REPO / "config" / "fastdds_inspector.xml")  # source-checkout layout
     assert declared(module)["dds_profile"][0] == module.DDS_PROFILE
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
     actions = module._dds_profile(module.DDS_PROFILE)

@@ -288,3 +288,29 @@ def test_trainer_node_asks_the_running_inspector_to_reload(ros_node, tmp_path):
             collector.wait_for(1, 60.0)
             assert publisher.wait(30.0) == 0
     assert collector.results[0].verdict in ("PASS", "FAIL"), collector.results
+
+
+def test_frame_check_and_working_volume_are_parameters(ros_node, tiny_model):
+    model_path, _ = tiny_model
+    sequence = ["good", "other_frame", "millimetres", "good"]
+    for params, errors in (({}, {"other_frame": "differs from cloud frame 'camera_depth_optical_frame'",
+                                 "millimetres": "outside the working volume"}),
+                           ({"require_same_frame": "false",  # in the volume, the model still refuses millimetres
+                             "working_volume": "[-1000.0,1000.0,-1000.0,1000.0,0.0,1000.0]"},
+                            {"millimetres": "not in metres"})):
+        collector = ResultCollector(ros_node, "/inspector/result")
+        with start_inspector(model_path=str(model_path), **params) as inspector:
+            results = run_sequence(ros_node, collector, sequence, [inspector], scene="cell")
+        assert len(results) == len(sequence), inspector.output()
+        for kind, result in zip(sequence, results):
+            if kind in errors:
+                assert result.verdict == "ERROR" and errors[kind] in result.reason, (kind, result.reason)
+            else:
+                assert result.verdict in ("PASS", "FAIL"), (params, kind, result.reason)
+        ros_node.destroy_subscription(collector.sub)
+
+
+def test_a_bad_working_volume_is_refused_at_start(tmp_path):
+    with start_inspector(working_volume="[1.0,-1.0,-1.0,1.0,0.0,2.0]") as inspector:
+        assert inspector.wait(30.0) == 2, inspector.output()
+    assert "working_volume" in inspector.output() and "min < max" in inspector.output()

@@ -77,14 +77,14 @@ def test_replay_errors_are_named(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_replay_evaluation_runs_nodes_with_the_large_shm_profile(tmp_path, monkeypatch):
+def test_replay_evaluation_runs_nodes_with_the_inspector_profile(tmp_path, monkeypatch):
     """mentor3ad demo's ROS stage: 224x224 parts from a bag through inspector + evaluator + replay processes,
-    each started with FASTDDS_DEFAULT_PROFILES_FILE = the package's large shared-memory profile."""
+    each started with FASTDDS_DEFAULT_PROFILES_FILE = the package's inspector profile (inputs over UDP)."""
     pytest.importorskip("torch")
     from mentor3ad.io.bags import write_dataset_bag
     from mentor3ad.io.datasets.synthetic import generate_sample
     from mentor3ad.ros import graph
-    from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, large_shm_profile_path
+    from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, inspector_profile_path
 
     started = []
 
@@ -102,6 +102,6 @@ def test_replay_evaluation_runs_nodes_with_the_large_shm_profile(tmp_path, monke
     bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * SEC)
     out = graph.run_replay_evaluation(model_path, bag, tmp_path / "report", n_pairs=len(parts), rate=5.0, timeout_s=60.0)
     assert [r.verdict in ("PASS", "FAIL") for r in out["results"]] == [True, True], out["results"]
-    profile = str(large_shm_profile_path())
+    profile = str(inspector_profile_path())
     assert sorted(Path(exe).name for exe, _ in started) == ["evaluator_node", "inspector_node", "replay_node"]
     assert all(env_profile == profile for _, env_profile in started), started

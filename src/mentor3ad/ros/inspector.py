@@ -26,7 +26,7 @@ from typing import Any, Deque, Dict, Optional
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.inputs import INPUT_MODES, input_mode, input_mode_help
+from ..io.inputs import INPUT_MODES, InputChecks, WorkingVolume, input_mode, input_mode_help
 from ..model.serving import LoadOutcome, ModelSlot, OutsideLoads
 from ..types import InspectionResult, Verdict
 from . import log_outcome
@@ -34,10 +34,20 @@ from .params import ParamSpec, declare_parameters, install_validation
 from .pipeline import InspectionPipeline
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-RELIABILITIES = ("best_available", "reliable", "best_effort")
+RELIABILITIES = ("best_effort", "reliable", "best_available")
 COUNTERS = ("received", "processed", "passed", "failed", "errored", "skipped", "dropped_stale")
 _VERDICT_COUNTER = {Verdict.PASS: "passed", Verdict.FAIL: "failed", Verdict.ERROR: "errored",
                     Verdict.SKIPPED: "skipped"}
+
+
+def _volume_problem(values) -> Optional[str]:
+    """Why ``values`` is not a working volume (None when it is)."""
+    try:
+        WorkingVolume.from_list(values)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
 
 INSPECTOR_PARAMETERS = [
     ParamSpec("model_path", "", "Model file written by `mentor3ad train` / trainer_node (empty: no model; "
@@ -46,10 +56,11 @@ INSPECTOR_PARAMETERS = [
               "request without CUDA falls back to cpu once at start-up (logged, shown in diagnostics).",
               read_only=True, check=lambda v: None if _DEVICE.match(v or "") else "use auto, cpu, cuda or cuda:N"),
     ParamSpec("input_mode", "points", f"3D input: {input_mode_help()}.", read_only=True, choices=tuple(INPUT_MODES)),
-    ParamSpec("input_reliability", "best_available", "Reliability of the input subscriptions: best_available "
-              "(reliable when the driver publishes reliable, else best effort: matches every driver), reliable "
-              "(never matches a best-effort driver) or best_effort (large clouds from a driver on Fast DDS "
-              "defaults are lost: see README).", read_only=True, choices=RELIABILITIES),
+    ParamSpec("input_reliability", "best_effort", "Reliability of the input subscriptions: best_effort (matches "
+              "every driver; with the node's Fast DDS profile, config/fastdds_inspector.xml, large clouds from a "
+              "driver on defaults arrive), reliable (recorded or replayed data; never matches a best-effort driver) "
+              "or best_available (decided when subscribing: reliable if no publisher is known yet). See README: "
+              "large clouds.", read_only=True, choices=RELIABILITIES),
     ParamSpec("input_depth", 10, "History depth of the input subscriptions.", read_only=True, minimum=1),
     ParamSpec("pair_timeout", 2.0, "Seconds after an image without its 3D data before the image gets an ERROR "
               "result (no part goes without a result).", read_only=True, minimum=0.0, exclusive=True),
@@ -70,8 +81,14 @@ INSPECTOR_PARAMETERS = [
               minimum=0.0, exclusive=True),
     ParamSpec("sync_queue_size", 10, "Messages kept per input topic while waiting for partners.", read_only=True,
               minimum=1),
-    ParamSpec("min_valid_points", 16, "Fewer valid (finite, non-zero) 3D points than this gives an ERROR result.",
-              minimum=1),
+    ParamSpec("min_valid_points", 16, "Fewer valid 3D points (finite, z > 0, inside working_volume) than this "
+              "gives an ERROR result.", minimum=1),
+    ParamSpec("working_volume", [-10.0, 10.0, -10.0, 10.0, 0.0, 10.0], "[x_min, x_max, y_min, y_max, z_min, z_max] "
+              "in metres, in the 3D data's optical frame: points outside are invalid (a cell's table, walls or a "
+              "misreported unit do not enter the features).", check=_volume_problem),
+    ParamSpec("require_same_frame", True, "The image and the cloud / depth image (and CameraInfo) must carry the "
+              "same header.frame_id, else the pair gets an ERROR result (pixel-aligned data is in one frame); "
+              "false for drivers that name the frames of aligned streams differently."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", read_only=True, minimum=0.1),
 ]
 
@@ -304,10 +321,18 @@ class InspectorLogic:
                 self.publish_result(pair.header, pair.received,
                                     InspectionResult.error(f"internal error: {type(exc).__name__}: {exc}"))
 
+    def _input_checks(self) -> InputChecks:
+        """The current working_volume / require_same_frame parameters as InputChecks (cached by value)."""
+        key = (tuple(self.get_parameter("working_volume").value), bool(self.get_parameter("require_same_frame").value))
+        if getattr(self, "_checks_key", None) != key:
+            self._checks_key, self._checks = key, InputChecks(WorkingVolume.from_list(key[0]), key[1])
+        return self._checks
+
     def _process(self, pair: _Pair) -> None:
         detector, model_id, model_error = self.slot.current()
         override = float(self.get_parameter("threshold").value)
         self.pipeline.min_valid_points = int(self.get_parameter("min_valid_points").value)
+        self.pipeline.checks = self._input_checks()
         result, rgb = self.pipeline.judge(detector, pair.messages, override if override >= 0.0 else None, model_error)
         self.publish_result(pair.header, pair.received, result.replace(model_id=result.model_id or model_id))
         if not result.verdict.is_decision:
@@ -349,6 +374,10 @@ class InspectorLogic:
             level, message = DiagnosticStatus.WARN, "not listening (inactive)"
         elif not self.enabled:
             level, message = DiagnosticStatus.WARN, "inspection disabled"
+        elif self.intake.incompatible_topics:
+            level, message = DiagnosticStatus.ERROR, (f"publishers with incompatible QoS on "
+                                                      f"{', '.join(self.intake.incompatible_topics)}: their "
+                                                      f"messages never arrive (input_reliability)")
         elif self.device_note:
             level, message = DiagnosticStatus.WARN, f"running; {self.device_note}"
         else:

@@ -11,7 +11,10 @@ and guarantees that every image it receives ends in exactly one call:
   (``late``): the part already has its answer.
 
 3D messages without an image are counted per topic (``unpaired_<key>`` in :meth:`counts`); they cannot be
-answered, having no part to answer for. Counters per topic make a transport loss visible at a glance.
+answered, having no part to answer for. Counters per topic make a transport loss visible at a glance, with
+the middleware's own events: ``lost_<key>`` (messages the RMW reports lost; Fast DDS undercounts them) and
+``incompatible_qos_<key>`` (publishers whose QoS cannot match this subscription, e.g. a best-effort driver
+and ``input_reliability: reliable``: nothing will ever arrive from them; logged as an error).
 Callbacks run on the node's executor thread; the counters are read from the same thread.
 """
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Intake:
         self._on_pair = on_pair
         self._on_lone = on_lone
         self.received: Dict[str, int] = {key: 0 for key in mode.keys}
+        self.lost: Dict[str, int] = {key: 0 for key in mode.keys}
+        self.incompatible: Dict[str, int] = {key: 0 for key in mode.keys}
         self.paired = 0
         self.lone = 0
         self.late = 0
@@ -52,13 +57,28 @@ class Intake:
         self.subscribers = []
         for key in mode.keys:
             subscriber = Subscriber(node, message_class(TOPICS[key].msg_type), TOPICS[key].relative, qos_profile=qos,
-                                    **extra)
+                                    event_callbacks=self._event_callbacks(key), **extra)
             subscriber.registerCallback(self._count, key)  # before the synchronizer's: counts first
             self.subscribers.append(subscriber)
         self._sync = ApproximateTimeSynchronizer(self.subscribers, int(sync_queue_size), float(slop))
         self._sync.registerCallback(self._on_synced)
         period = min(0.1, max(0.01, self.pair_timeout / 4.0))
         self._timer = node.create_timer(period, self._expire, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def _event_callbacks(self, key: str) -> Any:
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        def on_lost(info: Any) -> None:
+            self.lost[key] += int(info.total_count_change)
+
+        def on_incompatible(info: Any) -> None:
+            self.incompatible[key] += int(info.total_count_change)
+            self.node.get_logger().error(
+                f"a publisher on {TOPICS[key].relative} offers QoS incompatible with this subscription (policy "
+                f"{getattr(info.last_policy_kind, 'name', info.last_policy_kind)}): none of its messages will "
+                f"arrive; a best-effort driver needs input_reliability: best_effort")
+
+        return SubscriptionEventCallbacks(message_lost=on_lost, incompatible_qos=on_incompatible)
 
     def _count(self, msg: Any, key: str) -> None:
         self.received[key] += 1
@@ -89,13 +109,20 @@ class Intake:
             self._on_lone(image, f"no {missing} within {self.pair_timeout:g} s of the image")
 
     def counts(self) -> Mapping[str, int]:
-        """received_<key>, unpaired_<key> (3D messages not used in a set), pairs, lone_images, late_sets,
-        waiting_images."""
+        """received_<key>, lost_<key>, incompatible_qos_<key>, unpaired_<key> (3D messages not used in a
+        set), pairs, lone_images, late_sets, waiting_images."""
         out = {f"received_{key}": count for key, count in self.received.items()}
+        out.update({f"lost_{key}": count for key, count in self.lost.items()})
+        out.update({f"incompatible_qos_{key}": count for key, count in self.incompatible.items()})
         for key in self.mode.topic_keys:
             out[f"unpaired_{key}"] = max(0, self.received[key] - self.paired - self.late)
         out.update(pairs=self.paired, lone_images=self.lone, late_sets=self.late, waiting_images=len(self._pending))
         return out
+
+    @property
+    def incompatible_topics(self) -> list:
+        """Input topics with an incompatible publisher (empty when all match)."""
+        return [TOPICS[key].relative for key, count in self.incompatible.items() if count]
 
     def close(self) -> None:
         """Destroy the subscriptions and the timer (a deactivated lifecycle node stops listening)."""

@@ -32,6 +32,8 @@ PAIR_KINDS = (
     "few_points",  # all points NaN
     "truncated",  # image data shorter than height * step
     "zero_intrinsics",  # camera_info with fx = fy = 0 (depth mode)
+    "other_frame",  # the 3D data (and camera_info) in frame "camera_depth_optical_frame", the image in "camera"
+    "millimetres",  # a cloud in millimetres declared as metres: every point beyond the 10 m working volume
     "lone_image",  # the image only: its 3D data never comes
 )
 QOS_CHOICES = ("deep", "default", "sensor")  # reliable depth >= 10 | rclpy default (reliable, depth 10) | best effort
@@ -90,6 +92,8 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, sce
         raise ValueError(f"scene must be plane or cell, got {scene!r}")
     if kind == "few_points":
         xyz = np.full_like(xyz, np.nan)
+    if kind == "millimetres":
+        xyz = xyz * 1000.0
     if kind == "mismatched_sizes":
         xyz = xyz[:-1, :-1]
     if len(MODES[mode]) > 1:
@@ -118,9 +122,18 @@ def build_pair(kind: str, width: int, height: int, mode: str, seed: int = 0, sce
     return pair
 
 
-def to_messages(pair: Dict[str, Dict[str, Any]], stamp_ns: int, frame_id: str = "camera") -> Dict[str, Any]:
-    """Field dicts -> rclpy messages sharing one header (stamp_ns, frame_id)."""
-    return build_messages(pair, stamp_ns, frame_id)
+OTHER_FRAME = "camera_depth_optical_frame"
+
+
+def to_messages(pair: Dict[str, Dict[str, Any]], stamp_ns: int, frame_id: str = "camera",
+                kind: str = "good") -> Dict[str, Any]:
+    """Field dicts -> rclpy messages sharing one header (stamp_ns, frame_id); kind "other_frame": the 3D
+    messages in :data:`OTHER_FRAME`."""
+    messages = build_messages(pair, stamp_ns, frame_id)
+    if kind == "other_frame":
+        others = build_messages({k: v for k, v in pair.items() if k != "image"}, stamp_ns, OTHER_FRAME)
+        messages.update(others)
+    return messages
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -162,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         pubs = {t: node.create_publisher(message_class(TOPICS[t].msg_type), TOPICS[t].relative, qos) for t in topics}
         # build every pair (during discovery) so that the publishing rate is not limited by scene generation
         batches = [to_messages(build_pair(kind, width, height, args.mode, seed=args.seed + i, scene=args.scene,
-                                          defect=args.defect), args.start_ns + i * args.period_ns)
+                                          defect=args.defect), args.start_ns + i * args.period_ns, kind=kind)
                    for i, kind in enumerate(kinds)]
         deadline = time.monotonic() + args.wait
         while any(p.get_subscription_count() == 0 for p in pubs.values()):

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..eval.visualize import threshold_overlay
-from ..io.inputs import InputMode
+from ..io.inputs import DEFAULT_CHECKS, InputChecks, InputMode
 from ..types import InspectionResult
 from . import bridges, result_codec
 from .messages import image_from_array
@@ -27,15 +27,17 @@ from .messages import image_from_array
 class InspectionPipeline:
     """Per-pair processing of the inspector (see module docstring)."""
 
-    def __init__(self, mode: InputMode, result_name: str, min_valid_points: int = 16):
+    def __init__(self, mode: InputMode, result_name: str, min_valid_points: int = 16,
+                 checks: InputChecks = DEFAULT_CHECKS):
         self.mode = mode
         self.result_name = result_name
         self.min_valid_points = int(min_valid_points)
+        self.checks = checks  # frame agreement and working volume (mentor3ad.io.inputs.InputChecks)
 
     def convert(self, messages: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
         """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 m); InputError naming the problem.
         Encodings only cv_bridge / sensor_msgs_py read are converted by them (:mod:`mentor3ad.ros.bridges`)."""
-        return self.mode.convert(bridges.normalize(messages), self.min_valid_points)
+        return self.mode.convert(bridges.normalize(messages), self.min_valid_points, self.checks)
 
     def judge(self, detector: Any, messages: Mapping[str, Any], threshold: Optional[float] = None,
               model_error: str = "no model loaded") -> Tuple[InspectionResult, Optional[np.ndarray]]:

@@ -15,14 +15,19 @@ from .. import configure_local_discovery
 
 
 def run_node(node_factory: Callable, argv: Optional[List[str]], prog: str,
-             loop: Optional[Callable] = None) -> int:
-    """Create the node and spin it until Ctrl-C; ``loop(executor, node) -> exit code`` replaces the plain spin."""
+             loop: Optional[Callable] = None, dds_profile: bool = False) -> int:
+    """Create the node and spin it until Ctrl-C; ``loop(executor, node) -> exit code`` replaces the plain spin.
+    dds_profile: load the package's inspector Fast DDS profile unless the user set one (large inputs)."""
     import signal
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     configure_local_discovery()
+    if dds_profile:
+        from ..dds import use_package_profile
+
+        use_package_profile()
     rclpy.init(args=argv)
     node = None
     code = 0

@@ -95,14 +95,14 @@ class LifecycleInspectorNode(InspectorLogic, LifecycleNode):
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     parse_node_help(argv, "inspector_node", DESCRIPTION, INSPECTOR_PARAMETERS)
-    return run_node(InspectorNode, argv, "inspector_node")
+    return run_node(InspectorNode, argv, "inspector_node", dds_profile=True)
 
 
 def lifecycle_main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     parse_node_help(argv, "inspector_lifecycle_node", DESCRIPTION + " Managed (lifecycle) node.",
                     INSPECTOR_PARAMETERS + LIFECYCLE_PARAMETERS)
-    return run_node(LifecycleInspectorNode, argv, "inspector_lifecycle_node")
+    return run_node(LifecycleInspectorNode, argv, "inspector_lifecycle_node", dds_profile=True)
 
 
 if __name__ == "__main__":
