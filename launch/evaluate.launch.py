@@ -5,7 +5,9 @@
 With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/test``) and pass it as
 ``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
-with ``exit_when_done:=true`` (default) the whole launch ends once the report is written. The topic
+with ``exit_when_done:=true`` (default) the whole launch ends once the report is written. With
+``pace:=true`` (default) the replay waits for the inspector's results (at most ``max_in_flight`` parts
+unanswered), so a CPU slower than the recording still evaluates every part. The topic
 arguments default to the names ``mentor3ad to-bag`` records; the inspector arguments are those of
 inspect.launch.py.
 
@@ -33,6 +35,10 @@ EVALUATION_ARGUMENTS = {
     "bag": ("", "Test recording to replay with replay_node and to take the ground truth from."),
     "ground_truth_bag": ("", "Test recording with ground truth when `bag` is empty (you play it)."),
     "rate": ("1.0", "Replay rate factor (replay_node --rate)."),
+    "pace": ("true", "Hold the replay while `max_in_flight` parts have no result yet: every recorded part is "
+                     "evaluated however slow the CPU (false: recorded timing; parts beyond the inspector's queue "
+                     "are answered SKIPPED and not evaluated)."),
+    "max_in_flight": ("2", "Parts published without a result, at most, when `pace` is true."),
     "output_dir": ("", "Report directory; empty keeps the evaluator params file's value."),
     "expected_pairs": ("", "Write the report after this many pairs; empty keeps the params file's value."),
     "exit_when_done": ("true", "End the launch (all nodes) once the evaluator has written its report."),
@@ -57,9 +63,12 @@ def _nodes(context):
                      arguments=log, output="screen")
     actions = _dds_profile(argument(context, "dds_profile")) + [inspector_node(context), evaluator]
     if argument(context, "bag"):
+        topics = played_topics(context)
+        pacing = (["--pace-on", topics[0], "--pace-results", "inspector/result",
+                   "--max-in-flight", argument(context, "max_in_flight")] if flag(context, "pace") else [])
         actions.append(Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
                             arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
-                                       "--wait-for-subscribers", "--topics", *played_topics(context), *log],
+                                       "--wait-for-subscribers", "--topics", *topics, *pacing, *log],
                             output="screen"))
     if flag(context, "exit_when_done"):
         actions.append(RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[

@@ -24,7 +24,7 @@ REQUIRED = {
     "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
                                            "camera_info_topic", "bag_paths", "output_model_path", "reload_service"},
-    "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done"},
+    "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight"},
 }
 
 
@@ -137,6 +137,13 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     replay = [a for a in actions if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]
     topics = replay.kwargs["arguments"]
     assert {"/camera/image", "/camera/depth", "/camera/camera_info"} <= set(topics) and "/camera/points" not in topics
+    # paced by default: the replay waits for the inspector's results on the image topic's parts
+    assert topics[topics.index("--pace-on") + 1] == "/camera/image"
+    assert topics[topics.index("--pace-results") + 1] == "inspector/result"
+    assert topics[topics.index("--max-in-flight") + 1] == "2"
+    unpaced, _ = run(module, bag="/bags/test", pace="false")
+    replay = [a for a in unpaced if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]
+    assert "--pace-on" not in replay.kwargs["arguments"]
     handlers = [a for a in actions if isinstance(a, Recorder) and not a.kwargs.get("executable")]
     assert handlers, "no shutdown when the evaluator exits"
     event = handlers[0].args[0]

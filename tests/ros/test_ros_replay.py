@@ -105,3 +105,40 @@ def test_replay_evaluation_runs_nodes_with_the_inspector_profile(tmp_path, monke
     profile = str(inspector_profile_path())
     assert sorted(Path(exe).name for exe, _ in started) == ["evaluator_node", "inspector_node", "replay_node"]
     assert all(env_profile == profile for _, env_profile in started), started
+
+
+@pytest.mark.timeout(180)
+def test_paced_replay_gets_every_part_answered_by_a_slow_inspector(tmp_path, ros_node):
+    """A bag of 10 Hz parts played as fast as possible into an inspector whose queue holds one part: paced
+    by the result topic, every part is inspected (none SKIPPED); unpaced, the same replay loses parts."""
+    pytest.importorskip("torch")
+    from mentor3ad.io.bags import write_dataset_bag
+    from mentor3ad.io.datasets.synthetic import generate_sample
+    from mentor3ad.io.inputs import TOPICS
+    from mentor3ad.ros.graph import ResultCollector, executable, inspector_command
+
+    model_path = tmp_path / "tiny.m3ad"
+    train_tiny_model(model_path, n_train=4, n_val=2)
+    parts = [generate_sample(400 + i, (64, 64), name=f"test/good/{i}") for i in range(6)]
+    bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * SEC)
+    recorded = {key: TOPICS[key].recorded for key in ("image", "points")}
+    cmd = inspector_command(model_path, reliable_inputs=list(recorded.values()), input_depth=20,
+                            params={"queue_size": 1}, remaps=recorded)
+    collector = ResultCollector(ros_node, "/inspector/result")
+    verdicts = {}
+    with NodeProcess(cmd) as inspector:
+        assert collector.wait_for_publisher(120.0), inspector.output()
+        for paced in (True, False):
+            collector.results.clear()
+            pacing = ["--pace-on", recorded["image"], "--pace-results", "/inspector/result"] if paced else []
+            replay_cmd = [executable("replay_node"), str(bag), "--rate", "0", "--wait-for-subscribers",
+                          "--linger", "0.2", "--topics", *recorded.values(), *pacing]
+            with NodeProcess(replay_cmd) as replay:
+                spin_until(ros_node, lambda: replay.proc.poll() is not None, 120.0)
+                assert replay.wait(10.0) == 0, replay.output()
+            spin_until(ros_node, lambda: len(collector.results) >= len(parts), 30.0)
+            verdicts[paced] = [r.verdict for r in collector.results]
+            if paced:
+                assert "6 result(s) for 6 part(s)" in replay.output(), replay.output()
+    assert len(verdicts[True]) == len(parts) and set(verdicts[True]) <= {"PASS", "FAIL"}, verdicts
+    assert len(verdicts[False]) == len(parts) and "SKIPPED" in verdicts[False], verdicts

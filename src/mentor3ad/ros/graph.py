@@ -191,12 +191,12 @@ def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pai
     recorded = {key: TOPICS[key].recorded for key in ("image", "points")}
     inspector_cmd = inspector_command(
         model_path, reliable_inputs=list(recorded.values()), input_depth=max(10, n_pairs),  # recorded data: no loss
-        params={"use_sim_time": True, "queue_size": max(8, n_pairs)}, remaps=recorded)
+        params={"use_sim_time": True}, remaps=recorded)
     evaluator_cmd = [executable("evaluator_node"), "--ros-args", "-p", f"ground_truth_bag:={bag_path}",
                      "-p", f"output_dir:={out_dir}", "-p", "exit_when_done:=true", "-p", "use_sim_time:=true",
                      "-r", "result:=/inspector/result", "-r", "anomaly_map:=/inspector/anomaly_map"]
     replay_cmd = [executable("replay_node"), str(bag_path), "--rate", str(rate), "--clock", "--wait-for-subscribers",
-                  "--topics", *recorded.values()]
+                  "--topics", *recorded.values(), "--pace-on", recorded["image"], "--pace-results", "/inspector/result"]
     # 224x224 clouds exceed Fast DDS' default 512 KiB shared-memory segment: the node processes get the
     # package's large-segment profile (an existing FASTDDS_DEFAULT_PROFILES_FILE is kept)
     node_env = with_dds_profile()

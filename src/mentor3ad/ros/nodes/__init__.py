@@ -18,6 +18,7 @@ def run_node(node_factory: Callable, argv: Optional[List[str]], prog: str,
              loop: Optional[Callable] = None, dds_profile: bool = False) -> int:
     """Create the node and spin it until Ctrl-C; ``loop(executor, node) -> exit code`` replaces the plain spin.
     dds_profile: load the package's inspector Fast DDS profile unless the user set one (large inputs)."""
+    import faulthandler
     import signal
 
     import rclpy
@@ -29,6 +30,9 @@ def run_node(node_factory: Callable, argv: Optional[List[str]], prog: str,
 
         use_package_profile()
     rclpy.init(args=argv)
+    # launch escalates to SIGTERM when a node has not exited 5 s after SIGINT: print every thread's stack
+    # first (into the launch log), then let rclpy's handler run, so a hang at shutdown can be diagnosed
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     node = None
     code = 0
     try:

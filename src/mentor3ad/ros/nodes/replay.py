@@ -6,6 +6,12 @@ What ``ros2 bag play --clock`` does for evaluation: messages are published in re
 CDR bytes are published as they are (rclpy publishes serialized messages), so every message type
 whose Python package is installed can be replayed without conversion.
 
+Paced replay (``--pace-on /camera/image --pace-results inspector/result``) is for evaluation on a machine
+slower than the recording: before each message of the part topic it waits until at most
+``--max-in-flight`` parts are without a result (the inspector answers every image exactly once, so results
+are counted, not matched). Recorded spacing is kept between waits and /clock stops while waiting, so a
+slow CPU evaluates every recorded part instead of answering most of them SKIPPED (queue full).
+
 Console script ``replay_node`` and ``mentor3ad replay`` share :func:`add_replay_arguments` and
 :func:`replay_bag`.
 """
@@ -44,7 +50,56 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--wait-timeout", type=float, default=20.0, help="seconds to wait for subscribers")
     parser.add_argument("--start-delay", type=float, default=0.2, help="seconds between discovery and the first message")
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
+    parser.add_argument("--pace-on", default="", metavar="TOPIC",
+                        help="played topic whose messages are parts (the image topic); with --pace-results")
+    parser.add_argument("--pace-results", default="", metavar="TOPIC",
+                        help="result topic (diagnostic_msgs/DiagnosticArray, one message per part) to pace by")
+    parser.add_argument("--max-in-flight", type=int, default=2, help="parts published without a result, at most")
+    parser.add_argument("--pace-timeout", type=float, default=120.0,
+                        help="seconds to wait for one part's result before playing on (logged)")
     return parser
+
+
+class ResultPacer:
+    """Counts results on ``topic`` and holds playback while ``max_in_flight`` parts are unanswered.
+
+    Runs on the replay thread: :meth:`wait_for_room` spins ``node`` itself."""
+
+    def __init__(self, node: Any, topic: str, max_in_flight: int, timeout_s: float) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        if max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be >= 1, got {max_in_flight}")
+        self.node, self.max_in_flight, self.timeout_s = node, max_in_flight, timeout_s
+        self.parts = self.results = self.timeouts = 0
+        self.waited_s = 0.0
+        self.sub = node.create_subscription(DiagnosticArray, topic, self._count,
+                                            QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+
+    def _count(self, _msg: Any) -> None:
+        self.results += 1
+
+    def wait(self, until_in_flight: int) -> float:
+        """Spin until at most ``until_in_flight`` parts lack a result (or the timeout); returns seconds waited."""
+        import rclpy
+
+        start = time.monotonic()
+        while self.parts - self.results > until_in_flight:
+            if time.monotonic() - start > self.timeout_s:
+                self.timeouts += 1
+                self.node.get_logger().warning(
+                    f"{self.parts - self.results} part(s) without a result after {self.timeout_s} s; playing on")
+                break
+            rclpy.spin_once(self.node, timeout_sec=0.02)
+        waited = time.monotonic() - start
+        self.waited_s += waited
+        return waited
+
+    def before_part(self) -> float:
+        waited = self.wait(self.max_in_flight - 1)
+        self.parts += 1
+        return waited
 
 
 def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = None,
@@ -60,6 +115,8 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
 
     if args.rate < 0:
         raise ConfigError(f"--rate must be >= 0, got {args.rate}")
+    if bool(args.pace_on) != bool(args.pace_results):
+        raise ConfigError("--pace-on and --pace-results go together (the part topic and the result topic)")
     directory = bag_directory(args.bag)
     configure_local_discovery()
     rclpy.init(args=list(ros_args) if ros_args else None)
@@ -79,6 +136,10 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
                     publishers[topic] = node.create_publisher(message_class(available[topic]), topic, qos)
                 except ConfigError as exc:
                     node.get_logger().warning(f"skipping {topic}: {exc}")
+            if args.pace_on and args.pace_on not in publishers:
+                raise ConfigError(f"--pace-on {args.pace_on}: not a played topic; played: {sorted(publishers)}")
+            pacer = (ResultPacer(node, args.pace_results, args.max_in_flight, args.pace_timeout)
+                     if args.pace_on else None)
             clock_pub = node.create_publisher(Clock, "/clock", 10) if args.clock else None
             if args.wait_for_subscribers:
                 deadline = time.monotonic() + args.wait_timeout
@@ -92,7 +153,9 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
             connections = [c for c in reader.connections if c.topic in publishers]
             total = sum(c.msgcount for c in connections)
             node.get_logger().info(f"playing {total} messages on {sorted(publishers)} from {directory} "
-                                   f"at rate {args.rate}{' with /clock' if clock_pub else ''}")
+                                   f"at rate {args.rate}{' with /clock' if clock_pub else ''}"
+                                   + (f", paced by {args.pace_results} (at most {args.max_in_flight} part(s) "
+                                      f"without a result)" if pacer else ""))
             wall_start = bag_start = None
             clock_period = 1.0 / args.clock_frequency if args.clock_frequency > 0 else None
 
@@ -106,6 +169,8 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
                 if wall_start is None:
                     wall_start, bag_start = time.monotonic(), timestamp
                     publish_clock(timestamp)
+                if pacer is not None and connection.topic == args.pace_on:
+                    wall_start += pacer.before_part()  # recorded spacing resumes after the wait
                 if args.rate > 0:
                     due = wall_start + (timestamp - bag_start) / 1e9 / args.rate
                     while True:
@@ -121,6 +186,10 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
                 published += 1
                 if progress is not None:
                     progress(published, total)
+            if pacer is not None:
+                pacer.wait(0)
+                node.get_logger().info(f"{pacer.results} result(s) for {pacer.parts} part(s); waited "
+                                       f"{pacer.waited_s:.1f} s for results, {pacer.timeouts} timeout(s)")
             time.sleep(max(0.0, args.linger))
     finally:
         node.destroy_node()
