@@ -7,7 +7,8 @@ With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/t
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
 with ``exit_when_done:=true`` (default) the whole launch ends once the report is written. With
 ``pace:=true`` (default) the replay waits for the inspector's results (at most ``max_in_flight`` parts
-unanswered), so a CPU slower than the recording still evaluates every part. The topic
+unanswered), so a CPU slower than the recording still evaluates every part; the inspector's inputs are
+reliable here (``input_reliability`` defaults to ``reliable``), so no recorded part is lost on the way. The topic
 arguments default to the names ``mentor3ad to-bag`` records; the inspector arguments are those of
 inspect.launch.py.
 
@@ -77,7 +78,9 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    defaults = {"params_file": INSPECTOR_CONFIG, "dds_profile": DDS_PROFILE, "use_sim_time": "true", **RECORDED,
+    # a recording is replayed reliably (nothing of it may be lost); live cameras keep best_effort
+    defaults = {"params_file": INSPECTOR_CONFIG, "dds_profile": DDS_PROFILE, "use_sim_time": "true",
+                "input_reliability": "reliable", **RECORDED,
                 **{name: value for name, (value, _) in EVALUATION_ARGUMENTS.items()}}
     descriptions = {name: text for name, (_, text) in EVALUATION_ARGUMENTS.items()}
     return LaunchDescription(declare(list(INSPECTOR_ARGUMENTS) + list(EVALUATION_ARGUMENTS), defaults, descriptions)

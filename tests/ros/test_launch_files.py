@@ -141,6 +141,7 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     assert topics[topics.index("--pace-on") + 1] == "/camera/image"
     assert topics[topics.index("--pace-results") + 1] == "inspector/result"
     assert topics[topics.index("--max-in-flight") + 1] == "2"
+    assert declared(module)["input_reliability"][0] == "reliable"  # a recording: nothing may be lost
     unpaced, _ = run(module, bag="/bags/test", pace="false")
     replay = [a for a in unpaced if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]
     assert "--pace-on" not in replay.kwargs["arguments"]
