@@ -96,7 +96,7 @@ def test_bad_inputs_and_table(capsys):
     with pytest.raises(ValueError, match="6 samples but 5 model predictions"):
         evaluate_predictions(samples, _oracle(samples)[:5])
     unlabelled = generate_sample(0, RES)
-    unlabelled.mask = None
+    unlabelled.mask, unlabelled.label = None, None  # neither a mask nor a label: nothing to evaluate against
     with pytest.raises(ValueError, match="no ground-truth mask"):
         evaluate_predictions([unlabelled], _oracle(samples)[:1])
     rows = [{"name": "ours", "i_auroc": 0.91234, "p_auroc": float("nan"), "aupro_30": 0.5, "aupro_1": 0.1}]
@@ -105,6 +105,21 @@ def test_bad_inputs_and_table(capsys):
     report = evaluate_predictions(samples, _oracle(samples), naive={"i_auroc": 0.6})
     assert [r["name"] for r in report_rows(report)] == ["mentor3ad", "naive baseline"]
     assert "naive baseline | 0.600" in format_metric_table(report_rows(report))
+
+
+def test_good_only_parts_give_the_false_reject_rate(tmp_path):
+    """Good parts without masks (a validation split, a recording of today's good parts): verdicts and the
+    false-reject rate are reported, the curve metrics are NaN (one class), and the report files are written."""
+    goods = [generate_sample(200 + i, RES, name=f"validation/good/{i:03d}") for i in range(4)]
+    for sample in goods:
+        sample.mask, sample.label = None, 0
+    preds = [decide(np.full(RES, score, np.float32), 0.5) for score in (0.1, 0.2, 0.9, 0.3)]  # one false reject
+    report = evaluate_predictions(goods, preds, out_dir=tmp_path)
+    assert report["rates"]["false_rejects"] == 1 and report["rates"]["good_parts"] == 4
+    assert report["rates"]["false_reject_rate"] == pytest.approx(0.25)
+    assert np.isnan(report["metrics"]["i_auroc"]) and np.isnan(report["metrics"]["aupro_30"])
+    for name in ("report.json", "roc.png", "pro.png", "gallery.html"):
+        assert (tmp_path / name).is_file(), name
 
 
 TINY = {**LEARNING_CONFIG, "train": dict(mfm_epochs=2, mgm_epochs=3, vm_steps=20, batch_size=2)}

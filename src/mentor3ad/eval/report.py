@@ -33,8 +33,14 @@ PathLike = Union[str, Path]
 
 
 def _labels_and_masks(samples: Sequence[Sample]):
+    """(labels, masks) of labelled samples; a part known to be good (label 0) without a mask has an empty
+    mask, so good-only recordings can be evaluated (verdicts and false-reject rate; AUROC/AUPRO are NaN)."""
     masks, labels = [], []
     for i, s in enumerate(samples):
+        if s.mask is None and s.label == 0:
+            masks.append(np.zeros(np.asarray(s.rgb).shape[:2], np.uint8))
+            labels.append(0)
+            continue
         if s.mask is None:
             raise InputError(
                 f"sample {s.name or i} has no ground-truth mask; evaluation needs labelled test data "

@@ -56,6 +56,14 @@ def threshold_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float
     return heatmap_overlay(rgb, amap, 0.0, vmax, [r.bbox for r in regions])
 
 
+def _legend_or_note(ax: Any, note: str) -> None:
+    """A legend when curves were drawn, else ``note`` in the middle of the axes (single-class data)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+
+
 def plot_curves(curves: Mapping[str, Any], metrics: Mapping[str, Any], out: Path, title: str) -> None:
     import matplotlib
 
@@ -69,7 +77,7 @@ def plot_curves(curves: Mapping[str, Any], metrics: Mapping[str, Any], out: Path
         ax.plot(*curves["pixel_roc"], label=f"pixel (P-AUROC {metrics['p_auroc']:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right")
+    _legend_or_note(ax, "no ROC: the parts are all good or all defective")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
     plt.close(fig)
@@ -83,7 +91,7 @@ def plot_curves(curves: Mapping[str, Any], metrics: Mapping[str, Any], out: Path
             ax.axvline(limit, color="grey", ls="--", lw=0.8)
     ax.set(xlabel="false positive rate (pixels)", ylabel="per-region overlap", title=f"{title}: PRO", xlim=(0, 0.35),
            ylim=(0, 1.01))
-    ax.legend(loc="lower right")
+    _legend_or_note(ax, "no PRO curve: no defect region in the masks")
     fig.tight_layout()
     fig.savefig(out / "pro.png", dpi=100)
     plt.close(fig)
