@@ -58,3 +58,15 @@ def test_split_validation_holds_out_the_tail():
     assert split_validation([1], 0.5) == ([1], [])
     with pytest.raises(ValueError, match="val_fraction"):
         split_validation([1, 2], 1.0)
+
+
+def test_readme_parameter_tables_are_the_declared_ones():
+    """The README's node parameter tables are generated from the declarations (markdown_table) and kept equal."""
+    from mentor3ad.ros.nodes.inspector import LIFECYCLE_PARAMETERS
+
+    readme = (REPO / "README.md").read_text()
+    for name, specs in (("inspector", INSPECTOR_PARAMETERS), ("lifecycle", LIFECYCLE_PARAMETERS),
+                        ("trainer", TRAINER_PARAMETERS), ("evaluator", EVALUATOR_PARAMETERS)):
+        assert markdown_table(specs) in readme, (
+            f"README's {name} parameter table differs from the node's declarations; paste the output of "
+            f"mentor3ad.ros.params.markdown_table for it")

@@ -130,7 +130,9 @@ def test_paced_replay_gets_every_part_answered_by_a_slow_inspector(tmp_path, ros
         assert collector.wait_for_publisher(120.0), inspector.output()
         for paced in (True, False):
             collector.results.clear()
-            pacing = ["--pace-on", recorded["image"], "--pace-results", "/inspector/result"] if paced else []
+            # one part in flight for a one-part queue (the worker may not have taken the last part yet)
+            pacing = (["--pace-on", recorded["image"], "--pace-results", "/inspector/result", "--max-in-flight", "1"]
+                      if paced else [])
             replay_cmd = [executable("replay_node"), str(bag), "--rate", "0", "--wait-for-subscribers",
                           "--linger", "0.2", "--topics", *recorded.values(), *pacing]
             with NodeProcess(replay_cmd) as replay:
