@@ -61,6 +61,8 @@ setup(
     ]
     + _pip_launchers(),
     install_requires=["setuptools"],
+    # `colcon test` runs pytest (instead of unittest) when the package declares it as its test dependency
+    extras_require={"test": ["pytest"]},
     zip_safe=False,
     maintainer="mentor3ad developers",
     maintainer_email="dev@mentor3ad.invalid",
