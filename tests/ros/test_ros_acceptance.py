@@ -2,7 +2,6 @@
 train from a bag (trainer_node), replay a test bag (replay_node) through inspector + evaluator, and
 compare the evaluator's report with the offline evaluation of the same bag."""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("rosbags")
 
 from helpers import TINY_MODEL_CONFIG  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.graph import console_script, NodeProcess, ResultCollector, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -22,8 +21,8 @@ TEST_DEFECTS = ["good", "good", "good", "bump", "scratch", "bump", "scratch"]
 
 
 def _exe(name):
-    path = shutil.which(name)
-    assert path, f"console script {name} not on PATH (run ./run.sh setup)"
+    path = console_script(name)
+    assert path, f"console script {name} not installed (run ./run.sh setup or colcon build)"
     return path
 
 

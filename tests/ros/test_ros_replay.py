@@ -1,5 +1,4 @@
 """``replay_node`` / ``mentor3ad replay``: bag messages in recording-time order with /clock, over DDS."""
-import shutil
 from pathlib import Path
 import subprocess
 import sys
@@ -11,7 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, spin_until  # noqa: E402
+from mentor3ad.ros.graph import console_script, NodeProcess, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
@@ -52,8 +51,8 @@ def test_replay_in_time_order_with_clock(tmp_path, ros_node, launcher):
         ros_node.create_subscription(Image, topic, lambda m: received.append(
             (m.header.frame_id, m.header.stamp.sec * SEC + m.header.stamp.nanosec)), qos)
     ros_node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * SEC + m.clock.nanosec), 50)
-    exe = shutil.which(launcher)
-    assert exe, f"{launcher} not on PATH"
+    exe = console_script(launcher)
+    assert exe, f"{launcher} not installed (run ./run.sh setup or colcon build)"
     cmd = [exe] + (["replay"] if launcher == "mentor3ad" else []) + [
         str(bag), "--rate", "2", "--clock", "--wait-for-subscribers", "--linger", "0.5"]
     with NodeProcess(cmd) as replay:
