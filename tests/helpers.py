@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import pytest
+from mentor3ad.package_files import package_executable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(
@@ -110,7 +110,7 @@ def train_tiny_model(path, n_train: int = 6, n_val: int = 3, resolution=(64, 64)
 
 def run_mentor3ad(*args, timeout=300):
     """Run the installed ``mentor3ad`` console script; returns (exit code, stdout, stdout + stderr)."""
-    proc = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), *map(str, args)],
+    proc = subprocess.run([package_executable("mentor3ad"), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stdout + proc.stderr
 

@@ -1,11 +1,13 @@
-"""The package's data files (``config/``, ``launch/``, ``models/``) wherever it is installed: a source
-checkout, a colcon / ament install (``share/mentor3ad``) or a pip install (``sys.prefix/share/mentor3ad``)."""
+"""The package's data files (``config/``, ``launch/``, ``models/``) and executables wherever it is installed:
+a source checkout, a colcon / ament install (``share/mentor3ad``, ``lib/mentor3ad``) or a pip install
+(``sys.prefix/share/mentor3ad``, ``bin/``)."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 from .errors import ConfigError
 
@@ -41,3 +43,17 @@ def package_file_candidates(parts: Sequence[str]) -> Iterator[Path]:
     for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
         yield Path(prefix, "share", PACKAGE).joinpath(*parts)
     yield Path(sys.prefix, "share", PACKAGE).joinpath(*parts)
+
+
+def package_executable(name: str) -> Optional[str]:
+    """Path of an executable of this package (``inspector_node``, ``mentor3ad``, ...): beside the running
+    interpreter (pip venv), in ``<prefix>/lib/mentor3ad`` of every AMENT_PREFIX_PATH entry (colcon,
+    ``ros2 run``), else on PATH; None when not installed."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidate = Path(prefix, "lib", PACKAGE, name)
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)

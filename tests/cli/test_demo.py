@@ -3,11 +3,10 @@ training -> offline evaluation -> rosbag replay through the live inspector and e
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from helpers import TINY_MODEL_CONFIG, set_arguments
+from mentor3ad.package_files import package_executable
 
 pytest.importorskip("rclpy")
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -16,7 +15,7 @@ TINY = ["--set", "features.rgb_weights=none", *set_arguments({key: TINY_MODEL_CO
 
 
 def test_demo_runs_every_stage_and_ros_replay_matches_offline(tmp_path):
-    mentor3ad = Path(sys.executable).parent / "mentor3ad"
+    mentor3ad = package_executable("mentor3ad")
     cmd = [str(mentor3ad), "demo", "--dataset-scale", "0.25", "--resolution", "64", "--no-progress",
            "--data", str(tmp_path / "data"), "--work-dir", str(tmp_path / "run"),
            "--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models"), *TINY]

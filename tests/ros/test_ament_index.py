@@ -49,3 +49,21 @@ def test_executables_in_lib_run(share):
         proc = subprocess.run([str(lib / name), "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{name} --help: {proc.stderr}"
         assert word in proc.stdout, f"{name} --help lacks {word}: {proc.stdout}"
+
+
+def test_executables_are_found_in_a_colcon_layout(tmp_path, monkeypatch):
+    """Under colcon the executables live in <prefix>/lib/mentor3ad (not beside the interpreter, not on PATH):
+    package_executable finds them through AMENT_PREFIX_PATH, as `ros2 run` does."""
+    from mentor3ad import package_files
+
+    prefix = tmp_path / "install" / "mentor3ad"
+    lib = prefix / "lib" / "mentor3ad"
+    lib.mkdir(parents=True)
+    script = lib / "replay_node"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(package_files.sys, "executable", str(tmp_path / "python" / "bin" / "python3"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", os.pathsep.join([str(tmp_path / "other"), str(prefix)]))
+    assert package_files.package_executable("replay_node") == str(script)
+    assert package_files.package_executable("inspector_node") is None

@@ -2,7 +2,6 @@
 train from a bag (trainer_node), replay a test bag (replay_node) through inspector + evaluator, and
 compare the evaluator's report with the offline evaluation of the same bag."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("rosbags")
 
 from helpers import TINY_MODEL_CONFIG  # noqa: E402
-from mentor3ad.ros.graph import console_script, NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -21,7 +21,7 @@ TEST_DEFECTS = ["good", "good", "good", "bump", "scratch", "bump", "scratch"]
 
 
 def _exe(name):
-    path = console_script(name)
+    path = package_executable(name)
     assert path, f"console script {name} not installed (run ./run.sh setup or colcon build)"
     return path
 
@@ -116,9 +116,8 @@ def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_no
 
     # the evaluator's report equals `mentor3ad evaluate` on the same bag
     import subprocess
-    import sys
 
-    cli = subprocess.run([str(Path(sys.executable).parent / "mentor3ad"), "evaluate", "--model", str(model),
+    cli = subprocess.run([package_executable("mentor3ad"), "evaluate", "--model", str(model),
                           "--data", str(bags["test"]), "--out", str(tmp_path / "offline"), "--no-naive",
                           "--no-progress"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stdout + cli.stderr

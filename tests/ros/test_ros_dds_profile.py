@@ -9,7 +9,8 @@ from helpers import REPO_ROOT as REPO
 from helpers import train_tiny_model
 from mentor3ad.ros.dds import (FASTDDS_PROFILE_ENV, inspector_profile_path, large_shm_profile_path,
                                use_package_profile, with_dds_profile)
-from mentor3ad.ros.graph import console_script, NodeProcess
+from mentor3ad.package_files import package_executable
+from mentor3ad.ros.graph import NodeProcess
 
 # Best-effort publisher of N cell pairs at SIZE (runs in its own process: Fast DDS reads the profile file
 # once per process, so the pytest process, whose participants may already exist, cannot be used).
@@ -78,7 +79,7 @@ def stock_environment():
 def test_224_clouds_from_a_best_effort_driver_on_defaults_reach_the_inspector(tmp_path, monkeypatch):
     rclpy = pytest.importorskip("rclpy")
     pytest.importorskip("torch")
-    exe = console_script("inspector_node")
+    exe = package_executable("inspector_node")
     assert exe, "console script inspector_node not installed (run ./run.sh setup or colcon build)"
     model_path = tmp_path / "tiny.m3ad"
     train_tiny_model(model_path, n_train=4, n_val=2)
@@ -115,7 +116,7 @@ def test_a_qos_mismatch_is_an_error_in_diagnostics_not_silence(tmp_path):
 
     from mentor3ad.ros.graph import ResultCollector, spin_until
 
-    exe = console_script("inspector_node")
+    exe = package_executable("inspector_node")
     model_path = tmp_path / "tiny.m3ad"
     train_tiny_model(model_path, n_train=4, n_val=2)
     inspector_cmd = [exe, "--ros-args", "-r", "__node:=inspector", "-p", f"model_path:={model_path}",

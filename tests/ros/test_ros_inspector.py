@@ -10,7 +10,8 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import console_script, NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -28,7 +29,7 @@ def tiny_model(tmp_path_factory):
 
 
 def start_inspector(name="inspector", **params):
-    exe = console_script("inspector_node")
+    exe = package_executable("inspector_node")
     assert exe, "console script inspector_node not installed (run ./run.sh setup or colcon build)"
     args = [exe, "--ros-args", "-r", f"__node:={name}"]
     for topic in INPUT_TOPICS:  # deterministic delivery in tests: reliable, deep reader queues
@@ -278,7 +279,7 @@ def test_trainer_node_asks_the_running_inspector_to_reload(ros_node, tmp_path):
     collector = ResultCollector(ros_node, "/inspector/result")
     with start_inspector(model_path=str(model_path)) as inspector:
         assert collector.wait_for_publisher(40.0), inspector.output()
-        trainer = NodeProcess([console_script("trainer_node"), "--ros-args", "-p", f"bag_paths:=['{bag}']",
+        trainer = NodeProcess([package_executable("trainer_node"), "--ros-args", "-p", f"bag_paths:=['{bag}']",
                                "-p", f"output_model_path:={model_path}", "-p", f"config_file:={config}",
                                "-p", "device:=cpu", "-p", "reload_service:=/inspector/reload_model"])
         with trainer:

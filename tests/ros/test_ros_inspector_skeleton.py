@@ -5,7 +5,8 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from mentor3ad.ros.graph import console_script, NodeProcess, ResultCollector  # noqa: E402
+from mentor3ad.ros.graph import NodeProcess, ResultCollector  # noqa: E402
+from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
@@ -15,7 +16,7 @@ PERIOD_NS = 100_000_000
 
 
 def test_every_pair_gets_one_result_with_its_stamp(ros_node):
-    exe = console_script("inspector_node")
+    exe = package_executable("inspector_node")
     assert exe, "console script inspector_node not installed (run ./run.sh setup or colcon build)"
     inspector = NodeProcess([exe, "--ros-args", "-p", "qos_overrides./image.subscription.reliability:=reliable",
                              "-p", "qos_overrides./points.subscription.reliability:=reliable"])

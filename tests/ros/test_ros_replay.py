@@ -10,7 +10,8 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import console_script, NodeProcess, spin_until  # noqa: E402
+from mentor3ad.ros.graph import NodeProcess, spin_until  # noqa: E402
+from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
@@ -51,7 +52,7 @@ def test_replay_in_time_order_with_clock(tmp_path, ros_node, launcher):
         ros_node.create_subscription(Image, topic, lambda m: received.append(
             (m.header.frame_id, m.header.stamp.sec * SEC + m.header.stamp.nanosec)), qos)
     ros_node.create_subscription(Clock, "/clock", lambda m: clocks.append(m.clock.sec * SEC + m.clock.nanosec), 50)
-    exe = console_script(launcher)
+    exe = package_executable(launcher)
     assert exe, f"{launcher} not installed (run ./run.sh setup or colcon build)"
     cmd = [exe] + (["replay"] if launcher == "mentor3ad" else []) + [
         str(bag), "--rate", "2", "--clock", "--wait-for-subscribers", "--linger", "0.5"]

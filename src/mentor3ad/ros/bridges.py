@@ -12,6 +12,7 @@ The two implementations are cross-checked by the tests where both are installed.
 from __future__ import annotations
 
 import importlib.util
+import re
 from types import SimpleNamespace
 from typing import Any, Dict, Mapping
 
@@ -66,12 +67,21 @@ def _needs_sensor_msgs_py(msg: Any) -> bool:
     return all(k in types for k in "xyz") and any(types[k] != msgconv.POINTFIELD_FLOAT32 for k in "xyz")
 
 
+# single-channel numeric encodings are depth or mask images, never a colour camera: the package's own
+# "unsupported image encoding" error names them better than cv_bridge's "not a color format"
+NOT_COLOUR = re.compile(r"^(8S|16U|16S|32S|32F|64F)C1$")
+
+
+def _for_cv_bridge(encoding: str) -> bool:
+    return encoding not in msgconv.SUPPORTED_IMAGE_ENCODINGS and not NOT_COLOUR.match(encoding)
+
+
 def normalize(messages: Mapping[str, Any]) -> Dict[str, Any]:
     """{topic key: message} with images / clouds the package converter cannot read replaced by equivalents
     converted by cv_bridge / sensor_msgs_py (when installed); everything else unchanged."""
     out = dict(messages)
     image = out.get("image")
-    if HAVE_CV_BRIDGE and image is not None and str(image.encoding).strip() not in msgconv.SUPPORTED_IMAGE_ENCODINGS:
+    if HAVE_CV_BRIDGE and image is not None and _for_cv_bridge(str(image.encoding).strip()):
         out["image"] = image_via_cv_bridge(image)
     cloud = out.get("points")
     if HAVE_SENSOR_MSGS_PY and cloud is not None and _needs_sensor_msgs_py(cloud):

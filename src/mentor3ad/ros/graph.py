@@ -1,7 +1,6 @@
 """Running a ROS graph of this package from Python: node processes, result collection, the replay graph.
 
-* :func:`console_script`: an executable of this package in a pip venv (``bin/``), a colcon/ament install
-  (``<prefix>/lib/mentor3ad/``) or on PATH;
+* :func:`executable`: an executable of this package (pip venv, colcon/ament install or PATH) or a clear error;
 * :class:`NodeProcess`: a node process with local-only discovery and captured output, always cleaned up;
 * :func:`inspector_command`: the inspector's command line with parameters, remaps and input QoS;
 * :class:`ResultCollector`: an rclpy subscription that decodes the inspector's results
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,28 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import ConfigError
-from ..package_files import PACKAGE
+from ..package_files import PACKAGE, package_executable
 from ..types import InspectionResult
 from . import configure_local_discovery
 from .dds import with_dds_profile
 
 
-def console_script(name: str) -> Optional[str]:
-    """Path of an executable of this package: beside the running interpreter (pip venv), in
-    ``<prefix>/lib/mentor3ad`` of every AMENT_PREFIX_PATH entry (colcon, ``ros2 run``), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file():
-        return str(beside)
-    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
-        candidate = Path(prefix, "lib", PACKAGE, name)
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return shutil.which(name)
-
-
 def executable(name: str) -> str:
-    """:func:`console_script` or a ConfigError saying how to install it."""
-    path = console_script(name)
+    """:func:`mentor3ad.package_files.package_executable` or a ConfigError saying how to install it."""
+    path = package_executable(name)
     if not path:
         raise ConfigError(f"executable {name!r} not found beside {sys.executable}, in lib/{PACKAGE} of "
                           "AMENT_PREFIX_PATH or on PATH (install the package: ./run.sh setup or colcon build)")
@@ -223,5 +208,5 @@ def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pai
             "summary": json.loads((out_dir / "ros_summary.json").read_text())}
 
 
-__all__ = ["console_script", "executable", "NodeProcess", "inspector_command", "spin_until", "ResultCollector",
+__all__ = ["executable", "NodeProcess", "inspector_command", "spin_until", "ResultCollector",
            "run_replay_evaluation"]
