@@ -63,7 +63,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 class ResultPacer:
     """Counts results on ``topic`` and holds playback while ``max_in_flight`` parts are unanswered.
 
-    Runs on the replay thread: :meth:`wait_for_room` spins ``node`` itself."""
+    Runs on the replay thread: :meth:`wait` spins ``node`` itself."""
 
     def __init__(self, node: Any, topic: str, max_in_flight: int, timeout_s: float) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
