@@ -130,7 +130,7 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
                 cache_dir=None, progress: bool = False) -> Dict[str, Any]:
     """Set ``detector.threshold`` from good parts (``frr``: false-reject rate) or labelled parts (``f1``);
     returns {rule, threshold, old_threshold, false_reject_rate | f1}."""
-    from .model.calibration import (calibrate_f1, calibrate_false_reject, calibration_outliers, false_reject_estimate,
+    from .model.calibration import (calibrate_by_config, calibrate_f1, calibration_outliers, false_reject_estimate,
                                     false_reject_rate)
 
     if not samples:
@@ -153,7 +153,7 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
     if rule == "frr":
         rate = target_frr if target_frr is not None else detector.config.calibration.target_false_reject_rate
         calibration = detector.config.calibration
-        threshold = calibrate_false_reject(scores, rate, calibration.margin, calibration.rule)
+        threshold = calibrate_by_config(scores, calibration, rate)
         info = {"rule": f"{calibration.rule}, false-reject rate {rate} on {len(scores)} good parts",
                 "false_reject_rate": false_reject_rate(scores, threshold),
                 "expected_false_reject_rate": false_reject_estimate(scores, threshold),

@@ -114,7 +114,7 @@ def test_ablate_prints_table_for_all_variants(ablation, config_file):
 def test_derived_variants_get_their_own_threshold(ablation, dataset):
     """w/o voting and CFM are cut from voting models: their thresholds are re-calibrated on the validation
     split by the training rule (the parent's, on another scale, would PASS every part)."""
-    from mentor3ad.eval.patchcore import calibrate_threshold
+    from mentor3ad.model.calibration import calibrate_by_config
     from mentor3ad.io.datasets.mvtec import load_mvtec_split
 
     _, result, models = ablation
@@ -126,7 +126,7 @@ def test_derived_variants_get_their_own_threshold(ablation, dataset):
         assert detector.training_info["inherited_threshold"] == pytest.approx(rows[parent]["threshold"])
         assert not math.isclose(rows[name]["threshold"], rows[parent]["threshold"], rel_tol=1e-3)
         scores = [r.score for r in detector.predict_samples(validation, progress=False)]
-        assert detector.threshold == pytest.approx(calibrate_threshold(scores, detector.config.calibration))
+        assert detector.threshold == pytest.approx(calibrate_by_config(scores, detector.config.calibration))
         frr = rows[name]["validation_false_reject_rate"]
         assert math.isfinite(frr) and frr == pytest.approx(sum(s > detector.threshold for s in scores) / len(scores))
         assert detector.training_info["threshold_source"] == "validation"

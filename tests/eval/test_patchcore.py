@@ -9,10 +9,10 @@ from helpers import learning_config, synthetic_sample, synthetic_set
 from mentor3ad.config import CalibrationConfig
 from mentor3ad.errors import ConfigError, InputError
 from mentor3ad.eval.metrics import compute_metrics
-from mentor3ad.eval.patchcore import (PatchCore, calibrate_threshold, jl_dimension, kcenter_greedy,
+from mentor3ad.eval.patchcore import (PatchCore, jl_dimension, kcenter_greedy,
                                       nearest_neighbours, sparse_random_projection)
 from mentor3ad.features.extractor import FeatureSet
-from mentor3ad.model.calibration import calibrate_false_reject
+from mentor3ad.model.calibration import calibrate_by_config, calibrate_false_reject
 from mentor3ad.types import Verdict
 
 
@@ -110,7 +110,7 @@ def test_answers_go_through_decide_with_the_detector_threshold_rule():
                      seed=7).fit(train, validation, [(24, 20)] * 4)
     val_scores = core.image_scores(validation, [(24, 20)] * 4)
     assert core.threshold_source == "validation" and core.calibration_scores == val_scores
-    assert core.threshold == calibrate_threshold(val_scores, calibration)
+    assert core.threshold == calibrate_by_config(val_scores, calibration)
     assert core.threshold == calibrate_false_reject(val_scores, 0.25, 0.1, rule=calibration.rule)
     results = core.predict_features(test, [(24, 20), (16, 16)])
     assert [r.anomaly_map.shape for r in results] == [(24, 20), (16, 16)]

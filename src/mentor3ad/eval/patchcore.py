@@ -15,7 +15,8 @@ the ablation table are then the heads', not the backbones'.
 * Maps -> answers as the detector does: :func:`mentor3ad.model.postprocess.upsample_maps` with the
   model's ``image_size`` and ``smoothing_sigma``, then :func:`~mentor3ad.model.postprocess.decide`
   (image score = max of the map, ERROR for non-finite maps).
-* Threshold: the detector's false-reject rule (:func:`calibrate_threshold`) on the held-out good parts.
+* Threshold: the detector's false-reject rule (:func:`mentor3ad.model.calibration.calibrate_by_config`) on
+  the held-out good parts.
 
 Modalities (``MODALITIES``): ``rgb`` (RGB backbone features), ``xyz`` (3D backbone features) and
 ``rgb+xyz``, BTF's combination (Horwitz & Hoshen 2023, eliahuhorwitz/3D-ADS ``RGBFPFHFeatures``): the
@@ -40,7 +41,7 @@ import torch
 from ..config import CalibrationConfig, Mentor3ADConfig
 from ..errors import ConfigError, InputError
 from ..features.extractor import FeatureSet
-from ..model.calibration import calibrate_false_reject
+from ..model.calibration import calibrate_by_config
 from ..model.postprocess import decide, upsample_maps
 from ..types import InspectionResult
 
@@ -51,14 +52,6 @@ DEFAULT_CORESET_RATIO = 0.1
 PROJECTION_EPS = 0.9  # PatchCore / anomalib / BTF: SparseRandomProjection(eps=0.9)
 MAX_DISTANCE_ELEMENTS = 1 << 24  # distances alive at once in nearest_neighbours (64 MiB of float32)
 REWEIGHT_NEIGHBOURS = 3  # BTF's n_reweight
-
-
-def calibrate_threshold(scores: Sequence[float], calibration: CalibrationConfig) -> float:
-    """The detector's false-reject rule on good-part image scores: ``calibrate_false_reject`` with the
-    config's target rate, margin and (where the config has one) rule."""
-    rule = getattr(calibration, "rule", None)
-    options = {"rule": rule} if rule else {}
-    return calibrate_false_reject(scores, calibration.target_false_reject_rate, calibration.margin, **options)
 
 
 def jl_dimension(samples: int, eps: float = PROJECTION_EPS) -> int:
@@ -207,7 +200,7 @@ class PatchCore:
             LOG.warning("PatchCore %s: no held-out good parts, calibrating on the training scores (optimistic)",
                         self.modality)
             scores, self.threshold_source = self.image_scores(train), "train"
-        self.threshold = calibrate_threshold(scores, self.calibration)
+        self.threshold = calibrate_by_config(scores, self.calibration)
         self.calibration_scores = [float(s) for s in scores]
         return self
 
@@ -329,5 +322,5 @@ class PatchCore:
         return results
 
 
-__all__ = ["PatchCore", "MODALITIES", "CELLS", "DEFAULT_CORESET_RATIO", "calibrate_threshold", "jl_dimension",
+__all__ = ["PatchCore", "MODALITIES", "CELLS", "DEFAULT_CORESET_RATIO", "jl_dimension",
            "sparse_random_projection", "kcenter_greedy", "nearest_neighbours", "patches_of"]

@@ -17,6 +17,7 @@
     floor(r n) of the calibration parts would FAIL (the maximum when n < 1/r).
 
   An optional relative margin is added: threshold * (1 + margin) (or + margin * |threshold|).
+- :func:`calibrate_by_config`: the same with a ``CalibrationConfig``'s target, margin and rule.
 - :func:`false_reject_estimate`: the expected false-reject rate at a threshold under the tail model,
   with a bootstrap interval, and the empirical rate on the calibration scores.
 - :func:`calibrate_f1`: from labelled scores, the threshold maximising F1 of "score > threshold".
@@ -24,7 +25,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -81,6 +82,14 @@ def calibrate_false_reject(normal_scores: Sequence[float], target_false_reject_r
     if margin:
         threshold += float(margin) * abs(threshold)
     return threshold
+
+
+def calibrate_by_config(normal_scores: Sequence[float], calibration,
+                        target_false_reject_rate: Optional[float] = None) -> float:
+    """:func:`calibrate_false_reject` with a ``CalibrationConfig``'s target rate (or
+    ``target_false_reject_rate``), margin and rule: what training, re-calibration and the yardsticks use."""
+    rate = calibration.target_false_reject_rate if target_false_reject_rate is None else target_false_reject_rate
+    return calibrate_false_reject(normal_scores, rate, calibration.margin, calibration.rule)
 
 
 def calibration_outliers(normal_scores: Sequence[float], z: float = OUTLIER_Z) -> List[int]:

@@ -265,7 +265,8 @@ def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3AD
     scores: List[float] = []
     for fold in range(folds):
         held = order[fold::folds]
-        kept = [i for i in order if i not in set(held)]
+        held_set = set(held)
+        kept = [i for i in order if i not in held_set]
         log(f"calibration: cross-validation fold {fold + 1}/{folds} ({len(kept)} training, {len(held)} scored)")
         heads, _ = train_heads(train.subset(kept), config, None, device, progress=False, log=lambda message: None)
         scores += Detector(config, heads, backbone_identity={}, device=device).image_scores_from_features(
@@ -278,7 +279,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     """Set the threshold from held-out good scores (and cross-validated training scores when
     ``calibration.cv_folds``), scored at the input resolution as inference scores them; records the rule,
     the sources and the expected false-reject rate in ``training_info``."""
-    from .calibration import calibrate_false_reject, calibration_outliers, false_reject_estimate
+    from .calibration import calibrate_by_config, calibration_outliers, false_reject_estimate
 
     calibration = detector.config.calibration
     scores, sources, kinds = [], [], []
@@ -295,8 +296,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         scores = detector.image_scores_from_features(train, train_sizes)
         sources.append(f"{len(train)} training (optimistic)")
         kinds.append("train")
-    threshold = calibrate_false_reject(scores, calibration.target_false_reject_rate, calibration.margin,
-                                       calibration.rule)
+    threshold = calibrate_by_config(scores, calibration)
     detector.threshold = threshold
     estimate = false_reject_estimate(scores, threshold)
     outliers = calibration_outliers(scores)

@@ -101,11 +101,11 @@ class Split:
 def recalibrate(detector, calibration: "Split", log=LOG.info) -> Dict[str, Any]:
     """The training rule (the config's false-reject target, margin, rule) on this model's own image
     scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models)."""
-    from ...eval.patchcore import calibrate_threshold
+    from ...model.calibration import calibrate_by_config
 
     scores = detector.image_scores_from_features(calibration.features, calibration.sizes)
     inherited = detector.threshold
-    detector.threshold = calibrate_threshold(scores, detector.config.calibration)
+    detector.threshold = calibrate_by_config(scores, detector.config.calibration)
     rate = detector.config.calibration.target_false_reject_rate
     detector.training_info.update(
         threshold_source=calibration.name, inherited_threshold=inherited,
@@ -160,10 +160,10 @@ def _evaluate(name: str, predictions, test: Split, threshold: float, validation_
               identity: Optional[dict] = None) -> Dict[str, Any]:
     """A row: metrics, verdict counts and rates at ``threshold`` on the test split, validation false rejects."""
     from ...eval.report import evaluate_predictions
+    from ...model.calibration import false_reject_rate
 
     report = evaluate_predictions(test.samples, predictions, title=name)
-    frr = (sum(float(s) > threshold for s in validation_scores) / len(validation_scores)
-           if validation_scores else None)
+    frr = false_reject_rate(validation_scores, threshold) if validation_scores else None
     row = {"variant": name, **report["metrics"], "threshold": threshold, "validation_false_reject_rate": frr,
            "verdicts": report["verdicts"], "rates": report["rates"],
            "seconds": round(time.perf_counter() - started, 2)}
