@@ -18,7 +18,7 @@ LAYERS = [
     ["mentor3ad.config"],
     ["mentor3ad.io", "mentor3ad.io.files", "mentor3ad.io.msgconv", "mentor3ad.io.depth", "mentor3ad.io.inputs"],
     ["mentor3ad.backbones*", "mentor3ad.features*"],
-    ["mentor3ad.io.bags", "mentor3ad.io.datasets*"],
+    ["mentor3ad.io.bag_storage", "mentor3ad.io.bags", "mentor3ad.io.datasets*"],
     ["mentor3ad.model*"],
     ["mentor3ad.eval*"],
     ["mentor3ad.jobs"],

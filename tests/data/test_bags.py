@@ -166,7 +166,7 @@ def test_mcap_bags_carry_real_crcs(tmp_path):
     import struct
     import zlib
 
-    from mentor3ad.io.files import verify_mcap
+    from mentor3ad.io.bag_storage import verify_mcap
 
     bag, path = _mcap(tmp_path)
     data = path.read_bytes()
@@ -219,7 +219,7 @@ def test_mcap_without_crcs_still_reads(tmp_path):
     # files of other writers may carry no CRCs (0 = not computed, per the MCAP specification)
     import struct
 
-    from mentor3ad.io.files import verify_mcap
+    from mentor3ad.io.bag_storage import verify_mcap
 
     bag, path = _mcap(tmp_path, count=3)
     data = bytearray(path.read_bytes())

@@ -5,7 +5,7 @@ Writing (:func:`write_dataset_bag`): every sample becomes one stamp shared by al
 organized PointCloud2 with NaN for invalid points, or a depth image + camera_info); labelled
 samples also get the ``mask`` (mono8, 255 = defect) and every sample a ``sample_info`` std_msgs/String
 with JSON ``{"name", "defect", "label"}``. Storage sqlite3 or mcap; mcap files get real CRC-32s in every
-chunk, the data section and the summary (``rosbags`` writes 0: :func:`mentor3ad.io.files.add_mcap_crcs`).
+chunk, the data section and the summary (``rosbags`` writes 0: :func:`mentor3ad.io.bag_storage.add_mcap_crcs`).
 
 Reading (:func:`read_bag_samples`): image messages are paired with the input mode's topics whose
 header stamp is nearest, within ``slop_ns`` (``constant_keys`` such as camera_info: the nearest one,
@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import BagError, InputError
 from ..types import Sample
 from . import msgconv
-from .files import add_mcap_crcs, verify_mcap, verify_sqlite
+from .bag_storage import add_mcap_crcs, verify_mcap, verify_sqlite
 from .inputs import TOPICS, InputChecks, InputMode, input_mode, recorded_topics
 
 PathLike = Union[str, Path]
