@@ -61,7 +61,7 @@ class FeatureConfig:
         "normal_radius_mm": 100.0, "normal_max_nn": 30, "feature_radius_mm": 250.0, "feature_max_nn": 100})
     image_size: int = 448
     point_image_size: int = 224
-    feature_resolution: int = 28
+    feature_resolution: int = 56
     min_cell_fraction: float = 0.25
     plane_removal: str = "ransac"
     plane_distance_m: float = 0.005
