@@ -16,7 +16,7 @@ from mentor3ad.types import Sample
 TINY_POINTS = dict(num_groups=32, group_size=8, depth=2, width=32, heads=2, feature_blocks=[0, 1])
 TINY = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none",
             rgb_options={"model_kwargs": dict(depth=1, embed_dim=32, num_heads=2)}, point_backbone="point_mae",
-            point_options=TINY_POINTS, image_size=224, point_image_size=0, min_cell_fraction=0.0)
+            point_options=TINY_POINTS, image_size=224, point_image_size=0, feature_resolution=28, min_cell_fraction=0.0)
 
 
 def synthetic_scene(size=96, seed=0, blob=True):
