@@ -7,9 +7,11 @@ report dict; with ``out_dir`` it also writes::
     report.json      metrics (+ per defect type, verdict counts, escape and false-reject rates at the model
                      threshold overall and per defect type, naive baseline)
     curves.json      image ROC, pixel ROC and PRO curves
-    roc.png, pro.png curve plots (matplotlib, Agg backend)
+    roc.png, pro.png curve plots (matplotlib, Agg backend), titled with the model and the data
     gallery.html     worst and best test samples: RGB | depth | heatmap overlay (GT outlined in green)
-    gallery/*.png    one strip per gallery sample, and gallery.png with all strips stacked
+    gallery/*.png    one captioned strip per gallery sample (part, defect type, verdict, score vs
+                     threshold, right or wrong; the overlay's colour scale with the threshold marked), and
+                     gallery.png with all strips stacked under a title
 
 "Worst" samples are those the detector gets most wrong relative to its threshold (anomalous parts
 with the lowest scores, good parts with the highest), "best" the most confidently correct ones.
@@ -215,10 +217,28 @@ def evaluate_predictions(
         atomic_write_text(out / "report.json", json.dumps(json_safe({k: v for k, v in report.items() if k != "curves"}),
                                                            indent=2))
         atomic_write_text(out / "curves.json", json.dumps(json_safe(curves)))
-        plot_curves(curves, metrics, out, title)
+        plot_curves(curves, metrics, out, title, plot_subtitle(extra, metrics))
         write_gallery(samples, predictions, labels, masks, out, gallery_size, title)
         report["files"] = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return report
+
+
+def plot_subtitle(extra: Optional[Mapping[str, Any]], metrics: Mapping[str, Any]) -> str:
+    """"model <id> (<file>) | data <path> (<split>) | <n> good + <n> defective parts" from what ``extra``
+    knows (model identity or path, data or ground-truth bag) and the metrics' counts."""
+    extra = extra or {}
+    model = extra.get("model")
+    model_id = model.get("model_id") if isinstance(model, Mapping) else (model if isinstance(model, str) else None)
+    model_path = extra.get("model_path")
+    names = [n for n in (model_id, Path(str(model_path)).name if model_path else None) if n]
+    data = extra.get("data") or extra.get("ground_truth_bag")
+    parts = [f"model {names[0]}" + (f" ({names[1]})" if len(names) > 1 else "")] if names else []
+    if data:
+        split = extra.get("split")
+        parts.append(f"data {data}" + (f" ({split})" if split else ""))
+    if "n_good" in metrics and "n_anomalous" in metrics:
+        parts.append(f"{metrics['n_good']} good + {metrics['n_anomalous']} defective parts")
+    return " | ".join(parts)
 
 
 def dataset_defect_groups(dataset_dir: PathLike) -> Optional[Dict[str, List[str]]]:
