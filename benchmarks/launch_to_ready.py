@@ -28,7 +28,7 @@ def main() -> int:
     import rclpy
 
     from mentor3ad.ros import configure_local_discovery
-    from mentor3ad.ros.graph import NodeProcess, ResultCollector, inspector_command
+    from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, inspector_command
 
     configure_local_discovery()
     rclpy.init()
@@ -43,7 +43,7 @@ def main() -> int:
                     print(inspector.output()[-3000:], file=sys.stderr)
                     return 1
                 ready = time.monotonic() - started
-                driver = [sys.executable, "-m", "mentor3ad.ros.pair_publisher", "--count", "1", "--size", args.size,
+                driver = [sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--count", "1", "--size", args.size,
                           "--scene", "cell", "--qos", "default", "--seed", str(run)]
                 with NodeProcess(driver):
                     collector.wait_for(1, args.timeout)

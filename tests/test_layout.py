@@ -22,7 +22,12 @@ LAYERS = [
     ["mentor3ad.model*"],
     ["mentor3ad.eval*"],
     ["mentor3ad.jobs"],
-    ["mentor3ad.cli*", "mentor3ad.ros*"],
+    # ROS: shared adapters, the inspector's parts, nodes and tooling, then the command line on top
+    ["mentor3ad.ros", "mentor3ad.ros.messages", "mentor3ad.ros.params", "mentor3ad.ros.dds", "mentor3ad.ros.bridges",
+     "mentor3ad.ros.sync", "mentor3ad.ros.result_codec", "mentor3ad.ros.launch_support"],
+    ["mentor3ad.ros.inspector*"],
+    ["mentor3ad.ros.nodes*", "mentor3ad.ros.tooling*"],
+    ["mentor3ad.cli*"],
 ]
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "builtin_interfaces",
                 "launch", "launch_ros", "message_filters", "rosgraph_msgs", "visualization_msgs", "lifecycle_msgs",

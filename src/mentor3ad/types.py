@@ -91,6 +91,7 @@ class InspectionResult:
     model_id: identity of the model that decided ("" when none).
     stamp_ns / frame_id: the input image's header, when the part came through a transport.
     latency_ms: receive-to-publish time of a node, NaN elsewhere.
+    part_id: the part's identity when a transport knows it (e.g. an action goal), "" otherwise.
     """
 
     verdict: Verdict
@@ -103,6 +104,7 @@ class InspectionResult:
     stamp_ns: Optional[int] = None
     frame_id: str = ""
     latency_ms: float = math.nan
+    part_id: str = ""
 
     def __post_init__(self) -> None:
         self.verdict = Verdict(self.verdict)

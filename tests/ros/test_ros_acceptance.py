@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("rosbags")
 
 from helpers import TINY_MODEL_CONFIG  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
 from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -7,7 +7,7 @@ import pytest
 
 from mentor3ad.io import msgconv
 from mentor3ad.ros import bridges
-from mentor3ad.ros.pair_publisher import build_pair, to_messages
+from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
 
 needs_cv_bridge = pytest.mark.skipif(not bridges.HAVE_CV_BRIDGE, reason="cv_bridge not installed (no ROS install)")
 needs_sensor_msgs_py = pytest.mark.skipif(not bridges.HAVE_SENSOR_MSGS_PY,

@@ -10,7 +10,7 @@ from helpers import train_tiny_model
 from mentor3ad.ros.dds import (FASTDDS_PROFILE_ENV, inspector_profile_path, large_shm_profile_path,
                                use_package_profile, with_dds_profile)
 from mentor3ad.package_files import package_executable
-from mentor3ad.ros.graph import NodeProcess
+from mentor3ad.ros.tooling.graph import NodeProcess
 
 # Best-effort publisher of N cell pairs at SIZE (runs in its own process: Fast DDS reads the profile file
 # once per process, so the pytest process, whose participants may already exist, cannot be used).
@@ -20,7 +20,7 @@ import rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, PointCloud2
 from mentor3ad.ros import configure_local_discovery
-from mentor3ad.ros.pair_publisher import build_pair, to_messages
+from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
 
 count, width, height = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 configure_local_discovery()
@@ -92,7 +92,7 @@ def test_224_clouds_from_a_best_effort_driver_on_defaults_reach_the_inspector(tm
     rclpy.init(context=context)
     node = rclpy.create_node("dds_profile_test", context=context)
     try:
-        from mentor3ad.ros.graph import ResultCollector
+        from mentor3ad.ros.tooling.graph import ResultCollector
 
         collector = ResultCollector(node, "/inspector/result")
         with NodeProcess(inspector_cmd, env) as inspector:
@@ -114,7 +114,7 @@ def test_a_qos_mismatch_is_an_error_in_diagnostics_not_silence(tmp_path):
     rclpy = pytest.importorskip("rclpy")
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from mentor3ad.ros.graph import ResultCollector, spin_until
+    from mentor3ad.ros.tooling.graph import ResultCollector, spin_until
 
     exe = package_executable("inspector_node")
     model_path = tmp_path / "tiny.m3ad"

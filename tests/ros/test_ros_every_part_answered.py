@@ -16,7 +16,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from helpers import TINY_MODEL_CONFIG, train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, ResultCollector, executable, inspector_command, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, executable, inspector_command, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 SEC = 1_000_000_000
@@ -39,7 +39,7 @@ def stock_environment():
 
 
 def publisher(sequence, size="64x64", rate=10.0, qos="deep", seed=0, start_ns=START_NS):
-    return NodeProcess([sys.executable, "-m", "mentor3ad.ros.pair_publisher", "--sequence", ",".join(sequence),
+    return NodeProcess([sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--sequence", ",".join(sequence),
                         "--scene", "cell", "--size", size, "--rate", str(rate), "--qos", qos, "--seed", str(seed),
                         "--start-ns", str(start_ns), "--period-ns", str(PERIOD_NS)], stock_environment())
 

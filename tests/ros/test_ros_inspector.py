@@ -10,7 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, spin_until  # noqa: E402
 from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
@@ -41,7 +41,7 @@ def start_inspector(name="inspector", **params):
 
 
 def publish(sequence, mode="points", rate=20.0, scene="cell", seed=0, start_ns=START_NS):
-    return NodeProcess([sys.executable, "-m", "mentor3ad.ros.pair_publisher", "--sequence", ",".join(sequence),
+    return NodeProcess([sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--sequence", ",".join(sequence),
                         "--mode", mode, "--scene", scene, "--size", "64x64", "--rate", str(rate),
                         "--seed", str(seed), "--start-ns", str(start_ns), "--period-ns", str(PERIOD_NS)])
 

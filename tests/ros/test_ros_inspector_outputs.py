@@ -6,11 +6,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
-from mentor3ad.ros.inspector import _Pair  # noqa: E402
+from mentor3ad.ros.inspector.part import Pair  # noqa: E402
 from mentor3ad.ros.nodes import inspector as inspector_node  # noqa: E402
-from mentor3ad.ros.pair_publisher import build_pair, to_messages  # noqa: E402
+from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages  # noqa: E402
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import ResultCollector, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import ResultCollector, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
@@ -28,10 +28,10 @@ def test_map_and_overlay_skipped_without_subscribers(tmp_path, monkeypatch):
 
     model_path = tmp_path / "tiny.m3ad"
     train_tiny_model(model_path, n_train=4, n_val=2)
-    from mentor3ad.ros.pipeline import InspectionPipeline
+    from mentor3ad.ros.inspector.outputs import anomaly_map, overlay
 
     rendered, built = [], []
-    real_map, real_overlay = InspectionPipeline.map_message, InspectionPipeline.overlay_message
+    real_map, real_overlay = anomaly_map.map_message, overlay.overlay_message
 
     def map_message(*a):
         msg = real_map(*a)
@@ -44,8 +44,8 @@ def test_map_and_overlay_skipped_without_subscribers(tmp_path, monkeypatch):
         built.append(msg.encoding)
         return msg
 
-    monkeypatch.setattr(InspectionPipeline, "map_message", staticmethod(map_message))
-    monkeypatch.setattr(InspectionPipeline, "overlay_message", staticmethod(overlay_message))
+    monkeypatch.setattr(anomaly_map, "map_message", map_message)
+    monkeypatch.setattr(overlay, "overlay_message", overlay_message)
 
     context = rclpy.context.Context()
     rclpy.init(context=context)
@@ -55,20 +55,20 @@ def test_map_and_overlay_skipped_without_subscribers(tmp_path, monkeypatch):
     listener = rclpy.create_node("outputs_listener", context=context)
     try:
         collector = ResultCollector(listener, "/outputs_test/inspector/result")
-        assert node.slot.current()[0] is not None, node.slot.current()[2]
+        slot, outputs = node.inspector.model.slot, node.inspector.outputs
+        assert slot.current()[0] is not None, slot.current()[2]
         messages = to_messages(build_pair("good", 64, 64, "points", scene="cell"), 1_000_000_000)
-        pair = _Pair({"image": messages["image"], "points": messages["points"]},
-                                    received=time.monotonic())
+        pair = Pair({"image": messages["image"], "points": messages["points"]}, received=time.monotonic())
 
-        node._process(pair)  # nobody listens to ~/anomaly_map or ~/overlay
+        node.inspector.judge([pair])  # nobody listens to ~/anomaly_map or ~/overlay
         assert collector.wait_for(1, 10.0) and collector.results[0].verdict in ("PASS", "FAIL")
         assert rendered == [] and built == []
 
         maps, overlays = [], []
         listener.create_subscription(Image, "/outputs_test/inspector/anomaly_map", maps.append, 10)
         listener.create_subscription(Image, "/outputs_test/inspector/overlay", overlays.append, 10)
-        assert _wait_matched(node.map_pub, 1) and _wait_matched(node.overlay_pub, 1)
-        node._process(pair)
+        assert _wait_matched(outputs["anomaly_map"].publisher, 1) and _wait_matched(outputs["overlay"].publisher, 1)
+        node.inspector.judge([pair])
         assert rendered == [1] and built == ["32FC1", "bgr8"]
         assert spin_until(listener, lambda: len(maps) == 1 and len(overlays) == 1, 10.0)
         assert (maps[0].encoding, maps[0].width, overlays[0].encoding, overlays[0].height) == ("32FC1", 64, "bgr8", 64)

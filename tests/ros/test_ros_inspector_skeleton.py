@@ -5,7 +5,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from mentor3ad.ros.graph import NodeProcess, ResultCollector  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector  # noqa: E402
 from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
@@ -24,7 +24,7 @@ def test_every_pair_gets_one_result_with_its_stamp(ros_node):
     try:
         collector = ResultCollector(ros_node, "/inspector/result")
         assert collector.wait_for_publisher(30.0), "inspector never came up:\n" + inspector.output()
-        publisher = NodeProcess([sys.executable, "-m", "mentor3ad.ros.pair_publisher", "--count", str(N_PAIRS),
+        publisher = NodeProcess([sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--count", str(N_PAIRS),
                                  "--start-ns", str(START_NS), "--period-ns", str(PERIOD_NS), "--rate", "20"])
         results = collector.wait_for(N_PAIRS, 30.0)
         assert publisher.wait(10.0) == 0, publisher.output()

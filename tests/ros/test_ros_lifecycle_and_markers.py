@@ -8,7 +8,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, ResultCollector, executable, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, executable, spin_until  # noqa: E402
 from mentor3ad.types import InspectionResult, Region, Verdict  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
@@ -23,7 +23,7 @@ def tiny_model(tmp_path_factory):
 
 
 def publish(sequence, **extra):
-    args = [sys.executable, "-m", "mentor3ad.ros.pair_publisher", "--sequence", ",".join(sequence), "--scene", "cell",
+    args = [sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--sequence", ",".join(sequence), "--scene", "cell",
             "--size", "64x64", "--rate", "10", "--start-ns", str(START_NS)]
     for key, value in extra.items():
         args += [f"--{key}", str(value)]
@@ -113,7 +113,7 @@ def test_region_markers_without_centroid_only_clear():
     from std_msgs.msg import Header
     from visualization_msgs.msg import Marker
 
-    from mentor3ad.ros.markers import region_markers
+    from mentor3ad.ros.inspector.outputs.markers import region_markers
 
     region = Region((1, 1, 3, 3), 9, math.nan, (math.nan,) * 3, 2.0)
     array = region_markers(InspectionResult(Verdict.FAIL, score=2.0, threshold=1.0, regions=[region]), Header())

@@ -10,7 +10,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("rosbags")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.graph import NodeProcess, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, spin_until  # noqa: E402
 from mentor3ad.package_files import package_executable  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
@@ -83,7 +83,7 @@ def test_replay_evaluation_runs_nodes_with_the_inspector_profile(tmp_path, monke
     pytest.importorskip("torch")
     from mentor3ad.io.bags import write_dataset_bag
     from mentor3ad.io.datasets.synthetic import generate_sample
-    from mentor3ad.ros import graph
+    from mentor3ad.ros.tooling import graph
     from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, inspector_profile_path
 
     started = []
@@ -115,7 +115,7 @@ def test_paced_replay_gets_every_part_answered_by_a_slow_inspector(tmp_path, ros
     from mentor3ad.io.bags import write_dataset_bag
     from mentor3ad.io.datasets.synthetic import generate_sample
     from mentor3ad.io.inputs import TOPICS
-    from mentor3ad.ros.graph import ResultCollector, executable, inspector_command
+    from mentor3ad.ros.tooling.graph import ResultCollector, executable, inspector_command
 
     model_path = tmp_path / "tiny.m3ad"
     train_tiny_model(model_path, n_train=4, n_val=2)

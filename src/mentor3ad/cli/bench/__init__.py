@@ -10,7 +10,7 @@ in milliseconds:
   transformer), projection, the heads (MFM / MGM / VM) and post-processing (upsampling + smoothing,
   verdict + regions), all from the detector's own ``timings()``;
 - result publishing: building and serializing ``~/result``, ``~/anomaly_map`` and ``~/overlay`` with the
-  inspector's own :class:`~mentor3ad.ros.pipeline.InspectionPipeline` (:mod:`.stages`).
+  inspector's own outputs (:mod:`mentor3ad.ros.inspector.outputs`, timed in :mod:`.stages`).
 
 ``--ros`` (:mod:`.ros_mode`) additionally starts the real ``inspector_node`` (console script, local-only discovery) on a
 model the bench trained first, publishes the pairs one at a time from this process and times publish
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                   f"timed pairs one at a time ...", flush=True)
             del detector
             from ...ros.dds import inspector_profile_path, large_shm_profile_path
-            from ...ros.round_trip import run_ros
+            from ...ros.tooling.round_trip import run_ros
 
             profile = {"inspector": inspector_profile_path, "large-shm": large_shm_profile_path,
                        "none": lambda: None}[args.dds_profile]()

@@ -1,8 +1,8 @@
 """In-process timing of the inspector's per-pair work, stage by stage (batch 1).
 
 The frame loop runs exactly what ``inspector_node``'s worker runs, the
-:class:`~mentor3ad.ros.pipeline.InspectionPipeline` (convert -> judge -> result / map / overlay messages),
-and reads the detector's own stage timings (:meth:`mentor3ad.model.detector.Detector.timings`); nothing
+:class:`~mentor3ad.ros.inspector.pipeline.InspectionPipeline` (convert -> judge) and the message builders of
+the ``~/result``, ``~/anomaly_map`` and ``~/overlay`` outputs, and reads the detector's own stage timings (:meth:`mentor3ad.model.detector.Detector.timings`); nothing
 of the detector is patched.
 """
 from __future__ import annotations
@@ -102,7 +102,10 @@ def run_in_process(detector, frames: Sequence, warmup: int, count: int, device, 
     from tqdm import tqdm
 
     from ...io.inputs import input_mode
-    from ...ros.pipeline import InspectionPipeline
+    from ...ros.inspector.outputs.anomaly_map import map_message
+    from ...ros.inspector.outputs.overlay import overlay_message
+    from ...ros.inspector.pipeline import InspectionPipeline
+    from ...ros.result_codec import encode
 
     def now() -> float:
         if device.type == "cuda":
@@ -112,7 +115,7 @@ def run_in_process(detector, frames: Sequence, warmup: int, count: int, device, 
         return time.perf_counter()
 
     from ...ros.messages import serialize
-    points, depth = InspectionPipeline(input_mode("points"), "/inspector/result"), input_mode("depth")
+    points, depth = InspectionPipeline(input_mode("points")), input_mode("depth")
     series: Dict[str, List[float]] = {key: [] for key, _ in STAGES}
     timed_wall = 0.0
     for i in tqdm(range(warmup + count), desc="bench", disable=not progress, leave=False):
@@ -126,11 +129,11 @@ def run_in_process(detector, frames: Sequence, warmup: int, count: int, device, 
         stage = {"convert_points": converted - started, "predict": predicted - converted}
         if with_messages:
             header = messages["image"].header
-            serialize(points.result_message(result, header))
+            serialize(encode(result, header, "/inspector/result"))
             t1 = now()
-            serialize(points.map_message(result, header))
+            serialize(map_message(result, header))
             t2 = now()
-            serialize(points.overlay_message(result, rgb, header))
+            serialize(overlay_message(result, rgb, header))
             t3 = now()
             stage.update(publish_result=t1 - predicted, publish_map=t2 - t1, publish_overlay=t3 - t2)
         finished = now()

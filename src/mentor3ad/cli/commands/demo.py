@@ -126,7 +126,7 @@ def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offl
 
     from ...io.bags import write_dataset_bag
     from ...io.datasets.synthetic import load_camera_matrix
-    from ...ros.graph import run_replay_evaluation
+    from ...ros.tooling.graph import run_replay_evaluation
 
     bag = work_dir / "test_bag"
     # one part per second, as a conveyor would present them (sample i is stamped start + i * period)

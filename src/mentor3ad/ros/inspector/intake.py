@@ -23,10 +23,10 @@ import collections
 import time
 from typing import Any, Callable, Deque, Dict, Mapping, Set, Tuple
 
-from ..io.inputs import TOPICS, InputMode
-from ..io.msgconv import header_stamp_ns
-from .messages import message_class
-from .sync import ApproximateTimeSynchronizer, Subscriber
+from ...io.inputs import TOPICS, InputMode
+from ...io.msgconv import header_stamp_ns
+from ..messages import message_class
+from ..sync import ApproximateTimeSynchronizer, Subscriber
 
 EXPIRED_MEMORY = 2048  # image stamps remembered after their timeout (to drop late sets)
 

@@ -1,6 +1,6 @@
 """Inspector node: synchronized image + 3D data (an input mode of :mod:`mentor3ad.io.inputs`) -> one verdict
-per part. The behaviour lives in :class:`mentor3ad.ros.inspector.InspectorLogic`; this module has the two
-node forms and their console scripts:
+per part. The behaviour lives in :class:`mentor3ad.ros.inspector.Inspector` (composed of parts: model,
+intake, worker, outputs, health); this module has the two node forms and their console scripts:
 
 * ``inspector_node`` (:class:`InspectorNode`): loads and self-tests the model (``model_path``), then
   subscribes: from the moment it listens, every part is answered (without a usable model: ERROR naming why).
@@ -21,7 +21,7 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
 from ...io.inputs import INPUT_MODES
-from ..inspector import INSPECTOR_PARAMETERS, InspectorLogic
+from ..inspector import INSPECTOR_PARAMETERS, Inspector
 from ..params import ParamSpec, declare_parameters, parse_node_help
 from . import run_node
 
@@ -33,30 +33,32 @@ DESCRIPTION = ("Mentor3AD inspector: subscribes image + 3D data (" + ", ".join(I
                "~/result, ~/anomaly_map, ~/overlay, ~/markers and /diagnostics. ROS arguments follow --ros-args.")
 
 
-class InspectorNode(InspectorLogic, Node):
+class InspectorNode(Node):
     """The inspector as a plain node (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        Node.__init__(self, "inspector", **kwargs)
-        self.setup_inspector()
-        self.load_model_now(self.p["model_path"])  # before the outputs: a matched ~/result means "ready"
-        self.create_outputs()
-        self.start_listening()
+        super().__init__("inspector", **kwargs)
+        self.inspector = inspector = Inspector(self)
+        inspector.model.load_now(inspector.p["model_path"])  # before the outputs: a matched ~/result means "ready"
+        inspector.create_outputs()
+        inspector.start_listening()
+        worker = inspector.worker
         self.get_logger().info(
-            f"inspector ready: input_mode={self.mode.name}, input_reliability={self.p['input_reliability']}, "
-            f"device={self.device}, queue_policy={self.queue_policy} (size {self.queue_size}), "
-            f"model={self.slot.current()[1] or 'none'}, {time.monotonic() - self.started:.1f} s after start")
+            f"inspector ready: input_mode={inspector.mode.name}, input_reliability="
+            f"{inspector.p['input_reliability']}, device={inspector.model.device}, queue_policy={worker.policy} "
+            f"(size {worker.queue_size}, batch {worker.batch_size}), model="
+            f"{inspector.model.slot.current()[1] or 'none'}, {time.monotonic() - inspector.started:.1f} s after start")
 
     def stop(self) -> None:
-        self.stop_worker()
+        self.inspector.stop()
 
 
-class LifecycleInspectorNode(InspectorLogic, LifecycleNode):
+class LifecycleInspectorNode(LifecycleNode):
     """The inspector as a managed (lifecycle) node (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        LifecycleNode.__init__(self, "inspector", **kwargs)
-        self.setup_inspector()
+        super().__init__("inspector", **kwargs)
+        self.inspector = Inspector(self)
         self.autostart = declare_parameters(self, LIFECYCLE_PARAMETERS)["autostart"]
         self._outputs = False
         if self.autostart:
@@ -65,31 +67,31 @@ class LifecycleInspectorNode(InspectorLogic, LifecycleNode):
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         if not self._outputs:
-            self.create_outputs()
+            self.inspector.create_outputs()
             self._outputs = True
-        outcome = self.load_model_now(self.get_parameter("model_path").value)
+        outcome = self.inspector.model.load_now(self.get_parameter("model_path").value)
         return TransitionCallbackReturn.SUCCESS if outcome.ok else TransitionCallbackReturn.FAILURE
 
     def on_activate(self, state) -> TransitionCallbackReturn:
-        self.start_listening()
-        self.get_logger().info(f"inspector active: listening to {', '.join(self.mode.keys)}")
+        self.inspector.start_listening()
+        self.get_logger().info(f"inspector active: listening to {', '.join(self.inspector.mode.keys)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
-        self.stop_listening()
+        self.inspector.stop_listening()
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
-        self.stop_listening()
-        self.slot.clear("no model loaded: cleaned up (lifecycle)")
+        self.inspector.stop_listening()
+        self.inspector.model.slot.clear("no model loaded: cleaned up (lifecycle)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
-        self.stop_listening()
+        self.inspector.stop_listening()
         return TransitionCallbackReturn.SUCCESS
 
     def stop(self) -> None:
-        self.stop_worker()
+        self.inspector.stop()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..errors import ConfigError
-from ..package_files import PACKAGE, package_executable
-from ..types import InspectionResult
-from . import configure_local_discovery
-from .dds import with_dds_profile
+from ...errors import ConfigError
+from ...package_files import PACKAGE, package_executable
+from ...types import InspectionResult
+from .. import configure_local_discovery
+from ..dds import with_dds_profile
 
 
 def executable(name: str) -> str:
@@ -128,7 +128,7 @@ class ResultCollector:
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from .result_codec import decode
+        from ..result_codec import decode
 
         self.node = node
         self.topic = topic
@@ -167,7 +167,7 @@ def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pai
     on_result: called with each decoded inspector result.
     Returns ``{"results": [InspectionResult], "report": report.json dict, "summary": ros_summary.json dict}``.
     """
-    from ..io.inputs import TOPICS
+    from ...io.inputs import TOPICS
 
     configure_local_discovery()
     import rclpy

@@ -1,6 +1,6 @@
 """Publish synthetic (or deliberately broken) image + cloud / depth + camera_info pairs.
 
-A commissioning and test tool: ``python -m mentor3ad.ros.pair_publisher --count 5`` publishes 5
+A commissioning and test tool: ``python -m mentor3ad.ros.tooling.pair_publisher --count 5`` publishes 5
 synchronized pairs on ``image`` + ``points`` with stamps ``start + i * period`` and exits. With
 ``--sequence good,bad_encoding,good`` each pair is built as named (see ``PAIR_KINDS``), which is how
 the tests feed every kind of bad input through real DDS.
@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..io import depth as depth_io
-from ..io import msgconv
-from ..io.inputs import INPUT_MODES, TOPICS, input_mode
-from .messages import build_messages
+from ...io import depth as depth_io
+from ...io import msgconv
+from ...io.inputs import INPUT_MODES, TOPICS, input_mode
+from ..messages import build_messages
 
 PAIR_KINDS = (
     "good",
@@ -56,7 +56,7 @@ def synthetic_scene(width: int, height: int, seed: int = 0) -> Tuple[np.ndarray,
 
 def cell_scene(width: int, height: int, seed: int = 0, defect: str = "good"):
     """The synthetic cell's sample -> rgb, xyz (invalid = NaN, as ROS drivers publish), K."""
-    from ..io.datasets.synthetic import camera_matrix, generate_sample
+    from ...io.datasets.synthetic import camera_matrix, generate_sample
 
     sample = generate_sample(seed, (height, width), defect=defect)
     xyz = sample.xyz.astype(np.float32).copy()
@@ -162,8 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-    from . import configure_local_discovery
-    from .messages import message_class
+    from .. import configure_local_discovery
+    from ..messages import message_class
 
     configure_local_discovery()
     rclpy.init()

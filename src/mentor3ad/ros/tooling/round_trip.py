@@ -16,7 +16,7 @@ def run_ros(model_path: Path, frames: Sequence, warmup: int, count: int, device,
     dds_profile: Fast DDS XML profile for both processes (ignored when FASTDDS_DEFAULT_PROFILES_FILE is set).
     The environment is restored afterwards.
     """
-    from . import configure_local_discovery
+    from .. import configure_local_discovery
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     configure_local_discovery()
@@ -44,9 +44,9 @@ def _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, i
 
     import mentor3ad
 
-    from ..eval.resources import peak_rss_mb
+    from ...eval.resources import peak_rss_mb
     from .graph import NodeProcess, inspector_command
-    from .result_codec import decode
+    from ..result_codec import decode
 
     namespace = f"/mentor3ad_bench_{os.getpid()}"
     package_root = str(Path(mentor3ad.__file__).resolve().parents[1])

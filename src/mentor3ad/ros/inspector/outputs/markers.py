@@ -1,4 +1,5 @@
-"""Defect regions as ``visualization_msgs/MarkerArray`` for RViz, in the cloud's frame.
+"""``~/markers``: defect regions as ``visualization_msgs/MarkerArray`` for RViz, in the cloud's frame, built
+only while someone subscribes (PASS / FAIL only).
 
 Per region with a 3D centroid: a translucent red CUBE at the centroid, sized by the region's 3D extent
 (at least ``MIN_SIZE_M`` per axis), and a TEXT_VIEW_FACING label with the region's peak score above it.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..types import InspectionResult
+from ....types import InspectionResult
+from ...params import ParamSpec
+from ..part import JudgedPart
+from . import Output, register_output, subscribed
 
 NAMESPACE = "mentor3ad_regions"
 MIN_SIZE_M = 0.002
@@ -41,4 +45,25 @@ def region_markers(result: InspectionResult, header: Any):
     return MarkerArray(markers=markers)
 
 
-__all__ = ["region_markers", "NAMESPACE"]
+@register_output
+class Markers(Output):
+    """``~/markers`` (MarkerArray, history 10) in the frame of the part's 3D message."""
+
+    name = "markers"
+    order = 30
+    PARAMETERS = [ParamSpec("publish_markers", True, "Publish ~/markers (visualization_msgs/MarkerArray: a box and "
+                            "a score label per defect region in the cloud's frame, for RViz) while it has "
+                            "subscribers.")]
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        from visualization_msgs.msg import MarkerArray
+
+        self.publisher = node.create_publisher(MarkerArray, "~/markers", 10)
+
+    def publish(self, part: JudgedPart) -> None:
+        if part.is_decision and self.param("publish_markers") and subscribed(self.publisher):
+            self.publisher.publish(region_markers(part.result, part.header_3d))
+
+
+__all__ = ["region_markers", "NAMESPACE", "Markers"]

@@ -1,0 +1,121 @@
+"""The inspector's health: answer counters, latency percentiles, input rate, and the ``/diagnostics`` status.
+
+:class:`Health` counts every answer (:meth:`Health.answered`, any thread) and every received set
+(:meth:`Health.received`);
+:meth:`Health.status`, published on ``/diagnostics`` by :meth:`Health.start`, reads the other parts of the inspector (model slot,
+intake, worker, enable switch) to say OK / WARN / ERROR with one message and key/value strings.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from typing import Any, Deque, Dict, Optional
+
+import numpy as np
+
+from ...types import InspectionResult, Verdict
+
+COUNTERS = ("received", "processed", "passed", "failed", "errored", "skipped", "dropped_stale")
+_VERDICT_COUNTER = {Verdict.PASS: "passed", Verdict.FAIL: "failed", Verdict.ERROR: "errored",
+                    Verdict.SKIPPED: "skipped"}
+
+
+class Health:
+    """Counters and the diagnostics status of one inspector (``inspector``: its :class:`Inspector`)."""
+
+    def __init__(self, inspector: Any) -> None:
+        self.inspector = inspector
+        self._counts: collections.Counter = collections.Counter()
+        self._lock = threading.Lock()
+        self._latencies_ms: Deque[float] = collections.deque(maxlen=200)
+        self._arrivals: Deque[float] = collections.deque(maxlen=200)
+
+    def received(self, arrival: Optional[float] = None) -> None:
+        """A part arrived: a complete set at ``arrival`` (time.monotonic(), counted in the input rate) or a
+        lone image (None)."""
+        with self._lock:
+            self._counts["received"] += 1
+            if arrival is not None:
+                self._arrivals.append(arrival)
+
+    def answered(self, result: InspectionResult) -> None:
+        """A part got ``result`` (with its latency_ms)."""
+        with self._lock:
+            self._counts[_VERDICT_COUNTER[result.verdict]] += 1
+            if result.verdict.is_decision:
+                self._counts["processed"] += 1
+                self._latencies_ms.append(result.latency_ms)
+
+    def counts(self) -> Dict[str, int]:
+        """The COUNTERS (dropped_stale from the worker)."""
+        with self._lock:
+            counts = {key: self._counts[key] for key in COUNTERS}
+        worker = self.inspector.worker
+        counts["dropped_stale"] = worker.dropped_stale if worker is not None else 0
+        return counts
+
+    def start(self, period_s: float) -> None:
+        """Publish :meth:`status` on /diagnostics every ``period_s`` seconds of wall-clock (steady) time: health
+        is reported even while a replay's sim time stands still."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.clock import Clock, ClockType
+
+        node = self.inspector.node
+        publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        def publish() -> None:
+            array = DiagnosticArray(status=[self.status()])
+            array.header.stamp = node.get_clock().now().to_msg()
+            publisher.publish(array)
+
+        node.create_timer(float(period_s), publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def status(self):
+        """The inspector's DiagnosticStatus (level, message, values)."""
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+        inspector = self.inspector
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._arrivals if now - t <= 10.0]
+            lat = np.asarray(self._latencies_ms, float)
+        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        pct = {q: (float(np.percentile(lat, q)) if lat.size else math.nan) for q in (50, 90, 99)}
+        model = inspector.model
+        detector, model_id, model_error = model.slot.current()
+        intake = inspector.intake
+        if detector is None:
+            level, message = DiagnosticStatus.ERROR, ("loading the model" if model.slot.loading else model_error)
+        elif intake is None:
+            level, message = DiagnosticStatus.WARN, "not listening (inactive)"
+        elif not inspector.enabled:
+            level, message = DiagnosticStatus.WARN, "inspection disabled"
+        elif intake.incompatible_topics:
+            level, message = DiagnosticStatus.ERROR, (f"publishers with incompatible QoS on "
+                                                      f"{', '.join(intake.incompatible_topics)}: their "
+                                                      f"messages never arrive (input_reliability)")
+        elif model.device_note:
+            level, message = DiagnosticStatus.WARN, f"running; {model.device_note}"
+        else:
+            level, message = DiagnosticStatus.OK, "running"
+        worker = inspector.worker
+        values = {
+            "enabled": str(inspector.enabled), "model": model_id, "model_error": model_error,
+            "model_loading": str(model.slot.loading), "device": model.device, "device_note": model.device_note,
+            "input_mode": inspector.mode.name, "input_reliability": inspector.p["input_reliability"],
+            "queue_policy": inspector.p["queue_policy"], "input_rate_hz": f"{rate:.2f}",
+            "latency_p50_ms": f"{pct[50]:.1f}", "latency_p90_ms": f"{pct[90]:.1f}",
+            "latency_p99_ms": f"{pct[99]:.1f}", "queued": str(worker.queued if worker is not None else 0),
+            "batch_size": str(inspector.p["batch_size"]), "outputs": inspector.outputs.describe(),
+        }
+        values.update({key: str(value) for key, value in self.counts().items()})
+        if intake is not None:
+            values.update({key: str(value) for key, value in intake.counts().items()})
+        return DiagnosticStatus(level=level, name=f"{inspector.node.get_fully_qualified_name()}: inspector",
+                                message=message, hardware_id=model_id,
+                                values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+__all__ = ["Health", "COUNTERS"]

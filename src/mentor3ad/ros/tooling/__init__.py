@@ -1,0 +1,6 @@
+"""Test, bench and commissioning tooling around the nodes (not used by the nodes themselves).
+
+* :mod:`.graph`: node processes, result collection, the replay evaluation graph (tests, demo);
+* :mod:`.round_trip`: ``mentor3ad bench --ros`` round trips through a live ``inspector_node``;
+* :mod:`.pair_publisher`: ``python -m mentor3ad.ros.tooling.pair_publisher``, synthetic input pairs.
+"""
