@@ -319,3 +319,123 @@ def test_save_stores_undefined_diagnostics_as_null(model, extractor, tmp_path):
             detector.save(tmp_path / "bad_config.safetensors")
     finally:
         detector.config.model.smoothing_sigma = sigma
+
+
+# ------------------------------------------------------------------ files that are no model: nothing of them echoed
+SHADOW = b"root:*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n"
+
+
+def _not_a_model_files(tmp_path):
+    yield "shadow_like", SHADOW
+    yield "small_length_then_secret", struct.pack("<Q", 24) + b"SECRET-TOKEN=hunter2\xff\xfe\x00\x01" + b"x" * 64
+    yield "json_but_a_list", struct.pack("<Q", 10) + b'["SECRET"]'
+    yield "binary", bytes(range(256)) * 4
+    proc = Path("/proc/self/environ")
+    if proc.is_file():
+        yield "proc_self_environ", proc  # a real file whose size says 0 and whose content is the environment
+
+
+@pytest.mark.parametrize("kind", ["shadow_like", "small_length_then_secret", "json_but_a_list", "binary",
+                                  "proc_self_environ"])
+def test_a_file_that_is_no_model_is_refused_without_echoing_its_bytes(tmp_path, kind):
+    files = dict(_not_a_model_files(tmp_path))
+    if kind not in files:
+        pytest.skip("no /proc/self/environ here")
+    source = files[kind]
+    path = source if isinstance(source, Path) else tmp_path / f"{kind}.safetensors"
+    if not isinstance(source, Path):
+        path.write_bytes(source)
+    content = path.read_bytes()
+    with pytest.raises(ModelLoadError) as info:
+        checkpoint.read_checkpoint_header(path)
+    message = str(info.value)
+    assert message == f"{path} is not a mentor3ad model file (no safetensors header: corrupt or truncated, or " \
+                      "another kind of file)"
+    (length,) = struct.unpack("<Q", content[:8].ljust(8, b"\0"))
+    leaked = [str(length), str(len(content)), content[:8].decode("latin-1"), "0x", "SECRET", "root"]
+    assert not [text for text in leaked if text in message.replace(str(path), "")], message
+
+
+def test_deeply_nested_json_is_a_one_line_refusal_not_a_recursion_error(model, tmp_path):
+    nested = b"[" * 200_000 + b"]" * 200_000
+    header_file = tmp_path / "nested_header.safetensors"
+    header_file.write_bytes(struct.pack("<Q", len(nested)) + nested)
+    with pytest.raises(ModelLoadError, match="is not a mentor3ad model file"):
+        checkpoint.read_checkpoint_header(header_file)
+    metadata, tensors = _parts(model[0])
+    metadata_file = _write(tmp_path / "nested_metadata.safetensors", tensors, metadata,
+                           metadata_text="[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelLoadError, match="metadata is nested too deeply"):
+        checkpoint.read_checkpoint_header(metadata_file)
+    config_file = _write(tmp_path / "nested_config.safetensors", tensors, metadata, metadata_text=json.dumps(
+        {**metadata, "training_info": "@@"}).replace('"@@"', '{"a": ' * 990 + "1" + "}" * 990))
+    with pytest.raises(ModelLoadError, match="nested too deeply"):
+        checkpoint.read_checkpoint_header(config_file)
+
+
+def test_mentor3ad_evaluate_refuses_a_nested_header_in_one_line(tmp_path):
+    from helpers import run_mentor3ad
+    from mentor3ad.io.datasets.synthetic import generate_cell_dataset
+
+    nested = b"[" * 200_000 + b"]" * 200_000
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(struct.pack("<Q", len(nested)) + nested)
+    data = tmp_path / "data"
+    generate_cell_dataset(data, n_train=1, n_val=1, n_test_good=1, n_test_per_defect=1, resolution=(32, 32),
+                          defect_types=["dent"])
+    code, _, output = run_mentor3ad("evaluate", "--model", path, "--data", data, "--out", tmp_path / "out", "--no-naive")
+    assert code == 1 and "Traceback" not in output, output
+    assert output.strip().splitlines()[-1] == (f"mentor3ad evaluate: error: {path} is not a mentor3ad model file (no "
+                                                "safetensors header: corrupt or truncated, or another kind of file)")
+
+
+@pytest.mark.parametrize("threshold", [0.0, -1.0, -1e-9])
+def test_a_threshold_no_score_stays_at_or_below_is_refused(model, extractor, tmp_path, threshold):
+    metadata, tensors = _parts(model[0])
+    poisoned = _write(tmp_path / "low.safetensors", tensors, {**metadata, "threshold": threshold})
+    with pytest.raises(ModelLoadError, match=r"the threshold must be above 0 \(image scores are >= 0: every part "
+                                             r"would FAIL\), got"):
+        Detector.load(poisoned, extractor=extractor)
+
+
+def test_model_locations_are_checked_before_the_file_is_looked_at(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    inside = models / "gland.safetensors"
+    assert checkpoint.check_model_location(inside, [models]) == inside.resolve()  # need not exist yet
+    assert checkpoint.check_model_location("/etc/shadow", []) == Path("/etc/shadow")  # no directories: no limit
+    for outside in ("/etc/shadow", models / ".." / "x.safetensors", tmp_path / "missing.safetensors"):
+        with pytest.raises(ModelLoadError) as info:
+            checkpoint.check_model_location(outside, [models])
+        assert str(info.value) == (f"model_path {outside} is outside the allowed model directories ({models}); "
+                                   "refusing to open it")
+    link = models / "link.safetensors"
+    link.symlink_to("/etc/passwd")
+    with pytest.raises(ModelLoadError, match="outside the allowed model directories"):
+        checkpoint.check_model_location(link, [models])
+
+
+def test_a_header_that_exhausts_memory_is_a_one_line_refusal(tmp_path):
+    """A 15 MiB header of numbers (~ 7.5 M list items: about 60 MiB as Python objects) read by ``mentor3ad
+    evaluate`` in a process whose address space is limited to what it uses plus 32 MiB."""
+    import subprocess
+    import sys
+
+    from mentor3ad.io.datasets.synthetic import generate_cell_dataset
+
+    header = b'{"a": [' + b"0," * (15 * 2 ** 19) + b"0]}"
+    path = tmp_path / "huge_header.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    data = tmp_path / "data"
+    generate_cell_dataset(data, n_train=1, n_val=1, n_test_good=1, n_test_per_defect=1, resolution=(32, 32),
+                          defect_types=["dent"])
+    script = ("import re, resource, sys\n"
+              "import mentor3ad.cli as cli, mentor3ad.jobs, mentor3ad.model.detector, mentor3ad.eval.report\n"
+              "used = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (used + 32 * 2 ** 20, resource.RLIM_INFINITY))\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "evaluate", "--model", str(path), "--data", str(data),
+                           "--out", str(tmp_path / "out"), "--no-naive"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"mentor3ad evaluate: error: {path}: not enough memory to validate "
+                                                    "its header (at most 16 MiB of JSON); refusing it"), proc.stderr

@@ -4,8 +4,8 @@
 Each command module defines ``register(subparsers)`` which adds its parser and sets
 ``func=run(args) -> int``; heavy imports (torch, rclpy) happen inside ``run`` so ``--help`` stays fast.
 Expected failures (:class:`~mentor3ad.errors.Mentor3ADError`: bad bag, model, config or data) print one
-line ``mentor3ad <command>: error: <reason>`` and exit 2 (configuration) or 1 (everything else); the
-traceback is shown only with ``--debug``.
+line ``mentor3ad <command>: error: <reason>`` and exit 2 (configuration) or 1 (everything else), and so
+does running out of memory (``MemoryError``); the traceback is shown only with ``--debug``.
 """
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"mentor3ad {args.command}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except MemoryError:  # e.g. a crafted input under a memory limit: one line too, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"mentor3ad {args.command}: error: out of memory (MemoryError)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -7,10 +7,12 @@ xyz_dim, training_info, saved_at}. Loading never unpickles.
 
 Reading (:func:`read_checkpoint`) is defensive, because a model file decides whether parts pass:
 
-1. only the 8-byte length and the JSON header are read first (bounded to ``MAX_HEADER_BYTES``);
+1. only the 8-byte length and the JSON header are read first (bounded to ``MAX_HEADER_BYTES``); a file
+   without one is refused as "not a mentor3ad model file" without a byte, length or size of it in the
+   message (:func:`not_a_model`: a model path can name any readable file);
 2. the metadata is validated: format and version, the config (every dimension bounded by
-   ``MAX_DIMENSION``, every number finite), a finite threshold, feature dimensions consistent with the
-   stored identity;
+   ``MAX_DIMENSION``, every number finite), a finite threshold above 0, feature dimensions consistent with
+   the stored identity;
 3. the expected tensor names, dtypes and shapes are derived from the config on torch's ``meta`` device
    (no memory); their total must stay under ``MAX_HEAD_PARAMETERS``; they are compared with the header,
    the tensors must tile the data section exactly, and the file size must equal the header's data length
@@ -20,8 +22,10 @@ Reading (:func:`read_checkpoint`) is defensive, because a model file decides whe
    backbone identity and the backbones' size, :func:`check_backbone_budget`) are the tensors
    memory-mapped, and every value must be finite.
 
-:func:`read_checkpoint_header` does steps 1-3, :func:`read_checkpoint` all four. Any failure is a
-:class:`~mentor3ad.errors.ModelLoadError` naming the file and the problem. Writes are atomic
+:func:`read_checkpoint_header` does steps 1-3, :func:`read_checkpoint` all four. Any failure (also JSON
+nested beyond the parser's depth, or a header that exhausts memory) is a
+:class:`~mentor3ad.errors.ModelLoadError` naming the file and the problem. :func:`check_model_location`
+limits model paths to configured directories before a file is looked at. Writes are atomic
 (:func:`mentor3ad.io.files.atomic_write_bytes`) and refuse non-finite thresholds and weights.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple, Union
+from typing import Any, Dict, Iterator, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -81,6 +85,9 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], m
     threshold = metadata.get("threshold")
     if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelLoadError(f"refusing to save {path}: the threshold is {threshold!r} (calibrate the model first)")
+    if threshold <= 0:
+        raise ModelLoadError(f"refusing to save {path}: the threshold is {threshold!r}, every part would FAIL "
+                             "(image scores are >= 0)")
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise ModelLoadError(f"refusing to save {path}: non-finite weights in {', '.join(sorted(bad)[:5])}")
@@ -104,26 +111,31 @@ def new_metadata(config: Mentor3ADConfig, threshold: float, backbone_identity: d
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def not_a_model(path: Path) -> ModelLoadError:
+    """The refusal of a file without a safetensors header: it names the path and what the file is not, never
+    its bytes, its size or the length its first 8 bytes would give (any readable file can be named as a model
+    path; the refusal must not become a way to read it)."""
+    return ModelLoadError(f"{path} is not a mentor3ad model file (no safetensors header: corrupt or truncated, or "
+                          "another kind of file)")
+
+
 def _read_header(path: Path) -> Tuple[dict, int]:
     """(safetensors JSON header, byte offset of the data) reading only the header bytes."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: "
-                                 f"{size} bytes)")
+            raise not_a_model(path)
         (length,) = struct.unpack("<Q", prefix)
         if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
-            raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: header "
-                                 f"length {length}, file size {size})")
+            raise not_a_model(path)
         raw = handle.read(length)
     try:
         header = json.loads(raw)
-    except ValueError as err:
-        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file: "
-                             f"header is not JSON: {err})") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond the parser's depth
+        raise not_a_model(path) from None
     if not isinstance(header, dict):
-        raise ModelLoadError(f"{path} is not a readable Mentor3AD model (corrupt or truncated file)")
+        raise not_a_model(path)
     return header, 8 + length
 
 
@@ -134,6 +146,8 @@ def _metadata(path: Path, header: dict) -> dict:
                              "metadata entry)")
     try:
         metadata = json.loads(entry, parse_constant=lambda name: float(name))
+    except RecursionError:
+        raise ModelLoadError(f"{path}: the '{METADATA_KEY}' metadata is nested too deeply to be a model's") from None
     except (TypeError, ValueError) as err:
         raise ModelLoadError(f"{path}: metadata is not JSON: {err}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
@@ -158,6 +172,9 @@ def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, floa
         raise ModelLoadError(f"{path}: invalid checkpoint metadata: {err}") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         raise ModelLoadError(f"{path}: the threshold must be a finite number, got {threshold!r}")
+    if threshold <= 0:
+        raise ModelLoadError(f"{path}: the threshold must be above 0 (image scores are >= 0: every part would FAIL), "
+                             f"got {threshold!r}")
     for name, value in (("rgb_dim", rgb_dim), ("xyz_dim", xyz_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
             raise ModelLoadError(f"{path}: {name} must be an integer in [1, {MAX_DIMENSION}], got {value!r}")
@@ -306,9 +323,33 @@ class CheckpointHeader:
     xyz_dim: int
 
 
+def check_model_location(path: Union[str, Path], directories: Sequence[Union[str, Path]]) -> Path:
+    """``path`` resolved (symlinks followed) when it lies inside one of ``directories`` (resolved too), else a
+    ModelLoadError naming the directories; decided from the names only, before the file is opened or its
+    existence is reported. No ``directories``: no restriction (``path`` is returned as given)."""
+    if not directories:
+        return Path(path)
+    resolved = Path(path).resolve()
+    allowed = [Path(d).resolve() for d in directories]
+    if not any(resolved.is_relative_to(d) for d in allowed):
+        raise ModelLoadError(f"model_path {path} is outside the allowed model directories "
+                             f"({', '.join(str(d) for d in directories)}); refusing to open it")
+    return resolved
+
+
 def read_checkpoint_header(path: Union[str, Path]) -> CheckpointHeader:
     """Steps 1-3 of the module docstring: header, metadata, tensor layout and file size (no tensor data read)."""
     path = Path(path)
+    try:
+        return _read_checkpoint_header(path)
+    except RecursionError:  # a structure within the parser's depth but beyond a validator's
+        raise ModelLoadError(f"{path}: the header is nested too deeply to be a model's") from None
+    except MemoryError:
+        raise ModelLoadError(f"{path}: not enough memory to validate its header (at most "
+                             f"{MAX_HEADER_BYTES // 2 ** 20} MiB of JSON); refusing it") from None
+
+
+def _read_checkpoint_header(path: Path) -> CheckpointHeader:
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     header, data_start = _read_header(path)
@@ -352,5 +393,5 @@ def read_tensors(checked: CheckpointHeader) -> Dict[str, torch.Tensor]:
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "METADATA_KEY", "TENSOR_PREFIX", "MAX_HEAD_PARAMETERS",
            "MAX_BACKBONE_PARAMETERS", "CheckpointHeader", "read_checkpoint", "read_checkpoint_header", "read_tensors",
-           "check_backbone_budget", "write_checkpoint", "new_metadata", "validate_metadata", "expected_tensors",
+           "check_backbone_budget", "check_model_location", "not_a_model", "write_checkpoint", "new_metadata", "validate_metadata", "expected_tensors",
            "canonical_json", "json_default"]
