@@ -79,3 +79,19 @@ def test_future_stamped_clouds_then_normal_pairs_every_image_answered_node_alive
     assert sorted(r.stamp_ns for r in collector.results) == [START_NS + i * PERIOD_NS for i in range(n)]
     # the clock jump heals at once: the normal pairs are inspected, not timed out
     assert all(r.verdict in ("PASS", "FAIL") for r in collector.results), collector.results
+
+
+@pytest.mark.parametrize("node, parameter, expected", [
+    ("inspector_node", "queue_size:=notanint", "parameter queue_size must be an integer, got 'notanint' (a string)"),
+    ("inspector_node", "threshold:=abc", "parameter threshold must be a number (double), got 'abc' (a string)"),
+    ("trainer_node", "val_fraction:=[1, 2]", "parameter val_fraction must be a number (double), got [1, 2] (a list "
+                                             "of integers)"),
+    ("evaluator_node", "exit_when_done:=7", "parameter exit_when_done must be true or false, got 7 (an integer)"),
+])
+def test_a_start_up_parameter_of_the_wrong_type_is_one_line_naming_it(node, parameter, expected):
+    from mentor3ad.ros.tooling.graph import executable
+
+    with NodeProcess([executable(node), "--ros-args", "-p", parameter]) as process:
+        code = process.wait(60.0)
+        output = process.output()
+    assert code == 2 and output.strip().splitlines() == [f"{node}: error: {expected}"], output

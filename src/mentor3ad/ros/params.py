@@ -73,9 +73,30 @@ def topics_from_parameters(values: Mapping[str, Any], prefix: str = "") -> Dict[
     return recorded_topics({key: values.get(f"{prefix}{key}_topic", "") for key in TOPICS})
 
 
+EXPECTED = {"bool": "true or false", "int": "an integer", "double": "a number (double)", "string": "a string",
+            "string[]": "a list of strings", "double[]": "a list of numbers (double[])"}
+GIVEN = {"BOOL": "true/false", "INTEGER": "an integer", "DOUBLE": "a number", "STRING": "a string",
+         "BYTE_ARRAY": "bytes", "BOOL_ARRAY": "a list of true/false", "INTEGER_ARRAY": "a list of integers",
+         "DOUBLE_ARRAY": "a list of numbers", "STRING_ARRAY": "a list of strings"}
+
+
+def _type_problem(spec: ParamSpec, override: Any, exc: Exception) -> str:
+    """'parameter NAME must be <type>, got <value> (<its type>)' for a start-up value rclpy refused."""
+    if override is None:
+        return f"parameter {spec.name}: {exc}"
+    value = override.value
+    shown = repr(value) if isinstance(value, str) else str(list(value) if not isinstance(value, (bool, int, float))
+                                                          else value).replace("True", "true").replace("False", "false")
+    hint = f"; write {value}.0" if spec.type_name == "double" and override.type_.name == "INTEGER" else ""
+    return (f"parameter {spec.name} must be {EXPECTED[spec.type_name]}, got {shown} "
+            f"({GIVEN.get(override.type_.name, override.type_.name.lower())}){hint}")
+
+
 def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
-    """Declare every spec on ``node`` with a ParameterDescriptor; returns name -> current value."""
+    """Declare every spec on ``node`` with a ParameterDescriptor; returns name -> current value. A start-up
+    value of the wrong type (``-p queue_size:=notanint``) is a ConfigError naming the parameter."""
     from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+    from rclpy.exceptions import ParameterException
 
     types = {
         "bool": ParameterType.PARAMETER_BOOL,
@@ -91,7 +112,11 @@ def declare_parameters(node: Any, specs: Sequence[ParamSpec]) -> Dict[str, Any]:
             name=spec.name, type=types[spec.type_name], description=spec.description, read_only=spec.read_only
         )
         default = list(spec.default) if isinstance(spec.default, (list, tuple)) else spec.default
-        param = node.declare_parameter(spec.name, default, descriptor)
+        try:
+            param = node.declare_parameter(spec.name, default, descriptor)
+        except ParameterException as exc:  # e.g. -p queue_size:=notanint: one line naming the parameter
+            raise ConfigError(_type_problem(spec, getattr(node, "_parameter_overrides", {}).get(spec.name), exc)) \
+                from None
         values[spec.name] = list(param.value) if isinstance(param.value, (list, tuple)) else param.value
         problem = spec.problem(values[spec.name])
         if problem:

@@ -20,6 +20,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
+from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES, TOPICS, input_mode_help
 from .. import configure_local_discovery, log_outcome
 from ..params import ParamSpec, declare_parameters, parse_node_help, topic_parameters, topics_from_parameters
@@ -140,7 +141,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     TRAINER_PARAMETERS)
     configure_local_discovery()
     rclpy.init(args=argv)
-    node = TrainerNode()
+    try:
+        node = TrainerNode()
+    except ConfigError as exc:  # a parameter of the wrong type or value: one line, exit 2
+        print(f"trainer_node: error: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
     try:
         code = node.run()
         time.sleep(0.3)  # let the last progress message go out
