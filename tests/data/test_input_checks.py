@@ -116,3 +116,13 @@ def test_empty_frames_are_not_compared():
     for message in messages.values():  # messages without a header at all (plain objects)
         del message.header
     assert input_mode("points").convert(messages, 16)[1].shape == SIZE + (3,)
+
+
+def test_depth_mode_compares_the_camera_info_frame_too():
+    _, messages = _messages("depth", image_frame="camera_color_optical_frame",
+                            other_frame="camera_color_optical_frame")
+    messages["camera_info"].header.frame_id = "camera_depth_optical_frame"
+    with pytest.raises(InputError, match="^image frame 'camera_color_optical_frame' differs from camera info frame "
+                                         "'camera_depth_optical_frame'"):
+        input_mode("depth").convert(messages, 16)
+    assert input_mode("depth").convert(messages, 16, InputChecks(require_same_frame=False))[1].shape == SIZE + (3,)

@@ -244,7 +244,7 @@ class InputMode:
         working volume (points outside become NaN), then at least ``min_valid_points`` valid points."""
         checks = DEFAULT_CHECKS if checks is None else checks
         if checks.require_same_frame:
-            check_frames(messages, [k for k in self.topic_keys if k not in self.constant_keys])
+            check_frames(messages, self.topic_keys)  # CameraInfo's frame too
         rgb = msgconv.image_to_rgb(messages["image"])
         xyz = self.to_xyz(messages)
         msgconv.check_aligned(rgb, xyz)
