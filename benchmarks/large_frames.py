@@ -41,7 +41,7 @@ from mentor3ad.ros import configure_local_discovery
 try:
     from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
 except ImportError:
-    from mentor3ad.ros.pair_publisher import build_pair, to_messages
+    from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
 from sensor_msgs.msg import Image, PointCloud2
 
 width, height, count, rate, qos = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
