@@ -5,7 +5,8 @@
 With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/test``) and pass it as
 ``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
-with ``exit_when_done:=true`` (default) the whole launch ends once the report is written. With
+with ``exit_when_done:=true`` (default) the whole launch ends once the report is written (exit code 1 when
+the evaluator, the inspector or the replay failed). With
 ``pace:=true`` (default) the replay waits for the inspector's results (at most ``max_in_flight`` parts
 unanswered), so a CPU slower than the recording still evaluates every part; the inspector's inputs are
 reliable here (``input_reliability`` defaults to ``reliable``), so no recorded part is lost on the way. The topic
@@ -17,14 +18,12 @@ the nodes unless that variable is already set; ``dds_profile:=''`` leaves the en
 (inspector_node then loads that profile itself; set FASTDDS_DEFAULT_PROFILES_FILE to use your own).
 """
 from launch import LaunchDescription
-from launch.actions import EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
+from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
 from mentor3ad.io.inputs import TOPICS
-from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, declare, flag, inspector_node,
-                                          package_file, played_topics)
+from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, declare, end_with, flag, inspector_executable,
+                                          inspector_node, number, package_file, played_topics)
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 INSPECTOR_CONFIG = package_file("config", "inspector.yaml")
@@ -55,25 +54,27 @@ def _nodes(context):
     if argument(context, "output_dir"):
         evaluator_overrides["output_dir"] = argument(context, "output_dir")
     if argument(context, "expected_pairs"):
-        evaluator_overrides["expected_pairs"] = int(argument(context, "expected_pairs"))
+        evaluator_overrides["expected_pairs"] = number(context, "expected_pairs", int)
     if argument(context, "input_mode"):
         evaluator_overrides["gt_input_mode"] = argument(context, "input_mode")
     evaluator = Node(package="mentor3ad", executable="evaluator_node", name="evaluator", namespace=namespace,
                      parameters=[argument(context, "evaluator_params_file"), evaluator_overrides],
                      remappings=[("result", "inspector/result"), ("anomaly_map", "inspector/anomaly_map")],
                      arguments=log, output="screen")
-    actions = _dds_profile(argument(context, "dds_profile")) + [inspector_node(context), evaluator]
+    inspector = inspector_node(context)
+    # a failing node fails the launch (exit 1); with exit_when_done the evaluator's success ends it
+    done = "evaluator_node wrote its report" if flag(context, "exit_when_done") else None
+    actions = _dds_profile(argument(context, "dds_profile")) + [
+        inspector, evaluator, end_with(inspector, inspector_executable(context), None),
+        end_with(evaluator, "evaluator_node", done)]
     if argument(context, "bag"):
         topics = played_topics(context)
         pacing = (["--pace-on", topics[0], "--pace-results", "inspector/result",
                    "--max-in-flight", argument(context, "max_in_flight")] if flag(context, "pace") else [])
-        actions.append(Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
-                            arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
-                                       "--wait-for-subscribers", "--topics", *topics, *pacing, *log],
-                            output="screen"))
-    if flag(context, "exit_when_done"):
-        actions.append(RegisterEventHandler(OnProcessExit(target_action=evaluator, on_exit=[
-            EmitEvent(event=Shutdown(reason="evaluator_node wrote its report"))])))
+        replay = Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
+                      arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
+                                 "--wait-for-subscribers", "--topics", *topics, *pacing, *log], output="screen")
+        actions += [replay, end_with(replay, "replay_node", None)]
     return actions
 
 

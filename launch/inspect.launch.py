@@ -7,7 +7,8 @@ Parameters come from ``params_file`` (default: the package's config/inspector.ya
 argument overrides it (model_path, device, input_mode, input_reliability, threshold, queue_policy,
 pair_timeout, publish_anomaly_map, publish_overlay, publish_markers). ``lifecycle:=true`` starts the
 managed node (``autostart:=false`` leaves the transitions to a lifecycle manager). Every argument has a
-description: ``ros2 launch mentor3ad inspect.launch.py --show-args``.
+description: ``ros2 launch mentor3ad inspect.launch.py --show-args``. When the node fails (e.g. exit 2 on a
+bad parameter) the launch ends with exit code 1, naming it.
 
 ``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the node unless that variable is already set; ``dds_profile:=''`` leaves the environment alone
@@ -16,7 +17,8 @@ the node unless that variable is already set; ``dds_profile:=''`` leaves the env
 from launch import LaunchDescription
 from launch.actions import OpaqueFunction
 
-from mentor3ad.ros.launch_support import INSPECTOR_ARGUMENTS, argument, declare, inspector_node, package_file
+from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, declare, end_with, inspector_executable,
+                                          inspector_node, package_file)
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 CONFIG = package_file("config", "inspector.yaml")
@@ -24,7 +26,8 @@ DDS_PROFILE = package_file("config", "fastdds_inspector.xml")
 
 
 def _inspector(context):
-    return _dds_profile(argument(context, "dds_profile")) + [inspector_node(context)]
+    node = inspector_node(context)  # the launch ends with it, and fails (exit 1) when it fails
+    return _dds_profile(argument(context, "dds_profile")) + [node, end_with(node, inspector_executable(context))]
 
 
 def generate_launch_description():

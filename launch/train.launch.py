@@ -5,7 +5,7 @@
 
 Parameters come from ``params_file`` (default: the package's config/trainer.yaml); non-empty arguments
 override it. The node exits when the model is written (and, with ``reload_service``, swapped into the
-running inspector: a refused swap is a failure).
+running inspector: a refused swap is a failure); the launch ends with it and exits 1 when it failed.
 
 ``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
@@ -14,7 +14,7 @@ from launch import LaunchDescription
 from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
-from mentor3ad.ros.launch_support import argument, declare, flag, package_file
+from mentor3ad.ros.launch_support import argument, declare, end_with, flag, package_file
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 CONFIG = package_file("config", "trainer.yaml")
@@ -24,6 +24,7 @@ LIST_ARGUMENTS = {"bag_paths": "Comma-separated rosbag2 recordings of good parts
 TEXT_ARGUMENTS = {
     "output_model_path": "Model file to write; empty keeps the params file's value.",
     "config_file": "Mentor3AD model/training config YAML; empty keeps the params file's value.",
+    "cache_dir": "Feature cache directory (second runs skip the backbones); empty keeps the params file's value.",
     "reload_service": "Inspector reload service to hand the model to when done, e.g. /inspector/reload_model.",
 }
 RECORDING_TOPICS = ("image_topic", "points_topic", "depth_topic", "camera_info_topic")
@@ -37,11 +38,11 @@ def _trainer(context):
     for key in (*TEXT_ARGUMENTS, "device", "input_mode", *RECORDING_TOPICS):
         if argument(context, key):
             overrides[key] = argument(context, key)
+    trainer = Node(package="mentor3ad", executable="trainer_node", name="trainer", namespace=argument(context, "namespace"),
+                   parameters=[argument(context, "params_file"), overrides],
+                   arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
     return _dds_profile(argument(context, "dds_profile")) + [
-        Node(package="mentor3ad", executable="trainer_node", name="trainer", namespace=argument(context, "namespace"),
-             parameters=[argument(context, "params_file"), overrides],
-             arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
-    ]
+        trainer, end_with(trainer, "trainer_node", "trainer_node finished: the model is written")]
 
 
 def generate_launch_description():

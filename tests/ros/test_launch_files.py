@@ -23,7 +23,8 @@ INSPECTOR_ARGUMENTS = COMMON_ARGUMENTS | {"model_path", "input_mode", "image_top
 REQUIRED = {
     "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
-                                           "camera_info_topic", "bag_paths", "output_model_path", "reload_service"},
+                                           "camera_info_topic", "bag_paths", "output_model_path", "reload_service",
+                                           "cache_dir"},
     "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight"},
 }
 
@@ -145,14 +146,67 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     unpaced, _ = run(module, bag="/bags/test", pace="false")
     replay = [a for a in unpaced if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]
     assert "--pace-on" not in replay.kwargs["arguments"]
-    handlers = [a for a in actions if isinstance(a, Recorder) and not a.kwargs.get("executable")]
-    assert handlers, "no shutdown when the evaluator exits"
-    event = handlers[0].args[0]
-    assert event.kwargs["target_action"].kwargs["executable"] == "evaluator_node"
-    evaluator = event.kwargs["target_action"]
-    assert evaluator.kwargs["parameters"][1]["exit_when_done"] is True
+    evaluator_exit = exit_handlers(actions)["evaluator_node"]
+    assert evaluator_exit.kwargs["target_action"].kwargs["parameters"][1]["exit_when_done"] is True
+    shutdown = evaluator_exit.kwargs["on_exit"](types.SimpleNamespace(returncode=0), RUNNING)
+    assert [a.kwargs["event"].kwargs["reason"] for a in shutdown] == ["evaluator_node wrote its report"]
     without, _ = run(module, bag="/bags/test", exit_when_done="false")
-    assert not [a for a in without if isinstance(a, Recorder) and not a.kwargs.get("executable")]
+    assert exit_handlers(without)["evaluator_node"].kwargs["on_exit"](types.SimpleNamespace(returncode=0), RUNNING) == []
+
+
+RUNNING = types.SimpleNamespace(is_shutdown=False)
+
+
+def exit_handlers(actions):
+    """{executable: OnProcessExit stand-in} of the RegisterEventHandler actions."""
+    handlers = [a.args[0] for a in actions if isinstance(a, Recorder) and a.args and isinstance(a.args[0], Recorder)
+                and "target_action" in a.args[0].kwargs]
+    return {h.kwargs["target_action"].kwargs["executable"]: h for h in handlers}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_every_started_node_failing_fails_the_launch(path, monkeypatch):
+    from mentor3ad.ros.launch_support import NodeFailed
+
+    actions, _ = run(load(path, monkeypatch), bag="/bags/test")
+    nodes = {a.kwargs["executable"] for a in actions if isinstance(a, Recorder) and "executable" in a.kwargs}
+    handlers = exit_handlers(actions)
+    assert set(handlers) == nodes
+    for executable, handler in handlers.items():
+        with pytest.raises(NodeFailed, match=f"^{executable} exited with code 2 \\(configuration error"):
+            handler.kwargs["on_exit"](types.SimpleNamespace(returncode=2), RUNNING)
+        with pytest.raises(NodeFailed, match=f"^{executable} was killed by SIGKILL"):
+            handler.kwargs["on_exit"](types.SimpleNamespace(returncode=-9), RUNNING)
+        stopping = types.SimpleNamespace(is_shutdown=True)  # Ctrl-C: a node stopped by the signal is no failure
+        assert handler.kwargs["on_exit"](types.SimpleNamespace(returncode=-15), stopping) == []
+        assert handler.kwargs["on_exit"](types.SimpleNamespace(returncode=130), stopping) == []
+
+
+def test_exit_failure_names_the_node_and_the_cause():
+    from mentor3ad.ros.launch_support import exit_failure
+
+    assert exit_failure("trainer_node", 0, False) is None
+    assert exit_failure("trainer_node", 1, False) == "trainer_node exited with code 1 (failed; its log is above)"
+    assert exit_failure("inspector_node", 2, True).startswith("inspector_node exited with code 2 (configuration error")
+    assert exit_failure("inspector_node", -15, False) == "inspector_node was killed by SIGTERM"
+    assert exit_failure("inspector_node", -15, True) is None and exit_failure("replay_node", 130, True) is None
+    assert exit_failure("replay_node", 130, False) == "replay_node exited with code 130 (failed; its log is above)"
+
+
+@pytest.mark.parametrize("path, values, name", [
+    ("inspect.launch.py", {"threshold": "abc"}, "threshold"),
+    ("evaluate.launch.py", {"pair_timeout": "2s"}, "pair_timeout"),
+    ("evaluate.launch.py", {"expected_pairs": "ten"}, "expected_pairs"),
+])
+def test_a_bad_number_names_the_launch_argument(path, values, name, monkeypatch):
+    with pytest.raises(ValueError, match=f"^launch argument {name} must be (a number|an integer), got "):
+        run(load(REPO / "launch" / path, monkeypatch), **values)
+
+
+def test_train_passes_cache_dir(monkeypatch):
+    actions, _ = run(load(REPO / "launch" / "train.launch.py", monkeypatch), cache_dir="/var/cache/m3ad")
+    trainer = [a for a in actions if isinstance(a, Recorder) and a.kwargs.get("executable") == "trainer_node"][0]
+    assert trainer.kwargs["parameters"][1]["cache_dir"] == "/var/cache/m3ad"
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)

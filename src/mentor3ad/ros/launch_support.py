@@ -7,9 +7,13 @@ Imported only where launch / launch_ros are installed; their imports happen insi
 * :func:`inspector_node`: the inspector (plain or lifecycle) with the parameter file, the non-empty
   arguments as parameter overrides (typed) and the topic remaps of every input mode.
 * :func:`dds_profile_actions`: the Fast DDS profile of the started nodes.
+* :func:`end_with`: the launch ends when a node it exists for exits, and **fails** (``ros2 launch`` exits 1)
+  when that node failed (:func:`exit_failure` decides, :class:`NodeFailed` carries the reason).
+* :func:`number`: a numeric launch argument, or an error naming the argument.
 """
 import os
-from typing import Any, Dict, List
+import signal
+from typing import Any, Callable, Dict, List, Optional
 
 from ..io.inputs import INPUT_MODES, TOPICS, input_mode
 from ..package_files import packaged_file
@@ -88,6 +92,65 @@ def flag(context: Any, name: str) -> bool:
     return argument(context, name).strip().lower() in TRUE
 
 
+def number(context: Any, name: str, kind: Callable = float):
+    """The launch argument as ``kind`` (float or int); ValueError naming the argument otherwise (launch
+    prints it as its one error line and exits 1)."""
+    text = argument(context, name)
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"launch argument {name} must be {what}, got {text!r}") from None
+
+
+STOPPED_BY_SIGNAL = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell convention (replay_node: 130)
+
+
+class NodeFailed(RuntimeError):
+    """A node the launch exists for failed: raised from its exit handler, so that launch logs the reason,
+    shuts everything down and ``ros2 launch`` exits 1 (launch's only way to a non-zero exit code)."""
+
+
+def exit_failure(name: str, returncode: int, shutting_down: bool) -> Optional[str]:
+    """Why the exit of node ``name`` with ``returncode`` fails the launch, or None when it does not: 0 is
+    success; while the launch is already shutting down (Ctrl-C, another node's end) a node killed by a
+    signal did what it was asked."""
+    if returncode == 0 or (shutting_down and (returncode < 0 or returncode in STOPPED_BY_SIGNAL)):
+        return None
+    if returncode < 0:
+        try:
+            cause = f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            cause = f"killed by signal {-returncode}"
+        return f"{name} was {cause}"
+    meaning = {1: "failed", 2: "configuration error"}.get(returncode, "failed")
+    return f"{name} exited with code {returncode} ({meaning}; its log is above)"
+
+
+def end_with(node: Any, name: str, success_reason: Optional[str] = "") -> Any:
+    """RegisterEventHandler for ``node`` (a launch_ros Node action): when its process exits, a failure
+    (:func:`exit_failure`) raises :class:`NodeFailed`; a success shuts the launch down with
+    ``success_reason`` (default "<name> finished"), or leaves it running when ``success_reason`` is None."""
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.events import Shutdown
+
+    def on_exit(event: Any, context: Any) -> list:
+        shutting_down = bool(getattr(context, "is_shutdown", False))
+        failure = exit_failure(name, int(event.returncode), shutting_down)
+        if failure:
+            raise NodeFailed(failure)
+        if success_reason is None or shutting_down:
+            return []
+        return [EmitEvent(event=Shutdown(reason=success_reason or f"{name} finished"))]
+
+    return RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))
+
+
+def inspector_executable(context: Any) -> str:
+    return "inspector_lifecycle_node" if flag(context, "lifecycle") else "inspector_node"
+
+
 def inspector_node(context: Any, params_file_argument: str = "params_file"):
     """The inspector Node action from the launch arguments (see the module docstring)."""
     from launch_ros.actions import Node
@@ -98,16 +161,15 @@ def inspector_node(context: Any, params_file_argument: str = "params_file"):
             overrides[key] = argument(context, key)
     for key in INSPECTOR_NUMBERS:
         if argument(context, key):
-            overrides[key] = float(argument(context, key))
+            overrides[key] = number(context, key)
     for key in INSPECTOR_FLAGS:
         if argument(context, key):
             overrides[key] = flag(context, key)
-    lifecycle = flag(context, "lifecycle")
-    if lifecycle:
+    if flag(context, "lifecycle"):
         overrides["autostart"] = flag(context, "autostart")
     remappings = [(TOPICS[key].relative, argument(context, f"{key}_topic"))
                   for key in ("image", "points", "depth", "camera_info")]
-    return Node(package="mentor3ad", executable="inspector_lifecycle_node" if lifecycle else "inspector_node",
+    return Node(package="mentor3ad", executable=inspector_executable(context),
                 name="inspector", namespace=argument(context, "namespace"),
                 parameters=[argument(context, params_file_argument), overrides], remappings=remappings,
                 arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
