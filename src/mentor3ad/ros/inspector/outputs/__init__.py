@@ -17,7 +17,7 @@ then on it receives every :class:`~mentor3ad.ros.inspector.part.JudgedPart`. The
   tells whether an anomaly map exists). Runs on the inference thread, or on the executor thread for parts
   answered without judging (SKIPPED while disabled or when the queue is full, ERROR for a lone image): keep
   it quick and thread-safe; slow work (disk, network) belongs on the output's own thread. Build costly
-  messages only while someone listens (:func:`subscribed`).
+  messages only while someone listens (:func:`subscribed`; :class:`ViewOutput` does it for a topic).
 * ``observe(pair)`` (optional): every complete input set on arrival, before it is queued (executor thread);
   may set ``pair.part_id``, which the part's result then carries.
 * ``dropped(pair)`` (optional): an observed set that will never be answered (``queue_policy: latest``
@@ -66,6 +66,22 @@ class Output:
 
     def close(self) -> None:
         """The node shuts down."""
+
+
+class ViewOutput(Output):
+    """An output built for PASS / FAIL parts only (they have an anomaly map), while its on/off parameter
+    ``switch`` is true and someone subscribes: a subclass creates ``self.publisher`` in ``__init__`` and
+    builds the message in :meth:`message`."""
+
+    switch: ClassVar[str] = ""
+    publisher: Any = None
+
+    def message(self, part: JudgedPart) -> Any:
+        raise NotImplementedError
+
+    def publish(self, part: JudgedPart) -> None:
+        if part.is_decision and self.param(self.switch) and subscribed(self.publisher):
+            self.publisher.publish(self.message(part))
 
 
 def subscribed(publisher: Any) -> bool:
@@ -151,4 +167,4 @@ class Outputs:
         return text + "".join(f"; unavailable: {name} ({why})" for name, why in self.unavailable.items())
 
 
-__all__ = ["Output", "Outputs", "register_output", "output_classes", "collect_parameters", "subscribed"]
+__all__ = ["Output", "ViewOutput", "Outputs", "register_output", "output_classes", "collect_parameters", "subscribed"]

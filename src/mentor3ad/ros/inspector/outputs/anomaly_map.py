@@ -10,7 +10,7 @@ from ....types import InspectionResult
 from ...messages import image_from_array
 from ...params import ParamSpec
 from ..part import JudgedPart
-from . import Output, register_output, subscribed
+from . import ViewOutput, register_output
 
 
 def map_message(result: InspectionResult, header: Any):
@@ -19,11 +19,10 @@ def map_message(result: InspectionResult, header: Any):
 
 
 @register_output
-class AnomalyMap(Output):
+class AnomalyMap(ViewOutput):
     """``~/anomaly_map`` (sensor_msgs/Image, reliable, history 20)."""
 
-    name = "anomaly_map"
-    order = 10
+    name, order, switch = "anomaly_map", 10, "publish_anomaly_map"
     PARAMETERS = [ParamSpec("publish_anomaly_map", True, "Publish ~/anomaly_map (32FC1, input resolution) while it "
                             "has subscribers.")]
 
@@ -35,6 +34,5 @@ class AnomalyMap(Output):
         self.publisher = node.create_publisher(Image, "~/anomaly_map",
                                                QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
 
-    def publish(self, part: JudgedPart) -> None:
-        if part.is_decision and self.param("publish_anomaly_map") and subscribed(self.publisher):
-            self.publisher.publish(map_message(part.result, part.header))
+    def message(self, part: JudgedPart):
+        return map_message(part.result, part.header)

@@ -13,7 +13,7 @@ from typing import Any
 from ....types import InspectionResult
 from ...params import ParamSpec
 from ..part import JudgedPart
-from . import Output, register_output, subscribed
+from . import ViewOutput, register_output
 
 NAMESPACE = "mentor3ad_regions"
 MIN_SIZE_M = 0.002
@@ -46,11 +46,10 @@ def region_markers(result: InspectionResult, header: Any):
 
 
 @register_output
-class Markers(Output):
+class Markers(ViewOutput):
     """``~/markers`` (MarkerArray, history 10) in the frame of the part's 3D message."""
 
-    name = "markers"
-    order = 30
+    name, order, switch = "markers", 30, "publish_markers"
     PARAMETERS = [ParamSpec("publish_markers", True, "Publish ~/markers (visualization_msgs/MarkerArray: a box and "
                             "a score label per defect region in the cloud's frame, for RViz) while it has "
                             "subscribers.")]
@@ -61,9 +60,8 @@ class Markers(Output):
 
         self.publisher = node.create_publisher(MarkerArray, "~/markers", 10)
 
-    def publish(self, part: JudgedPart) -> None:
-        if part.is_decision and self.param("publish_markers") and subscribed(self.publisher):
-            self.publisher.publish(region_markers(part.result, part.header_3d))
+    def message(self, part: JudgedPart):
+        return region_markers(part.result, part.header_3d)
 
 
 __all__ = ["region_markers", "NAMESPACE", "Markers"]

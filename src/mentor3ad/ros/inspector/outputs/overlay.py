@@ -11,7 +11,7 @@ from ....types import InspectionResult
 from ...messages import image_from_array
 from ...params import ParamSpec
 from ..part import JudgedPart
-from . import Output, register_output, subscribed
+from . import ViewOutput, register_output
 
 
 def overlay_message(result: InspectionResult, rgb: np.ndarray, header: Any):
@@ -21,11 +21,10 @@ def overlay_message(result: InspectionResult, rgb: np.ndarray, header: Any):
 
 
 @register_output
-class Overlay(Output):
+class Overlay(ViewOutput):
     """``~/overlay`` (sensor_msgs/Image, history 10)."""
 
-    name = "overlay"
-    order = 20
+    name, order, switch = "overlay", 20, "publish_overlay"
     PARAMETERS = [ParamSpec("publish_overlay", True, "Publish ~/overlay (bgr8 heat map blended over the image, "
                             "regions boxed) while it has subscribers (not rendered otherwise).")]
 
@@ -35,6 +34,5 @@ class Overlay(Output):
 
         self.publisher = node.create_publisher(Image, "~/overlay", 10)
 
-    def publish(self, part: JudgedPart) -> None:
-        if part.is_decision and self.param("publish_overlay") and subscribed(self.publisher):
-            self.publisher.publish(overlay_message(part.result, part.rgb, part.header))
+    def message(self, part: JudgedPart):
+        return overlay_message(part.result, part.rgb, part.header)
