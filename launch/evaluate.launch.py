@@ -6,7 +6,8 @@ With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/t
 ``ground_truth_bag``. The evaluator reads the ground truth from that recording, pairs it with the
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
 with ``exit_when_done:=true`` (default) the whole launch ends once the report is written (exit code 1 when
-the evaluator, the inspector or the replay failed). With
+the evaluator, the inspector or the replay failed). The replay plays once the inspector is ready (its
+``~/result`` advertised; at most ``ready_timeout`` seconds, then the launch fails). With
 ``pace:=true`` (default) the replay waits for the inspector's results (at most ``max_in_flight`` parts
 unanswered), so a CPU slower than the recording still evaluates every part; the inspector's inputs are
 reliable here (``input_reliability`` defaults to ``reliable``), so no recorded part is lost on the way. The topic
@@ -39,6 +40,8 @@ EVALUATION_ARGUMENTS = {
                      "evaluated however slow the CPU (false: recorded timing; parts beyond the inspector's queue "
                      "are answered SKIPPED and not evaluated)."),
     "max_in_flight": ("2", "Parts published without a result, at most, when `pace` is true."),
+    "ready_timeout": ("300", "Seconds the replay waits for the inspector to be ready (its ~/result advertised: model "
+                             "loaded, self-tested, warmed up) before it plays; the launch fails (exit 1) after that."),
     "output_dir": ("", "Report directory; empty keeps the evaluator params file's value."),
     "expected_pairs": ("", "Write the report after this many pairs; empty keeps the params file's value."),
     "exit_when_done": ("true", "End the launch (all nodes) once the evaluator has written its report."),
@@ -73,7 +76,9 @@ def _nodes(context):
                    "--max-in-flight", argument(context, "max_in_flight")] if flag(context, "pace") else [])
         replay = Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
                       arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
-                                 "--wait-for-subscribers", "--topics", *topics, *pacing, *log], output="screen")
+                                 "--wait-for-subscribers", "--wait-for-publisher", "inspector/result",
+                                 "--wait-timeout", str(number(context, "ready_timeout")), "--topics", *topics, *pacing,
+                                 *log], output="screen")
         actions += [replay, end_with(replay, "replay_node", None)]
     return actions
 

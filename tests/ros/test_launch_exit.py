@@ -50,3 +50,29 @@ def test_train_launch_fails_when_the_swap_is_refused(tmp_path):
                                f"config_file:={config}", "device:=cpu", "reload_service:=/nobody/reload_model")
     assert model.is_file() and "not swapped in" in output, output
     assert code == 1 and "trainer_node exited with code 1 (failed" in output, output
+
+
+def test_evaluate_launch_waits_for_a_slow_starting_inspector(tmp_path):
+    """The inspector starts 25 s late (``--launch-prefix`` on it only), longer than the replay's old fixed 20 s:
+    the replay waits for its ~/result, every part is evaluated and the launch ends with exit 0 (before: the
+    first parts were played into nothing and each cost the pacer its 120 s timeout)."""
+    from helpers import train_tiny_model
+    from mentor3ad.io.bags import write_dataset_bag
+    from mentor3ad.io.datasets.synthetic import generate_sample
+
+    model = tmp_path / "tiny.safetensors"
+    train_tiny_model(model, n_train=4, n_val=2)
+    parts = [generate_sample(600, (64, 64), name="test/good/0"),
+             generate_sample(601, (64, 64), defect="dent", name="test/dent/0"),
+             generate_sample(602, (64, 64), name="test/good/1")]
+    bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * 10 ** 9)
+    out = tmp_path / "report"
+    proc = subprocess.run([ROS2, "launch", "--launch-prefix", "bash -c 'sleep 25; exec \"$0\" \"$@\"'",
+                           "--launch-prefix-filter", "inspector_node", "mentor3ad", "evaluate.launch.py",
+                           f"model_path:={model}", f"bag:={bag}", f"output_dir:={out}", "device:=cpu"],
+                          capture_output=True, text=True, timeout=240)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    summary = json.loads((out / "ros_summary.json").read_text())
+    assert summary["evaluated_pairs"] == len(parts) and not summary["not_evaluated"], summary
+    assert "inspector/result is advertised" in output and "without a result after" not in output, output

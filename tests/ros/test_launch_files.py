@@ -25,7 +25,8 @@ REQUIRED = {
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
                                            "camera_info_topic", "bag_paths", "output_model_path", "reload_service",
                                            "cache_dir"},
-    "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight"},
+    "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight",
+                                                 "ready_timeout"},
 }
 
 
@@ -142,6 +143,9 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     assert topics[topics.index("--pace-on") + 1] == "/camera/image"
     assert topics[topics.index("--pace-results") + 1] == "inspector/result"
     assert topics[topics.index("--max-in-flight") + 1] == "2"
+    # it plays once the inspector is ready (its ~/result advertised), waiting up to ready_timeout seconds
+    assert topics[topics.index("--wait-for-publisher") + 1] == "inspector/result"
+    assert float(topics[topics.index("--wait-timeout") + 1]) == 300.0
     assert declared(module)["input_reliability"][0] == "reliable"  # a recording: nothing may be lost
     unpaced, _ = run(module, bag="/bags/test", pace="false")
     replay = [a for a in unpaced if isinstance(a, Recorder) and a.kwargs.get("executable") == "replay_node"][0]

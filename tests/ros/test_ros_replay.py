@@ -144,3 +144,43 @@ def test_paced_replay_gets_every_part_answered_by_a_slow_inspector(tmp_path, ros
                 assert "6 result(s) for 6 part(s)" in replay.output(), replay.output()
     assert len(verdicts[True]) == len(parts) and set(verdicts[True]) <= {"PASS", "FAIL"}, verdicts
     assert len(verdicts[False]) == len(parts) and "SKIPPED" in verdicts[False], verdicts
+
+
+@pytest.mark.timeout(240)
+def test_replay_waits_for_a_slow_starting_inspector(tmp_path, ros_node):
+    """The inspector process starts 22 s late (on a loaded machine its start-up took 17-26 s), longer than the
+    replay's old fixed 20 s wait for subscribers: evaluate.launch's replay arguments wait for the inspector's
+    ~/result (its ready signal), so every part is answered, none after a 120 s pace timeout."""
+    pytest.importorskip("torch")
+    from mentor3ad.io.bags import write_dataset_bag
+    from mentor3ad.io.datasets.synthetic import generate_sample
+    from mentor3ad.io.inputs import TOPICS
+    from mentor3ad.ros.tooling.graph import ResultCollector, executable, inspector_command
+
+    model_path = tmp_path / "tiny.m3ad"
+    train_tiny_model(model_path, n_train=4, n_val=2)
+    parts = [generate_sample(500 + i, (64, 64), name=f"test/good/{i}") for i in range(4)]
+    bag = write_dataset_bag(parts, tmp_path / "bag", storage="mcap", start_stamp_ns=1_800_000_000 * SEC)
+    recorded = {key: TOPICS[key].recorded for key in ("image", "points")}
+    inspector = ["bash", "-c", 'sleep 22; exec "$@"', "slow_start",
+                 *inspector_command(model_path, reliable_inputs=list(recorded.values()), input_depth=20, remaps=recorded)]
+    replay_cmd = [executable("replay_node"), str(bag), "--rate", "0", "--wait-for-subscribers", "--wait-for-publisher",
+                  "inspector/result", "--wait-timeout", "150", "--topics", *recorded.values(), "--pace-on",
+                  recorded["image"], "--pace-results", "inspector/result", "--pace-timeout", "30", "--linger", "0.2"]
+    collector = ResultCollector(ros_node, "/inspector/result")
+    with NodeProcess(inspector) as node, NodeProcess(replay_cmd) as replay:
+        assert spin_until(ros_node, lambda: replay.proc.poll() is not None, 200.0), replay.output() + node.output()
+        assert replay.wait(10.0) == 0, replay.output()
+        spin_until(ros_node, lambda: len(collector.results) >= len(parts), 10.0)
+    assert "inspector/result is advertised" in replay.output(), replay.output()
+    assert "4 result(s) for 4 part(s)" in replay.output() and " 0 timeout(s)" in replay.output(), replay.output()
+    assert len(collector.results) == len(parts) and {r.verdict for r in collector.results} <= {"PASS", "FAIL"}
+
+
+def test_replay_fails_without_playing_when_nothing_gets_ready(tmp_path):
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    with NodeProcess([package_executable("replay_node"), str(bag), "--wait-for-publisher", "/nobody/result",
+                      "--wait-timeout", "1"]) as replay:
+        assert replay.wait(60.0) == 1
+    assert "replay_node: error: no publisher on /nobody/result after 1 s" in replay.output(), replay.output()

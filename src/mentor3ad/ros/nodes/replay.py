@@ -6,6 +6,10 @@ What ``ros2 bag play --clock`` does for evaluation: messages are published in re
 CDR bytes are published as they are (rclpy publishes serialized messages), so every message type
 whose Python package is installed can be replayed without conversion.
 
+``--wait-for-publisher inspector/result`` holds playback until the inspector is ready (its ``~/result`` is
+advertised once its model is loaded, self-tested and warmed up; start-up takes 10-26 s on a loaded machine),
+so no part is played into an inspector that cannot take it yet (exit 1 after ``--wait-timeout``).
+
 Paced replay (``--pace-on /camera/image --pace-results inspector/result``) is for evaluation on a machine
 slower than the recording: before each message of the part topic it waits until at most
 ``--max-in-flight`` parts are without a result (the inspector answers every image exactly once, so results
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ...errors import ConfigError
+from ...errors import ConfigError, Mentor3ADError
 
 LOG = logging.getLogger(__name__)
 
@@ -47,7 +51,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--clock-frequency", type=float, default=100.0, help="/clock messages per second")
     parser.add_argument("--wait-for-subscribers", action="store_true",
                         help="before playing, wait until every played topic has a subscriber (up to --wait-timeout)")
-    parser.add_argument("--wait-timeout", type=float, default=20.0, help="seconds to wait for subscribers")
+    parser.add_argument("--wait-for-publisher", default="", metavar="TOPIC",
+                        help="before playing, wait until TOPIC has a publisher, e.g. the inspector's ~/result (its "
+                             "ready signal: advertised once the model is loaded, self-tested and warmed up); exit 1 "
+                             "without playing when it has none after --wait-timeout")
+    parser.add_argument("--wait-timeout", type=float, default=20.0,
+                        help="seconds to wait for subscribers and for the --wait-for-publisher topic")
     parser.add_argument("--start-delay", type=float, default=0.2, help="seconds between discovery and the first message")
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
     parser.add_argument("--pace-on", default="", metavar="TOPIC",
@@ -58,6 +67,32 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--pace-timeout", type=float, default=120.0,
                         help="seconds to wait for one part's result before playing on (logged)")
     return parser
+
+
+class NotReady(Mentor3ADError, RuntimeError):
+    """The graph the replay plays into did not come up in time (nothing was played)."""
+
+
+def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Namespace) -> None:
+    """Wait (up to ``args.wait_timeout`` seconds, graph changes need no spinning) for a publisher on
+    ``args.wait_for_publisher`` (NotReady when none comes), then for a subscriber on every played topic with
+    ``args.wait_for_subscribers`` (a warning when one is missing: other consumers may be late or absent)."""
+    deadline = time.monotonic() + args.wait_timeout
+    if args.wait_for_publisher:
+        start = time.monotonic()
+        while node.count_publishers(args.wait_for_publisher) == 0:
+            if time.monotonic() > deadline:
+                raise NotReady(f"no publisher on {args.wait_for_publisher} after {args.wait_timeout:g} s: what "
+                               "should answer the replay is not ready (its log says why; --wait-timeout waits longer)")
+            time.sleep(0.05)
+        node.get_logger().info(f"{args.wait_for_publisher} is advertised (after {time.monotonic() - start:.1f} s)")
+    if args.wait_for_subscribers:
+        while any(p.get_subscription_count() == 0 for p in publishers.values()):
+            if time.monotonic() > deadline:
+                lonely = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
+                node.get_logger().warning(f"no subscriber on {lonely} after {args.wait_timeout} s; playing")
+                break
+            time.sleep(0.05)
 
 
 class ResultPacer:
@@ -141,14 +176,7 @@ def replay_bag(args: argparse.Namespace, ros_args: Optional[Sequence[str]] = Non
             pacer = (ResultPacer(node, args.pace_results, args.max_in_flight, args.pace_timeout)
                      if args.pace_on else None)
             clock_pub = node.create_publisher(Clock, "/clock", 10) if args.clock else None
-            if args.wait_for_subscribers:
-                deadline = time.monotonic() + args.wait_timeout
-                while any(p.get_subscription_count() == 0 for p in publishers.values()):
-                    if time.monotonic() > deadline:
-                        lonely = [t for t, p in publishers.items() if p.get_subscription_count() == 0]
-                        node.get_logger().warning(f"no subscriber on {lonely} after {args.wait_timeout} s; playing")
-                        break
-                    time.sleep(0.05)
+            wait_until_ready(node, publishers, args)
             time.sleep(max(0.0, args.start_delay))
             connections = [c for c in reader.connections if c.topic in publishers]
             total = sum(c.msgcount for c in connections)
@@ -208,6 +236,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         count = replay_bag(args, ros_args=argv)
     except KeyboardInterrupt:
         return 130
+    except NotReady as exc:
+        print(f"replay_node: error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"replay_node: error: {exc}", file=sys.stderr)
         return 2
