@@ -21,12 +21,14 @@ LAYERS = [
     ["mentor3ad.io.bag_storage", "mentor3ad.io.bags", "mentor3ad.io.datasets*"],
     ["mentor3ad.model*"],
     ["mentor3ad.eval*"],
+    ["mentor3ad.records*"],
     ["mentor3ad.jobs"],
     # ROS: shared adapters, the inspector's parts, nodes and tooling, then the command line on top
     ["mentor3ad.ros", "mentor3ad.ros.messages", "mentor3ad.ros.params", "mentor3ad.ros.dds", "mentor3ad.ros.bridges",
      "mentor3ad.ros.sync", "mentor3ad.ros.result_codec", "mentor3ad.ros.launch_support"],
     ["mentor3ad.ros.inspector*"],
     ["mentor3ad.ros.nodes*", "mentor3ad.ros.tooling*"],
+    ["mentor3ad.dashboard*"],
     ["mentor3ad.cli*"],
 ]
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "builtin_interfaces",

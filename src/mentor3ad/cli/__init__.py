@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "mentor3ad.cli.commands.calibrate",
     "mentor3ad.cli.commands.ablate",
     "mentor3ad.cli.commands.replay",
+    "mentor3ad.cli.commands.record",
+    "mentor3ad.cli.commands.dashboard",
     "mentor3ad.cli.bench",
 ]
 
