@@ -52,8 +52,7 @@ class Health:
         """The COUNTERS (dropped_stale from the worker)."""
         with self._lock:
             counts = {key: self._counts[key] for key in COUNTERS}
-        worker = self.inspector.worker
-        counts["dropped_stale"] = worker.dropped_stale if worker is not None else 0
+        counts["dropped_stale"] = self.inspector.worker.dropped_stale
         return counts
 
     def start(self, period_s: float) -> None:
@@ -100,14 +99,13 @@ class Health:
             level, message = DiagnosticStatus.WARN, f"running; {model.device_note}"
         else:
             level, message = DiagnosticStatus.OK, "running"
-        worker = inspector.worker
         values = {
             "enabled": str(inspector.enabled), "model": model_id, "model_error": model_error,
             "model_loading": str(model.slot.loading), "device": model.device, "device_note": model.device_note,
             "input_mode": inspector.mode.name, "input_reliability": inspector.p["input_reliability"],
             "queue_policy": inspector.p["queue_policy"], "input_rate_hz": f"{rate:.2f}",
             "latency_p50_ms": f"{pct[50]:.1f}", "latency_p90_ms": f"{pct[90]:.1f}",
-            "latency_p99_ms": f"{pct[99]:.1f}", "queued": str(worker.queued if worker is not None else 0),
+            "latency_p99_ms": f"{pct[99]:.1f}", "queued": str(inspector.worker.queued),
             "batch_size": str(inspector.p["batch_size"]), "outputs": inspector.outputs.describe(),
         }
         values.update({key: str(value) for key, value in self.counts().items()})
