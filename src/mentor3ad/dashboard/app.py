@@ -31,7 +31,7 @@ from .security import install_token_guard
 
 LOG = logging.getLogger("mentor3ad.dashboard")
 WINDOWS = {"8h": 8 * 3600, "24h": 24 * 3600, "7d": 7 * 86400}
-STREAM_ROWS, FAILURE_CARDS, SCORE_PARTS = 20, 6, 500
+STREAM_ROWS, FAILURE_CARDS, SCORE_PARTS = 15, 6, 500
 
 
 def create_app(reader: RecordReader, token: Optional[str] = None, refresh_s: float = 2.0,
@@ -64,17 +64,22 @@ def _layout(reader: RecordReader, refresh_s: float) -> html.Div:
             html.Div([html.H2("live: newest parts"), html.Div(id="stream")]),
             html.Div([html.H2("last failures"), html.Div(id="failures", className="failures")]),
         ], className="columns"),
-        html.H2("scores of recent parts against the threshold"),
-        html.Div([dcc.Dropdown(id="model-filter", options=model_options([]), value="", clearable=False,
-                               style={"width": "20em", "display": "inline-block"}),
-                  dcc.Dropdown(id="type-filter", options=[{"label": "all part types", "value": ""}], value="",
-                               clearable=False, style={"width": "20em", "display": "inline-block"})]),
-        dcc.Graph(id="scores", config={"displaylogo": False}),
-        html.H2("drift: expected false-reject rate of good parts, now vs at calibration"),
-        html.Div(id="drift"),
-        html.P(f"Good parts: the newest {RECENT_GOOD_PARTS} PASS parts not confirmed defective and FAIL parts "
-               "confirmed good (mentor3ad record confirm); unconfirmed FAIL parts are left out, so 'now' is a lower "
-               "bound while false rejects go unconfirmed.", className="status"),
+        html.Div([
+            html.Div([
+                html.H2("scores of recent parts against the threshold"),
+                html.Div([dcc.Dropdown(id="model-filter", options=model_options([]), value="", clearable=False,
+                                       style={"width": "16em", "display": "inline-block"}),
+                          dcc.Dropdown(id="type-filter", options=[{"label": "all part types", "value": ""}], value="",
+                                       clearable=False, style={"width": "16em", "display": "inline-block"})]),
+                dcc.Graph(id="scores", config={"displaylogo": False})]),
+            html.Div([
+                html.H2("drift: expected false-reject rate of good parts"),
+                html.Div(id="drift"),
+                html.P(f"Now: from the newest {RECENT_GOOD_PARTS} good parts (PASS parts not confirmed defective, FAIL "
+                       "parts confirmed good with 'mentor3ad record confirm'); unconfirmed FAIL parts are left out, so "
+                       "it is a lower bound while false rejects go unconfirmed. At calibration: from the model's "
+                       "calibration scores. DRIFT when now exceeds the factor times the target.", className="status")]),
+        ], className="columns"),
         html.H2("search"),
         html.Div([dcc.Input(id="search-part", placeholder="part id contains", debounce=True),
                   dcc.Input(id="search-since", type="datetime-local"), " to ",
@@ -162,7 +167,7 @@ def _add_callbacks(app: Dash, reader: RecordReader, drift_factor: float) -> None
         query = urlencode([("part", part or ""), ("since", since or ""), ("until", until or "")]
                           + [("verdict", v) for v in verdicts or []])
         note = f"{len(rows)} results" + (" (the newest 500; export gives all)" if len(rows) >= 500 else "")
-        return [html.P(note), views.results_table(rows, url, "search-table", with_date=True)], "", f"/export.csv?{query}"
+        return [html.P(note), views.results_table(rows, url, "search-table", full=True)], "", f"/export.csv?{query}"
 
 
 def _add_routes(server, reader: RecordReader) -> None:

@@ -42,7 +42,8 @@ def hourly_figure(hourly: Sequence[Tuple[int, str, int]], since_ns: int, until_n
                        hovertemplate="%{x|%H:00} yield %{y:.1f} %<extra></extra>")
     figure.update_layout(barmode="stack", title="parts per hour and yield", **LAYOUT,
                          yaxis=dict(title="parts"), xaxis=dict(type="date"),
-                         yaxis2=dict(title="yield %", overlaying="y", side="right", range=[0, 101], showgrid=False))
+                         yaxis2=dict(title="yield %", overlaying="y", side="right", range=[0, 101], showgrid=False,
+                                     tickvals=[0, 20, 40, 60, 80, 100]))
     return figure
 
 

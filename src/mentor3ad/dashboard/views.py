@@ -49,31 +49,36 @@ def _part(row: Dict[str, Any]) -> str:
     return row.get("part_id") or "(no part id)"
 
 
-def _score_cell(row: Dict[str, Any]) -> str:
+def _score_cell(row: Dict[str, Any], width: int = 0) -> str:
     if row.get("score") is None:
-        return row.get("reason") or "-"
+        reason = row.get("reason") or "-"
+        return reason[:width - 1] + "…" if width and len(reason) > width else reason
     relation = ">" if row["verdict"] == "FAIL" else "<="
     return f"{_number(row['score'])} {relation} {_number(row.get('threshold'))}"
 
 
 def results_table(rows: Sequence[Dict[str, Any]], evidence_url: EvidenceUrl, table_id: str,
-                  with_date: bool = False) -> html.Table:
-    """Time, part, type, cell, verdict, score vs threshold (or the reason), latency, model, thumbnail."""
-    header = html.Tr([html.Th(h) for h in ("time", "part", "type", "cell", "verdict", "score vs threshold",
-                                           "latency ms", "model", "picture")])
+                  full: bool = False) -> html.Table:
+    """Time, part, type, cell, verdict, score vs threshold (or the reason, shortened unless ``full``), latency,
+    thumbnail; ``full`` (search results) adds the date and the model."""
+    titles = ["time", "part", "type", "cell", "verdict", "score vs threshold", "latency ms", "picture"]
+    if full:
+        titles.insert(7, "model")
     body = []
     for row in rows:
         thumbnail = evidence_url(row.get("thumbnail"))
-        body.append(html.Tr([
-            html.Td(format_time(row["decided_ns"], with_date)), html.Td(_part(row)), html.Td(row.get("part_type") or ""),
-            html.Td(row.get("cell") or ""), html.Td(verdict_badge(row["verdict"])),
-            html.Td(_score_cell(row), title=row.get("reason") or ""), html.Td(_number(row.get("latency_ms"), 3)),
-            html.Td(row.get("model_id") or ""),
-            html.Td(_picture(thumbnail, f"{_part(row)} {row['verdict']}", "thumbnail", "")),
-        ], className=f"row-{row['verdict']}"))
+        cells = [html.Td(format_time(row["decided_ns"], full)), html.Td(_part(row)), html.Td(row.get("part_type") or ""),
+                 html.Td(row.get("cell") or ""), html.Td(verdict_badge(row["verdict"])),
+                 html.Td(_score_cell(row, 0 if full else 28), title=row.get("reason") or ""),
+                 html.Td(_number(row.get("latency_ms"), 3)),
+                 html.Td(_picture(thumbnail, f"{_part(row)} {row['verdict']}", "thumbnail", ""))]
+        if full:
+            cells.insert(7, html.Td(row.get("model_id") or ""))
+        body.append(html.Tr(cells, className=f"row-{row['verdict']}"))
     if not body:
-        body = [html.Tr(html.Td("no results", colSpan=9))]
-    return html.Table([html.Thead(header), html.Tbody(body)], id=table_id, className="results")
+        body = [html.Tr(html.Td("no results", colSpan=len(titles)))]
+    return html.Table([html.Thead(html.Tr([html.Th(t) for t in titles])), html.Tbody(body)], id=table_id,
+                      className="results")
 
 
 def _regions(row: Dict[str, Any]) -> List[html.Li]:
@@ -109,21 +114,22 @@ def failure_cards(rows: Sequence[Dict[str, Any]], evidence_url: EvidenceUrl) -> 
 
 
 def drift_table(estimates: Sequence[DriftEstimate]) -> html.Table:
-    """Per model: threshold, target, expected false-reject rate at calibration and now, status."""
-    header = html.Tr([html.Th(h) for h in ("model", "threshold", "target", "at calibration", "now (5-95 %)",
-                                           "good parts", "status")])
+    """Per model: threshold, target, expected false-reject rate at calibration and now (its 5-95 % interval and
+    the whole message on hover), status."""
+    header = html.Tr([html.Th(h) for h in ("model", "threshold", "target", "at calibration", "now", "good parts",
+                                           "status")])
     body = []
     for e in estimates:
         status = {"ok": "OK", "warn": f"DRIFT: > {e.factor:g}x", "unknown": "unknown"}[e.status]
         body.append(html.Tr([
             html.Td(e.model_id), html.Td(_number(e.threshold)), html.Td(_percent(e.target)),
             html.Td(_percent(e.expected_at_calibration)),
-            html.Td(f"{_percent(e.expected_now)} ({_percent(e.low)} - {_percent(e.high)})"),
+            html.Td(_percent(e.expected_now), title=f"5-95 %: {_percent(e.low)} - {_percent(e.high)}"),
             html.Td(str(e.n_good)), html.Td(html.Span(status, className=f"drift {e.status}"), title=e.message),
         ]))
     if not body:
         body = [html.Tr(html.Td("no decided parts yet", colSpan=7))]
-    return html.Table([html.Thead(header), html.Tbody(body)], id="drift-table", className="results")
+    return html.Table([html.Thead(header), html.Tbody(body)], id="drift-table", className="results wrap")
 
 
 STYLE = """
@@ -137,8 +143,11 @@ h1 { font-size: 1.4em; margin: 0.6em 0 0.2em; } h2 { font-size: 1.1em; margin: 1
 .tile.yield { border-color: #1565c0; } .tile .value { font-size: 1.8em; font-weight: bold; }
 .tile .label, .tile .note { font-size: 0.8em; color: #555; }
 .columns { display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 1.5em; }
+.columns > div { overflow-x: auto; }
 table.results { border-collapse: collapse; width: 100%; background: white; font-size: 0.85em; }
-table.results th, table.results td { border-bottom: 1px solid #ddd; padding: 2px 6px; text-align: left; }
+table.results th, table.results td { border-bottom: 1px solid #ddd; padding: 2px 6px; text-align: left;
+                                     white-space: nowrap; }
+table.results.wrap td, table.results.wrap th { white-space: normal; }
 .badge { color: white; border-radius: 3px; padding: 0 5px; font-weight: bold; font-size: 0.85em; }
 img.thumbnail { height: 48px; } img.overlay { width: 100%; max-width: 320px; display: block; }
 .failures { display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 0.8em; }
