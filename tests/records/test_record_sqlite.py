@@ -118,11 +118,14 @@ def test_locked_database_is_retried_and_every_result_written_once(tmp_path):
     while writer.counters()["failed_attempts"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert writer.counters()["buffered"] == 20 and writer.counters()["database_up"] is False
+    level, message = writer.status()
+    assert level == "WARN" and "database is locked" in message and "20 results buffered" in message
     blocker.execute("ROLLBACK")
     blocker.close()
     assert writer.close(30)
     counters = writer.counters()
     assert (counters["written"], counters["retried"], counters["dropped"]) == (25, 20, 0)
+    assert writer.status() == ("OK", f"25 results recorded in {record}")
     rows = RecordReader(record).search(limit=100)
     assert sorted(r["part_id"] for r in rows) == [f"P-{i:05d}" for i in range(25)]
 
@@ -137,6 +140,7 @@ def test_a_full_buffer_is_a_counted_and_logged_loss(tmp_path, caplog):
         accepted = [writer.submit(part_result(i)[1]) for i in range(8)]
     assert accepted == [True] * 5 + [False] * 3
     assert writer.counters()["dropped"] == 3 and writer.counters()["buffered"] == 5
+    assert writer.status()[0] == "ERROR" and "3 results lost" in writer.status()[1]
     assert any("not recorded" in r.message and "max_buffered" in r.message for r in caplog.records)
     blocker.execute("ROLLBACK")
     blocker.close()

@@ -28,13 +28,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .database import Database, Session, database_errors, is_transient, open_database
 from .evidence import Evidence, EvidenceStore, RetentionPolicy, default_evidence_dir
 from .models import ModelRecord
 from .rows import insert_results, note_models, result_row, upsert_model
-from .schema import migrate
+from .schema import SchemaError, migrate
 
 LOG = logging.getLogger("mentor3ad.records")
 LOSS_LOG_INTERVAL_S = 10.0
@@ -135,6 +135,19 @@ class RecordWriter:
             out["database_up"] = self._session is not None
             out["last_error"] = self._last_error
         return out
+
+    def status(self) -> Tuple[str, str]:
+        """(level, message) for a /diagnostics entry: ERROR once results were lost, WARN while the database
+        cannot be written (results buffered), else OK."""
+        c = self.counters()
+        where = self.database.describe()
+        if c["dropped"]:
+            return "ERROR", (f"{c['dropped']} results lost (not recorded in {where}); {c['buffered']} buffered"
+                             + (f"; last error: {c['last_error']}" if c["last_error"] else ""))
+        if c["last_error"] and c["buffered"]:
+            return "WARN", (f"{where} cannot be written: {c['last_error']}; {c['buffered']} results buffered for "
+                            f"{c['oldest_buffered_s']:.0f} s, retrying")
+        return "OK", f"{c['written']} results recorded in {where}"
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything submitted so far is written; False on timeout."""
@@ -266,6 +279,12 @@ class RecordWriter:
                 insert_results(session, [i.row for i in batch])
         except database_errors() as err:
             return self._failed(batch, err)
+        except SchemaError as err:  # a newer mentor3ad's record: nothing is written, the results stay buffered
+            with self._lock:
+                self._last_error = str(err)
+                self._count["failed_attempts"] += 1
+                self._log_loss(f"{err}; {len(self._queue)} results buffered")
+            return False
         self._known_models |= {i.row["model_id"] for i in batch if i.row["model_id"]} | set(models)
         with self._lock:
             for item in batch:
