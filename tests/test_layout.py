@@ -14,11 +14,12 @@ PACKAGE_DIR = SRC / "mentor3ad"
 MAX_MODULE_LINES = 420
 # lower layers never import higher ones; a module may import its own layer (without cycles) and below
 LAYERS = [
-    ["mentor3ad", "mentor3ad.types", "mentor3ad.errors", "mentor3ad.package_files"],
+    ["mentor3ad", "mentor3ad.types", "mentor3ad.errors", "mentor3ad.package_files", "mentor3ad.timing"],
     ["mentor3ad.config"],
-    ["mentor3ad.io", "mentor3ad.io.files", "mentor3ad.io.msgconv", "mentor3ad.io.depth", "mentor3ad.io.inputs"],
-    ["mentor3ad.backbones*", "mentor3ad.features*"],
-    ["mentor3ad.io.bag_storage", "mentor3ad.io.bags", "mentor3ad.io.datasets*"],
+    ["mentor3ad.geometry*"],
+    ["mentor3ad.io*"],
+    ["mentor3ad.backbones*"],
+    ["mentor3ad.features*"],
     ["mentor3ad.model*"],
     ["mentor3ad.eval*"],
     ["mentor3ad.records*"],

@@ -4,6 +4,8 @@
 ``model`` (:class:`ModelConfig`, MFM / MGM / Voting Module heads and ablation switches),
 ``train`` (:class:`TrainConfig`) and ``calibration`` (:class:`CalibrationConfig`). Unknown keys are a
 :class:`~mentor3ad.errors.ConfigError` naming the key; ``to_dict`` / ``from_dict`` round-trip exactly.
+Every section is validated once, when it is built, and is frozen afterwards: a changed config is a new
+one (:meth:`Mentor3ADConfig.replace`), never an edited one, so nothing downstream validates again.
 :func:`load_config` reads a YAML file (default: the packaged ``config/model.yaml``) with
 ``section.key=value`` overrides. The dataclasses' defaults are the packaged
 ``config/model.yaml``'s values (tests/core/test_training.py keeps the two equal).
@@ -24,8 +26,15 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PLANE_METHODS = ("ransac", "open3d", "none")
 
 
-@dataclass
-class FeatureConfig:
+class _Section:
+    """Base of the config sections: validated once, when built (the dataclasses are frozen)."""
+
+    def __post_init__(self):
+        self.validate()
+
+
+@dataclass(frozen=True)
+class FeatureConfig(_Section):
     """Frozen backbones and preprocessing: everything that changes the features (all of it enters the
     feature extractor's identity, except ``precision``).
 
@@ -73,9 +82,6 @@ class FeatureConfig:
     precision: str = "fp32"
     init_seed: int = 0
 
-    def __post_init__(self):
-        self.validate()
-
     def validate(self) -> None:
         for key in ("rgb_options", "point_options"):
             if not isinstance(getattr(self, key), dict):
@@ -108,8 +114,8 @@ class FeatureConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in own}
 
 
-@dataclass
-class ModelConfig:
+@dataclass(frozen=True)
+class ModelConfig(_Section):
     """Heads on top of the frozen features (see README, "Mentor3AD heads").
 
     standardize_features: z-score every feature channel with the mean / std of the valid training
@@ -199,8 +205,8 @@ class ModelConfig:
         return self.use_mentor or "mtr" in self.score_maps
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(_Section):
     """Optimisation of the three stages (MFM -> MGM -> VM); all seeded.
 
     batch_size: samples (feature maps) per step in the MFM and MGM stages.
@@ -236,8 +242,8 @@ class TrainConfig:
             raise ConfigError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
 
 
-@dataclass
-class CalibrationConfig:
+@dataclass(frozen=True)
+class CalibrationConfig(_Section):
     """Decision threshold (:mod:`mentor3ad.model.calibration`).
 
     target_false_reject_rate: fraction of good parts allowed to FAIL.
@@ -263,7 +269,7 @@ class CalibrationConfig:
             raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mentor3ADConfig:
     """The whole detector configuration (stored in every checkpoint)."""
 
@@ -273,11 +279,21 @@ class Mentor3ADConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def validate(self) -> "Mentor3ADConfig":
-        self.features.validate()
-        self.model.validate()
-        self.train.validate()
-        self.calibration.validate()
+        """Check every section again (each was checked when it was built); returns self."""
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
         return self
+
+    def replace(self, **sections: Dict[str, Any]) -> "Mentor3ADConfig":
+        """A new config with some keys of some sections changed, e.g. ``replace(model={"use_voting": False})``;
+        the changed sections are validated as they are built (ConfigError naming the key)."""
+        changed = {}
+        for name, changes in sections.items():
+            unknown = sorted(set(changes) - set(getattr(self, name).__dataclass_fields__))
+            if unknown:
+                raise ConfigError(f"unknown config key {name}.{unknown[0]}")
+            changed[name] = dataclasses.replace(getattr(self, name), **changes)
+        return dataclasses.replace(self, **changed)
 
     def to_dict(self) -> Dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -286,16 +302,12 @@ class Mentor3ADConfig:
     def from_dict(cls, data: Dict[str, Any]) -> "Mentor3ADConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
+        sections = typing.get_type_hints(cls)
         for key in data:
             if key not in sections:
                 raise ConfigError(f"unknown config key {key!r} (allowed: {', '.join(sections)})")
-        built = {name: dataclass_from_dict(hints[name], data.get(name) or {}, name) for name in sections}
-        return cls(**built).validate()
-
-    def copy(self) -> "Mentor3ADConfig":
-        return Mentor3ADConfig.from_dict(self.to_dict())
+        built = {name: dataclass_from_dict(kind, data.get(name) or {}, name) for name, kind in sections.items()}
+        return cls(**built)
 
 
 def _plain(value):

@@ -127,11 +127,12 @@ def train_from_bags(bag_paths: Sequence[str], output_model_path: str, *, val_bag
 
 
 def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_frr: Optional[float] = None,
-                cache_dir=None, progress: bool = False) -> Dict[str, Any]:
-    """Set ``detector.threshold`` from good parts (``frr``: false-reject rate) or labelled parts (``f1``);
-    returns {rule, threshold, old_threshold, false_reject_rate | f1}."""
-    from .model.calibration import (calibrate_by_config, calibrate_f1, calibration_outliers, false_reject_estimate,
-                                    false_reject_rate)
+                cache_dir=None, progress: bool = False, data: str = "") -> Dict[str, Any]:
+    """Set ``detector``'s threshold from good parts (``frr``: false-reject rate) or labelled parts (``f1``),
+    recorded as a ``recalibration`` of ``data`` (where the parts came from); returns {old_threshold,
+    threshold, rule (one line), false_reject_rate, expected_false_reject_rate, outliers | f1}."""
+    from .model.calibration import calibration_outliers, false_reject_rate
+    from .model.threshold import ThresholdSource, from_good_scores, from_labelled_scores
 
     if not samples:
         raise InputError("no samples to calibrate on")
@@ -149,22 +150,18 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
         raise InputError(f"{len(errors)} calibration parts got no score, e.g. {first.name}"
                          f"{f' ({first.source})' if first.source else ''}: {errors[0][1]}")
     scores = [r.score for r in results]
-    old = detector.threshold
+    old, sources = detector.threshold, [ThresholdSource("recalibration", len(scores), data)]
     if rule == "frr":
-        rate = target_frr if target_frr is not None else detector.config.calibration.target_false_reject_rate
-        calibration = detector.config.calibration
-        threshold = calibrate_by_config(scores, calibration, rate)
-        info = {"rule": f"{calibration.rule}, false-reject rate {rate} on {len(scores)} good parts",
-                "false_reject_rate": false_reject_rate(scores, threshold),
-                "expected_false_reject_rate": false_reject_estimate(scores, threshold),
+        record = from_good_scores(scores, detector.config.calibration, sources, "calibrate", target_frr, replaced=old)
+        info = {"false_reject_rate": false_reject_rate(scores, record.value),
+                "expected_false_reject_rate": record.expected_false_reject_rate,
                 "outliers": [{"name": samples[i].name, "source": samples[i].source, "score": scores[i]}
                              for i in calibration_outliers(scores)]}
     else:
-        threshold, f1 = calibrate_f1(scores, [s.label for s in samples])
-        info = {"rule": f"F1-optimal on {len(scores)} labelled parts", "f1": f1}
-    detector.threshold = threshold
-    detector.training_info.update(threshold_rule=info["rule"])
-    return {"old_threshold": old, "threshold": threshold, **info}
+        record, f1 = from_labelled_scores(scores, [s.label for s in samples], sources, "calibrate", replaced=old)
+        info = {"f1": f1}
+    detector.set_threshold(record)
+    return {"old_threshold": old, "threshold": record.value, "rule": record.describe(), **info}
 
 
 def evaluate_model(detector, samples: Sequence[Sample], out_dir: Optional[PathLike] = None, title: str = "mentor3ad",

@@ -48,7 +48,7 @@ def test_train_command_writes_a_loadable_model(dataset, config_file, tmp_path, c
     assert summary["model_id"] == detector.model_id
     assert detector.training_info["num_train_samples"] == 4 and detector.training_info["shots"] == 4
     assert detector.config.train.mgm_epochs == 2
-    assert detector.training_info["threshold_source"] == "validation"
+    assert detector.threshold_record.source == "validation"
     # expected errors: one line on stderr naming the problem, non-zero exit, no traceback
     assert cli_main(["train", "--data", str(dataset), "--config", str(config_file), "--set", "train.mgm_epoch=2"]) == 2
     err = capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_ablate_prints_table_for_all_variants(ablation, config_file):
     assert {identities[n]["modality"] for n in ablate.PATCHCORE_ROWS} == {"rgb", "xyz", "rgb+xyz"}
     for name in ablate.PATCHCORE_ROWS:  # 10 % coreset of 5 parts x 8 x 8 cells, calibrated on the validation parts
         assert identities[name]["bank_patches"] == 32 and identities[name]["train_patches"] == 320
-        assert identities[name]["threshold_source"] == "validation"
+        assert [s["kind"] for s in identities[name]["threshold_record"]["sources"]] == ["validation"]
     saved = sorted(p.name for p in models.iterdir())
     assert saved == ["cfm_baseline.safetensors", "mentor3ad.safetensors", "wo_mentor.safetensors",
                      "wo_voting.safetensors"]
@@ -123,13 +123,13 @@ def test_derived_variants_get_their_own_threshold(ablation, dataset):
     for name, parent, slug in (("w/o voting", "Mentor3AD", "wo_voting"), ("CFM baseline", "w/o mentor", "cfm_baseline")):
         detector = Detector.load(models / f"{slug}.safetensors")
         assert detector.threshold == pytest.approx(rows[name]["threshold"])
-        assert detector.training_info["inherited_threshold"] == pytest.approx(rows[parent]["threshold"])
+        assert detector.threshold_record.replaced == pytest.approx(rows[parent]["threshold"])
         assert not math.isclose(rows[name]["threshold"], rows[parent]["threshold"], rel_tol=1e-3)
         scores = [r.score for r in detector.predict_samples(validation, progress=False)]
         assert detector.threshold == pytest.approx(calibrate_by_config(scores, detector.config.calibration))
         frr = rows[name]["validation_false_reject_rate"]
         assert math.isfinite(frr) and frr == pytest.approx(sum(s > detector.threshold for s in scores) / len(scores))
-        assert detector.training_info["threshold_source"] == "validation"
+        assert detector.threshold_record.source == "validation"
         # with the parent's threshold this model would call every part good
         assert all(s < rows[parent]["threshold"] for s in scores)
 

@@ -55,7 +55,7 @@ def test_f1_rule_on_labelled_parts(model_and_data, tmp_path):
     assert Detector.load(out).threshold == pytest.approx(threshold)
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["f1"] == pytest.approx(f1) and summary["split"] == "test"
-    assert Detector.load(out).training_info["threshold_source"] == f"{data} (test split)"
+    assert [s.data for s in Detector.load(out).threshold_record.sources] == [f"{data} (test split)"]
     # without --split the test split is used, and a warning line says so (not on stdout: its last line is JSON)
     warning = [line for line in output.splitlines() if "calibrate: warning" in line]
     assert len(warning) == 1 and "mentor3ad calibrate: warning: --rule f1 without --split" in warning[0]

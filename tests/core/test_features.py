@@ -10,7 +10,10 @@ from mentor3ad.config import FeatureConfig, Mentor3ADConfig
 from mentor3ad.features import preprocessing
 from mentor3ad.features.cache import FeatureCache, input_sha256
 from mentor3ad.features.extractor import FeatureExtractor, Features
-from mentor3ad.features.projection import project_point_features, project_point_features_reference
+from mentor3ad.geometry.cluster import largest_cluster
+from mentor3ad.geometry.plane import remove_plane
+from mentor3ad.geometry.projection import project_point_features, project_point_features_reference
+from mentor3ad.timing import StageTimer
 from mentor3ad.types import Sample
 
 TINY_POINTS = dict(num_groups=32, group_size=8, depth=2, width=32, heads=2, feature_blocks=[0, 1])
@@ -40,14 +43,14 @@ def test_preprocessing_removes_plane_and_keeps_largest_cluster():
     _, xyz, disc = synthetic_scene()
     grid, valid = preprocessing.resize_xyz(torch.from_numpy(xyz), 96)
     assert not valid[3, 0] and not valid[0, 0]  # NaN and 0 are invalid
-    no_plane = preprocessing.remove_plane(grid, valid, "ransac", 0.005, border_px=3)
+    no_plane = remove_plane(grid, valid, "ransac", 0.005, border_px=3)
     disc_t = torch.from_numpy(disc)
     assert not no_plane[~disc_t & ~_blob_mask()].any()  # every plane point removed
     assert no_plane[disc_t].sum() == valid[disc_t].sum()  # no object point removed
     assert no_plane[_blob_mask()].any()
-    kept = preprocessing.largest_cluster(grid, no_plane, eps=0.006)
+    kept = largest_cluster(grid, no_plane, eps=0.006)
     assert not kept[_blob_mask()].any() and torch.equal(kept[disc_t], no_plane[disc_t])
-    assert torch.equal(preprocessing.remove_plane(grid, valid, "none"), valid)
+    assert torch.equal(remove_plane(grid, valid, "none"), valid)
 
 
 def _blob_mask():
@@ -60,8 +63,8 @@ def test_open3d_plane_fit_agrees_with_torch_ransac():
     pytest.importorskip("open3d")
     _, xyz, _ = synthetic_scene(blob=False)
     grid, valid = preprocessing.resize_xyz(torch.from_numpy(xyz), 96)
-    ours = preprocessing.remove_plane(grid, valid, "ransac", 0.005)
-    peers = preprocessing.remove_plane(grid, valid, "open3d", 0.005)
+    ours = remove_plane(grid, valid, "ransac", 0.005)
+    peers = remove_plane(grid, valid, "open3d", 0.005)
     assert (ours != peers).float().mean() < 0.01
 
 
@@ -84,7 +87,7 @@ def test_projection_operator_equals_direct_computation(resolution):
 
 
 def test_sparse_projection_path_matches_dense(monkeypatch):
-    import mentor3ad.features.projection as projection
+    import mentor3ad.geometry.projection as projection
 
     g = torch.Generator().manual_seed(1)
     pixel_index = torch.randperm(32 * 32, generator=g)[:300]
@@ -102,7 +105,8 @@ def tiny_extractor():
 
 def test_extract_shapes_and_valid_cells(tiny_extractor):
     rgb, xyz, disc = synthetic_scene()
-    features = tiny_extractor.extract(rgb, xyz)
+    timer = StageTimer()  # stage timings are opt-in
+    features = tiny_extractor.extract(rgb, xyz, timer)
     assert isinstance(features, Features)
     assert features.rgb.shape == (32, 28, 28) and features.rgb.dtype == torch.float32
     assert features.xyz.shape == (64, 28, 28) and features.xyz.dtype == torch.float32
@@ -112,7 +116,7 @@ def test_extract_shapes_and_valid_cells(tiny_extractor):
     assert features.valid[14, 14] and not features.valid[0, 0] and not features.valid[27, 27]
     assert torch.isfinite(features.xyz).all() and torch.isfinite(features.rgb).all()
     assert features.xyz[:, features.valid].abs().sum() > 0
-    timings = tiny_extractor.timings()
+    timings = timer.seconds
     assert set(timings) == {"preprocess", "plane_removal", "rgb_backbone", "point_neighbourhoods", "point_descriptors", "projection"}
     assert all(v >= 0 for v in timings.values()) and timings["point_descriptors"] > 0
 

@@ -7,7 +7,8 @@ from helpers import TINY_RGB_OPTIONS, synthetic_sample
 from mentor3ad.config import FeatureConfig
 from mentor3ad.errors import ConfigError, InputError
 from mentor3ad.features.extractor import FeatureExtractor
-from mentor3ad.features.projection import cell_fraction, pool_pixel_features
+from mentor3ad.geometry.projection import cell_fraction, pool_pixel_features
+from mentor3ad.timing import StageTimer
 
 pytest.importorskip("open3d")
 FPFH = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none", rgb_options=TINY_RGB_OPTIONS,
@@ -22,12 +23,13 @@ def test_fpfh_features_on_the_grid_are_deterministic_and_see_geometry():
     a, b = extractor.extract(good.rgb, good.xyz), extractor.extract(good.rgb, good.xyz)
     assert a.xyz.shape == (33, 8, 8) and a.valid.any() and torch.equal(a.xyz, b.xyz)
     assert torch.isfinite(a.xyz).all()
-    c = extractor.extract(bump.rgb, bump.xyz)
+    timer = StageTimer()
+    c = extractor.extract(bump.rgb, bump.xyz, timer)
     changed = (c.xyz - a.xyz).abs().sum(0)
     cells = torch.from_numpy(bump.mask).float()[None, None]
     defect_cells = torch.nn.functional.avg_pool2d(cells, 8)[0, 0] > 0.3
     assert changed[defect_cells & a.valid].mean() > 2 * changed[~defect_cells & a.valid].mean()
-    assert set(extractor.timings()) >= {"point_descriptors", "projection", "rgb_backbone"}
+    assert set(timer.seconds) >= {"point_descriptors", "projection", "rgb_backbone"}
 
 
 def test_point_image_size_and_min_cell_fraction():

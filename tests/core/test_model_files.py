@@ -311,14 +311,14 @@ def test_save_stores_undefined_diagnostics_as_null(model, extractor, tmp_path):
         del detector.training_info["undefined_rate"], detector.training_info["curve"]
     loaded = Detector.load(path, extractor=extractor)
     assert loaded.training_info["undefined_rate"] is None and loaded.training_info["curve"] == [1.0, None]
-    sigma = detector.config.model.smoothing_sigma
+    config = detector.config  # frozen: a corrupted config is a replaced one
     try:
-        detector.config.model.smoothing_sigma = float("nan")
+        detector.config = config.replace(model={"smoothing_sigma": float("nan")})
         with pytest.raises(ModelLoadError, match=r"refusing to save .*non-finite numbers in "
                                                  r"metadata\.config\.model\.smoothing_sigma"):
             detector.save(tmp_path / "bad_config.safetensors")
     finally:
-        detector.config.model.smoothing_sigma = sigma
+        detector.config = config
 
 
 # ------------------------------------------------------------------ files that are no model: nothing of them echoed

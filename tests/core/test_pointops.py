@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mentor3ad.backbones import pointops
+from mentor3ad.geometry import pointops
 
 
 def brute_force_fps(points, num_samples, start=0):

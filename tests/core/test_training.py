@@ -109,13 +109,13 @@ def test_train_detector_calibrates_and_second_run_uses_cache(tmp_path, extractor
     detector = train_detector(synthetic_set(6), config, val_samples=synthetic_set(3, start=20), cache_dir=tmp_path,
                               progress=False, log=logs.append, extractor=extractor)
     assert np.isfinite(detector.threshold)
-    assert detector.training_info["threshold_source"] == "validation"
+    assert detector.threshold_record.source == "validation"
     assert any("threshold" in line for line in logs)
     calls = extractor.backbone_calls
     again = train_detector(synthetic_set(6), config, cache_dir=tmp_path, progress=False, log=logs.append,
                            extractor=extractor)
     assert extractor.backbone_calls == calls  # second run: every feature from the cache
-    assert again.training_info["threshold_source"] == "train"
+    assert again.threshold_record.source == "train"
     with pytest.raises(ValueError, match="anomalous"):
         train_detector(synthetic_set(2, defects=("bump",)), config, progress=False, extractor=extractor)
     with pytest.raises(ValueError, match="no training samples"):

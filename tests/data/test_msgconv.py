@@ -4,6 +4,7 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
+from mentor3ad.geometry.observation import check_observation
 from mentor3ad.io import depth as depth_io
 from mentor3ad.io import msgconv
 from mentor3ad.errors import InputError as MessageConversionError
@@ -157,7 +158,7 @@ def test_depth_errors():
 
 def test_checks():
     with pytest.raises(MessageConversionError, match="does not match point cloud size"):
-        msgconv.check_aligned(np.zeros((4, 5, 3), np.uint8), np.zeros((4, 6, 3), np.float32))
+        check_observation(np.zeros((4, 5, 3), np.uint8), np.zeros((4, 6, 3), np.float32))
     xyz = np.zeros((4, 5, 3), np.float32)
     xyz[0, :3] = 1.0
     with pytest.raises(MessageConversionError, match="too few valid points.*3 of 20"):

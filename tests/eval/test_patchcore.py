@@ -13,6 +13,7 @@ from mentor3ad.eval.patchcore import (PatchCore, jl_dimension, kcenter_greedy,
                                       nearest_neighbours, sparse_random_projection)
 from mentor3ad.features.extractor import FeatureSet
 from mentor3ad.model.calibration import calibrate_by_config, calibrate_false_reject
+from mentor3ad.model.threshold import significant
 from mentor3ad.types import Verdict
 
 
@@ -109,7 +110,8 @@ def test_answers_go_through_decide_with_the_detector_threshold_rule():
     core = PatchCore("rgb+xyz", coreset_ratio=0.5, image_size=16, smoothing_sigma=2.0, calibration=calibration,
                      seed=7).fit(train, validation, [(24, 20)] * 4)
     val_scores = core.image_scores(validation, [(24, 20)] * 4)
-    assert core.threshold_source == "validation" and core.calibration_scores == val_scores
+    assert core.threshold_record.source == "validation"
+    assert core.threshold_record.calibration_scores == tuple(sorted(significant(s) for s in val_scores))
     assert core.threshold == calibrate_by_config(val_scores, calibration)
     assert core.threshold == calibrate_false_reject(val_scores, 0.25, 0.1, rule=calibration.rule)
     results = core.predict_features(test, [(24, 20), (16, 16)])
@@ -164,11 +166,11 @@ def learning_features():
 def test_patchcore_on_the_detector_features_finds_the_stain(learning_features, modality):
     config, extractor, splits = learning_features
     (val_samples, validation), (test_samples, test) = splits["validation"], splits["test"]
-    core = PatchCore.for_detector(config, modality).fit(splits["train"][1], validation,
-                                                        [s.rgb.shape[:2] for s in val_samples])
+    core = PatchCore.for_detector(config, modality, extractor=extractor).fit(splits["train"][1], validation,
+                                                                             [s.rgb.shape[:2] for s in val_samples])
     assert core.image_size == config.features.image_size and core.smoothing_sigma == config.model.smoothing_sigma
     assert core.timings["bank_patches"] == max(1, int(0.1 * core.timings["train_patches"]))
-    results = core.predict_samples(test_samples, extractor)
+    results = core.predict_samples(test_samples)
     labels = [s.label for s in test_samples]
     metrics = compute_metrics([r.score for r in results], labels, [r.anomaly_map for r in results],
                               [s.mask for s in test_samples])

@@ -10,10 +10,12 @@ Protocols (duck-typed, every backbone is frozen and in eval mode):
 
 * RGB (kind ``"rgb"``): ``out_dim`` (channels), ``identity() -> dict`` (name, weights identity, options),
   ``encode(images)``: (B, 3, S, S) float32 in [0, 1] -> (B, out_dim, h, w) patch features.
-* 3D (kind ``"points"``): ``out_dim``, ``identity()``, ``encode(grids, valids, resolution)``: lists of
-  (S, S, 3) float32 metres and (S, S) bool (the cleaned organized cloud at ``image_size``) -> list of
-  (features (out_dim, R, R) float32, valid (R, R) bool) on the heads' grid R = ``resolution``;
-  ``timings``: {sub-stage: seconds} of the last call.
+* 3D (kind ``"points"``): ``out_dim``, ``identity()``, ``encode(grids, valids, resolution, timer=NO_TIMER)``:
+  lists of (S, S, 3) float32 metres and (S, S) bool (the cleaned organized cloud at ``image_size``) ->
+  list of (features (out_dim, R, R) float32, valid (R, R) bool) on the heads' grid R = ``resolution``;
+  sub-stages (``point_neighbourhoods``, ``point_descriptors``, ``projection``) are ticked into ``timer``
+  (:mod:`mentor3ad.timing`: opt-in, a no-op by default). Shared geometry (FPS, k-NN, the projection onto
+  the grid) comes from :mod:`mentor3ad.geometry`.
 
 Factory signature: ``factory(features: FeatureConfig, options, device: torch.device) -> backbone``.
 Example of a new 3D backbone, ``backbones/my_descriptor.py``::
@@ -24,7 +26,7 @@ Example of a new 3D backbone, ``backbones/my_descriptor.py``::
 
     @register("points", "my_descriptor", options=MyOptions)
     def build_my_descriptor(features, options, device):
-        return MyDescriptor(options, device)     # has out_dim, identity(), encode(), timings
+        return MyDescriptor(options, device)     # has out_dim, identity(), encode()
 
 and ``features: {point_backbone: my_descriptor, point_options: {radius_mm: 4.0}}`` in the model YAML.
 """

@@ -4,7 +4,7 @@ Fast Point Feature Histograms (Rusu et al. 2009; open3d ``compute_fpfh_feature``
 on the cleaned organized cloud (resized to ``features.point_image_size``, background plane removed,
 largest cluster kept): normals from a hybrid radius / k-NN neighbourhood, FPFH from a second one, then
 per grid cell the mean over its valid pixels after a small box filter
-(:func:`mentor3ad.features.projection.pool_pixel_features`).
+(:func:`mentor3ad.geometry.projection.pool_pixel_features`).
 
 The defaults are those of BTF ("Back to the Feature", the reference for FPFH on MVTec 3D-AD): its voxel
 size 0.05 with clouds in metres gives radii of 100 mm (normals, max 30 neighbours) and 250 mm (FPFH, max
@@ -15,15 +15,15 @@ No weights: ``point_weights`` must be ``none``.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from ..features.projection import pool_pixel_features
+from ..geometry.projection import pool_pixel_features
+from ..timing import NO_TIMER, StageTimer
 from . import options_dict, register
 
 FPFH_DIM = 33
@@ -80,25 +80,23 @@ class FPFHBackbone:
     def __init__(self, options: FPFHOptions, device) -> None:
         self.options = options
         self.device = torch.device(device)
-        self.timings: Dict[str, float] = {}
 
     def identity(self) -> dict:
         return {"name": "fpfh", "weights": "weight-free", "options": options_dict(self.options), "out_dim": FPFH_DIM}
 
     @torch.no_grad()
-    def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor],
-               resolution: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """(S, S, 3) metres + (S, S) bool per sample -> [(features (33, R, R), valid (R, R))] on the device."""
-        self.timings = {"point_descriptors": 0.0, "projection": 0.0}
+    def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int,
+               timer: StageTimer = NO_TIMER) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(S, S, 3) metres + (S, S) bool per sample -> [(features (33, R, R), valid (R, R))] on the device;
+        ``timer`` gets the stages point_descriptors and projection."""
         out = []
         for grid, valid in zip(grids, valids):
-            started = time.perf_counter()
+            started = timer.now()
             image = fpfh_image(grid, valid, self.options)
-            pooled = time.perf_counter()
+            pooled = timer.tick("point_descriptors", started)
             features, cells = pool_pixel_features(image, valid.cpu(), resolution, self.options.smoothing_kernel)
             out.append((features.to(self.device), cells.to(self.device)))
-            self.timings["point_descriptors"] += pooled - started
-            self.timings["projection"] += time.perf_counter() - pooled
+            timer.tick("projection", pooled)
         return out
 
 

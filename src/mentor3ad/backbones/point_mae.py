@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..features.projection import project_point_features
-from ..features.timing import StageTimer
-from . import autocast, options_dict, pointops, register
+from ..geometry import pointops
+from ..geometry.projection import project_point_features
+from ..timing import NO_TIMER, StageTimer
+from . import autocast, options_dict, register
 from .weights import NO_WEIGHTS, file_sha256, preview_keys, read_state_file, strict_load
 
 
@@ -289,23 +290,18 @@ class PointMAEBackbone:
         self.encoder.to(self.device).eval()
         self.encoder.requires_grad_(False)
         self.out_dim = self.encoder.out_dim
-        self._timer = StageTimer(self.device)
-
-    @property
-    def timings(self) -> Dict[str, float]:
-        """Seconds of the last encode: point_neighbourhoods (FPS + k-NN), point_descriptors (transformer), projection."""
-        return dict(self._timer.seconds)
 
     def identity(self) -> dict:
         return {"name": "point_mae", "weights": self.weights_id, "options": options_dict(self.options),
                 "out_dim": self.out_dim}
 
     @torch.no_grad()
-    def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int):
-        """(S, S, 3) metres + (S, S) bool per sample -> [(features (out_dim, R, R), valid (R, R))]."""
+    def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int,
+               timer: StageTimer = NO_TIMER):
+        """(S, S, 3) metres + (S, S) bool per sample -> [(features (out_dim, R, R), valid (R, R))]; ``timer``
+        gets the stages point_neighbourhoods (FPS + k-NN), point_descriptors (transformer) and projection."""
         options, size = self.options, self.image_size
-        self._timer.reset()
-        start = self._timer.now()
+        start = timer.now()
         point_sets, pixel_sets = [], []
         for i, (grid, valid) in enumerate(zip(grids, valids)):
             pixel_index = torch.nonzero(valid.reshape(-1)).squeeze(1)
@@ -321,14 +317,14 @@ class PointMAEBackbone:
         lengths = torch.tensor([p.shape[0] for p in point_sets], device=self.device)
         padded = torch.nn.utils.rnn.pad_sequence(point_sets, batch_first=True)
         neighbourhoods, centres = self.encoder.group(padded, lengths)
-        start = self._timer.tick("point_neighbourhoods", start)
+        start = timer.tick("point_neighbourhoods", start)
         with autocast(self.device, self.precision):
             centre_features = self.encoder.encode_groups(neighbourhoods, centres).float()
-        start = self._timer.tick("point_descriptors", start)
+        start = timer.tick("point_descriptors", start)
         results = [project_point_features(points, pixel_index, centres[i], centre_features[i], size, resolution,
                                           options.smoothing_kernel)
                    for i, (points, pixel_index) in enumerate(zip(point_sets, pixel_sets))]
-        self._timer.tick("projection", start)
+        timer.tick("projection", start)
         return results
 
 

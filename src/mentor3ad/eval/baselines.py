@@ -8,28 +8,34 @@ input it computes
 smoothed with a Gaussian (sigma 4 px, the usual post-processing of anomaly maps), where ``mean_*``
 are per-pixel means over the training samples (depth over valid points only) and ``s_*`` the mean
 absolute training residual of each term (so both modalities weigh the same). The image score is the
-map's maximum; the threshold is the maximum training score. No alignment, no features: pose
-changes and lighting changes of good parts count as anomalies, which is exactly its weakness.
+map's maximum; the threshold is the maximum training score (the quantile rule at a false-reject rate of
+0, with its :class:`~mentor3ad.model.threshold.ThresholdRecord`). It follows the detectors' scoring
+protocol (:class:`~mentor3ad.model.scoring.PartScorer`). No alignment, no features: pose changes and
+lighting changes of good parts count as anomalies, which is exactly its weakness.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from ..config import CalibrationConfig
 from ..errors import InputError
-from ..model.postprocess import decide
+from ..geometry.observation import valid_point_mask
+from ..model.scoring import PartScorer, ScoredParts
+from ..model.threshold import ThresholdSource, from_good_scores
 from ..types import InspectionResult, Sample
+
+MAX_TRAINING_SCORE = CalibrationConfig(target_false_reject_rate=0.0, rule="quantile")  # the largest score
 
 
 def _valid_depth(xyz: np.ndarray) -> np.ndarray:
     z = np.asarray(xyz, dtype=np.float64)[..., 2]
-    ok = np.isfinite(np.asarray(xyz)).all(-1) & (np.abs(np.nan_to_num(np.asarray(xyz))).sum(-1) > 0)
-    return np.where(ok, z, np.nan)
+    return np.where(valid_point_mask(xyz), z, np.nan)
 
 
-class NaiveBaseline:
+class NaiveBaseline(PartScorer):
     """Per-pixel mean-image / mean-depth distance detector (see module docstring)."""
 
     def __init__(self, smoothing_sigma: float = 4.0):
@@ -38,7 +44,6 @@ class NaiveBaseline:
         self.mean_z: Optional[np.ndarray] = None
         self.rgb_scale = 1.0
         self.z_scale = 1.0
-        self.threshold = float("inf")
 
     def fit(self, samples: Sequence[Sample]) -> "NaiveBaseline":
         """Learn per-pixel means from good samples of one resolution."""
@@ -58,7 +63,9 @@ class NaiveBaseline:
         z_res = np.abs(zs - self.mean_z)
         self.rgb_scale = float(max(rgb_res.mean(), 1e-6))
         self.z_scale = float(max(np.nanmean(z_res) if np.isfinite(z_res).any() else 0.0, 1e-9))
-        self.threshold = max(self._map(s).max() for s in samples)
+        scores = self.score_samples(samples).image_scores
+        self.set_threshold(from_good_scores(scores, MAX_TRAINING_SCORE, [ThresholdSource("train", len(scores))],
+                                            set_by="naive"))
         return self
 
     def _map(self, sample: Sample) -> np.ndarray:
@@ -76,12 +83,15 @@ class NaiveBaseline:
             amap = ndimage.gaussian_filter(amap, self.smoothing_sigma)
         return amap.astype(np.float32)
 
+    def score_samples(self, samples: Sequence[Sample], cache_dir=None, progress: bool = False,
+                      batch_size: int = 8) -> ScoredParts:
+        """(H, W) float32 maps at the input resolution (no features: ``cache_dir`` and ``batch_size`` unused;
+        regions are measured in pixels only)."""
+        return ScoredParts([self._map(s) for s in samples], [None] * len(samples))
+
     def predict(self, sample: Sample) -> InspectionResult:
         """The answer with the (H, W) float32 map at the input resolution (decided like the detector's)."""
-        return decide(self._map(sample), self.threshold)
-
-    def predict_samples(self, samples: Iterable[Sample], **_ignored) -> List[InspectionResult]:
-        return [self.predict(s) for s in samples]
+        return self.predict_samples([sample])[0]
 
 
 class _quiet_nanmean:

@@ -12,11 +12,12 @@ the ablation table are then the heads', not the backbones'.
   full features.
 * Patch score: L2 distance of each test patch to its nearest bank patch (:func:`nearest_neighbours`,
   chunked so that at most ``max_elements`` distances exist at a time) -> (M, R, R) maps.
-* Maps -> answers as the detector does: :func:`mentor3ad.model.postprocess.upsample_maps` with the
-  model's ``image_size`` and ``smoothing_sigma``, then :func:`~mentor3ad.model.postprocess.decide`
-  (image score = max of the map, ERROR for non-finite maps).
-* Threshold: the detector's false-reject rule (:func:`mentor3ad.model.calibration.calibrate_by_config`) on
-  the held-out good parts.
+* Maps -> answers as the detector does: PatchCore is a :class:`~mentor3ad.model.scoring.FeatureScorer`
+  (the detector's scoring protocol: the same post-processing with the model's ``image_size`` and
+  ``smoothing_sigma``, :func:`~mentor3ad.model.scoring.judge` for the verdicts: image score = max of the
+  map, ERROR for non-finite maps).
+* Threshold: the detector's false-reject rule on the held-out good parts, written with its record
+  (:func:`mentor3ad.model.threshold.from_good_scores`, ``threshold_record``).
 
 Modalities (``MODALITIES``): ``rgb`` (RGB backbone features), ``xyz`` (3D backbone features) and
 ``rgb+xyz``, BTF's combination (Horwitz & Hoshen 2023, eliahuhorwitz/3D-ADS ``RGBFPFHFeatures``): the
@@ -41,8 +42,8 @@ import torch
 from ..config import CalibrationConfig, Mentor3ADConfig
 from ..errors import ConfigError, InputError
 from ..features.extractor import FeatureSet
-from ..model.calibration import calibrate_by_config
-from ..model.postprocess import decide, upsample_maps
+from ..model.scoring import FeatureScorer, PostProcessing
+from ..model.threshold import ThresholdSource, from_good_scores
 from ..types import InspectionResult
 
 LOG = logging.getLogger(__name__)
@@ -140,17 +141,19 @@ def _rows(grid: torch.Tensor) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
 
 
-class PatchCore:
+class PatchCore(FeatureScorer):
     """A PatchCore memory bank on one modality of Mentor3AD's features (module docstring).
 
     modality: ``rgb`` | ``xyz`` | ``rgb+xyz`` (BTF); coreset_ratio: share of the training patches kept
     (1.0: all); cells: ``all`` (BTF) | ``valid``; image_size, smoothing_sigma: the detector's
     post-processing; calibration: the detector's threshold rule; seed: projection and start of the
-    coreset. After :meth:`fit`: ``bank`` (N, C), ``threshold``, ``timings`` (seconds, patch counts)."""
+    coreset; extractor: the detector's FeatureExtractor (for :meth:`score_samples` / ``predict_samples``).
+    After :meth:`fit`: ``bank`` (N, C), ``threshold`` and ``threshold_record``, ``timings`` (seconds,
+    patch counts)."""
 
     def __init__(self, modality: str = "rgb+xyz", coreset_ratio: float = DEFAULT_CORESET_RATIO, cells: str = "all",
                  image_size: int = 224, smoothing_sigma: float = 4.0, calibration: Optional[CalibrationConfig] = None,
-                 seed: int = 0, device="cpu", max_elements: int = MAX_DISTANCE_ELEMENTS):
+                 seed: int = 0, device="cpu", max_elements: int = MAX_DISTANCE_ELEMENTS, extractor=None):
         if modality not in MODALITIES:
             raise ConfigError(f"PatchCore modality must be one of {MODALITIES}, got {modality!r}")
         if cells not in CELLS:
@@ -161,16 +164,19 @@ class PatchCore:
         self.image_size, self.smoothing_sigma = int(image_size), float(smoothing_sigma)
         self.calibration = calibration or CalibrationConfig()
         self.seed, self.device, self.max_elements = int(seed), torch.device(device), int(max_elements)
+        self.extractor = extractor
         self.bank: Optional[torch.Tensor] = None
-        self.threshold = float("inf")
-        self.threshold_source = ""
-        self.calibration_scores: List[float] = []
         self.timings: Dict[str, float] = {}
         self._id: Optional[Tuple[float, str]] = None
 
+    @property
+    def post(self) -> PostProcessing:
+        return PostProcessing(self.image_size, self.smoothing_sigma)
+
     @classmethod
     def for_detector(cls, config: Mentor3ADConfig, modality: str, **options) -> "PatchCore":
-        """A PatchCore with a Mentor3AD config's post-processing, threshold rule and seed."""
+        """A PatchCore with a Mentor3AD config's post-processing, threshold rule and seed (``extractor=``: the
+        detector's, to score samples)."""
         defaults = dict(image_size=config.features.image_size, smoothing_sigma=config.model.smoothing_sigma,
                         calibration=config.calibration, seed=config.train.seed)
         return cls(modality, **{**defaults, **options})
@@ -195,13 +201,12 @@ class PatchCore:
                         "coreset_s": round(time.perf_counter() - started, 4)}
         self._id = None
         if validation is not None and len(validation):
-            scores, self.threshold_source = self.image_scores(validation, val_sizes), "validation"
+            scores, source = self.image_scores(validation, val_sizes), ThresholdSource("validation", len(validation))
         else:
             LOG.warning("PatchCore %s: no held-out good parts, calibrating on the training scores (optimistic)",
                         self.modality)
-            scores, self.threshold_source = self.image_scores(train), "train"
-        self.threshold = calibrate_by_config(scores, self.calibration)
-        self.calibration_scores = [float(s) for s in scores]
+            scores, source = self.image_scores(train), ThresholdSource("train", len(train))
+        self.set_threshold(from_good_scores(scores, self.calibration, [source], set_by="patchcore"))
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -232,23 +237,14 @@ class PatchCore:
         side = int(features.valid.shape[-1])
         return distance.reshape(len(features), side, side).cpu()
 
-    def _sizes(self, count: int, sizes: Optional[Sequence[Tuple[int, int]]]) -> List[Tuple[int, int]]:
-        sizes = list(sizes) if sizes is not None else [(self.image_size, self.image_size)] * count
-        if len(sizes) != count:
-            raise InputError(f"{count} feature samples but {len(sizes)} output sizes")
-        return [tuple(int(v) for v in size) for size in sizes]
+    def grid_maps(self, features: FeatureSet) -> torch.Tensor:
+        """The scoring protocol's grid maps: :meth:`patch_maps`."""
+        return self.patch_maps(features)
 
-    @torch.no_grad()
     def anomaly_maps(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[np.ndarray]:
         """(H, W) float32 anomaly maps at the input sizes ``sizes`` (default image_size), post-processed as
-        the detector's (:func:`~mentor3ad.model.postprocess.upsample_maps`)."""
-        maps = self.patch_maps(features)
-        return [upsample_maps(maps[i:i + 1], self.image_size, self.smoothing_sigma, size)[0].numpy().astype(np.float32)
-                for i, size in enumerate(self._sizes(len(features), sizes))]
-
-    def image_scores(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[float]:
-        """Image scores as :func:`decide` takes them: the max of each post-processed map."""
-        return [float(m.max()) for m in self.anomaly_maps(features, sizes)]
+        the detector's (:class:`~mentor3ad.model.scoring.PostProcessing`)."""
+        return self.score_features(features, sizes).maps
 
     @torch.no_grad()
     def reweighted_scores(self, features: FeatureSet) -> List[float]:
@@ -289,36 +285,19 @@ class PatchCore:
 
     @property
     def identity(self) -> Dict[str, Any]:
+        record = self.threshold_record
         return {"model_id": self.model_id, "method": "patchcore", "modality": self.modality,
                 "coreset_ratio": self.coreset_ratio, "cells": self.cells, "seed": self.seed,
-                "threshold": self.threshold, "threshold_source": self.threshold_source, **self.timings}
+                "threshold": self.threshold, "threshold_record": record.to_dict() if record else None,
+                **self.timings}
 
     def predict_features(self, features: FeatureSet, sizes: Optional[Sequence[Tuple[int, int]]] = None,
                          xyzs: Optional[Sequence[np.ndarray]] = None,
                          threshold: Optional[float] = None) -> List[InspectionResult]:
-        """Answers from features: maps at ``sizes`` (H, W) per sample, verdicts by :func:`decide` at the
-        calibrated threshold (or ``threshold``); ``xyzs`` (H, W, 3) measure the regions on the clouds."""
+        """Answers from features (:meth:`FeatureScorer.predict_features`), timed in ``timings["predict_s"]``."""
         started = time.perf_counter()
-        maps = self.anomaly_maps(features, sizes)
-        xyzs = list(xyzs) if xyzs is not None else [None] * len(maps)
-        threshold = self.threshold if threshold is None else float(threshold)
-        results = [decide(m, threshold, xyz, self.model_id) for m, xyz in zip(maps, xyzs)]
+        results = super().predict_features(features, sizes, xyzs, threshold)
         self.timings["predict_s"] = round(time.perf_counter() - started, 4)
-        return results
-
-    def predict_samples(self, samples: Sequence, extractor, cache_dir=None, batch_size: int = 8,
-                        threshold: Optional[float] = None) -> List[InspectionResult]:
-        """Answers for :class:`~mentor3ad.types.Sample` s, features from ``extractor`` (the detector's) through
-        the feature cache when ``cache_dir``."""
-        from ..features.cache import extract_features
-        from ..features.extractor import stack_features
-
-        results: List[InspectionResult] = []
-        for start in range(0, len(samples), max(1, batch_size)):
-            chunk = samples[start:start + max(1, batch_size)]
-            features = stack_features(extract_features(chunk, extractor, cache_dir, batch_size))
-            results += self.predict_features(features, [s.rgb.shape[:2] for s in chunk], [s.xyz for s in chunk],
-                                             threshold)
         return results
 
 

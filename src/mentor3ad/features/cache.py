@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..io.files import atomic_write_bytes
+from ..timing import NO_TIMER, StageTimer
 from .extractor import FeatureExtractor, Features
 
 LOG = logging.getLogger(__name__)
@@ -68,15 +69,17 @@ class FeatureCache:
                    "valid": features.valid.contiguous().cpu()}
         atomic_write_bytes(path, save(tensors, metadata={"identity": self.identity_key, "name": name}), durable=False)
 
-    def get_batch(self, samples: Sequence, batch_size: int = 8) -> List[Features]:
-        """Features of several samples; misses are computed with ``extract_batch`` in chunks of ``batch_size``."""
+    def get_batch(self, samples: Sequence, batch_size: int = 8, timer: StageTimer = NO_TIMER) -> List[Features]:
+        """Features of several samples; misses are computed with ``extract_batch`` in chunks of ``batch_size``
+        (their stages ticked into ``timer``)."""
         paths = [self.path(s) for s in samples]
         results: List[Optional[Features]] = [self._load(p) for p in paths]
         self.hits += sum(r is not None for r in results)
         missing = [i for i, r in enumerate(results) if r is None]
         for start in range(0, len(missing), max(1, batch_size)):
             chunk = missing[start:start + max(1, batch_size)]
-            computed = self.extractor.extract_batch([samples[i].rgb for i in chunk], [samples[i].xyz for i in chunk])
+            computed = self.extractor.extract_batch([samples[i].rgb for i in chunk], [samples[i].xyz for i in chunk],
+                                                    timer)
             for i, features in zip(chunk, computed):
                 self._store(paths[i], features, str(getattr(samples[i], "name", "")))
                 results[i] = features
@@ -89,9 +92,9 @@ class FeatureCache:
 
 
 def extract_features(samples: Sequence, extractor: FeatureExtractor, cache_dir=None, batch_size: int = 8,
-                     progress: bool = False, desc: str = "features") -> List[Features]:
+                     progress: bool = False, desc: str = "features", timer: StageTimer = NO_TIMER) -> List[Features]:
     """Features of ``samples`` (list of :class:`mentor3ad.types.Sample`), in order: from the cache when
-    ``cache_dir`` is given, else extracted; backbones run in batches of ``batch_size``."""
+    ``cache_dir`` is given, else extracted; backbones run in batches of ``batch_size`` (stages into ``timer``)."""
     from tqdm import tqdm
 
     if len(samples) == 0:
@@ -102,9 +105,9 @@ def extract_features(samples: Sequence, extractor: FeatureExtractor, cache_dir=N
         for start in range(0, len(samples), max(1, batch_size)):
             chunk = samples[start:start + max(1, batch_size)]
             if cache is not None:
-                out.extend(cache.get_batch(chunk, batch_size))
+                out.extend(cache.get_batch(chunk, batch_size, timer))
             else:
-                out.extend(extractor.extract_batch([s.rgb for s in chunk], [s.xyz for s in chunk]))
+                out.extend(extractor.extract_batch([s.rgb for s in chunk], [s.xyz for s in chunk], timer))
             bar.update(len(chunk))
     return out
 

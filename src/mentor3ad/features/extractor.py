@@ -4,7 +4,8 @@
 xyz (C_xyz, R, R) and valid (R, R), R = ``FeatureConfig.feature_resolution``. The two backbones come
 from the registry (:mod:`mentor3ad.backbones`: ``rgb_backbone``, ``point_backbone``); preprocessing
 (resize, background plane removal, largest cluster) and every op after the input upload run on the
-configured device. :class:`FeatureSet` stacks the features of many samples for the heads.
+configured device. :class:`FeatureSet` stacks the features of many samples for the heads. Stage
+timings are opt-in: pass a :class:`~mentor3ad.timing.StageTimer` as ``timer``.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import torch.nn.functional as F
 from .. import backbones
 from ..config import FeatureConfig
 from ..errors import ConfigError, InputError
+from ..geometry.cluster import largest_cluster
+from ..geometry.plane import remove_plane
+from ..geometry.projection import cell_fraction
+from ..timing import NO_TIMER, StageTimer
 from . import preprocessing
-from .projection import cell_fraction
-from .timing import StageTimer
 
 LOG = logging.getLogger(__name__)
 IDENTITY_FORMAT = 2
@@ -82,7 +85,6 @@ class FeatureExtractor:
     """Frozen RGB + 3D backbones with preprocessing (see module doc)."""
 
     def __init__(self, config: FeatureConfig, device: str | torch.device = "cpu"):
-        config.validate()
         self.config = config
         self.device = torch.device(device)
         if config.precision == "fp16" and self.device.type != "cuda":
@@ -99,7 +101,6 @@ class FeatureExtractor:
             self.point_model = backbones.build("points", resolved, self.device)
         self.rgb_dim = int(self.rgb_model.out_dim)
         self.xyz_dim = int(self.point_model.out_dim)
-        self._timer = StageTimer(self.device)
         self.backbone_calls = 0  # number of backbone forward batches run (tests, cache checks)
 
     def identity(self) -> dict:
@@ -121,66 +122,56 @@ class FeatureExtractor:
         keyed = {**self.identity(), "precision": self.config.precision}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
-    def timings(self) -> dict:
-        """Per-stage seconds of the last extract_batch call: STAGES plus the 3D backbone's ``timings``
-        (point_neighbourhoods, point_descriptors; "point_backbone" for a backbone that reports none)."""
-        return dict(self._timer.seconds)
-
-    def _prepare(self, rgb, xyz) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prepare(self, rgb, xyz, timer: StageTimer) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> image (3, S, S) in [0, 1] (S = image_size), points grid (P, P, 3) metres (invalid 0), valid (P, P)
         bool (P = point image size)."""
         cfg = self.config
-        start = self._timer.now()
+        start = timer.now()
         rgb_t, xyz_t = preprocessing.upload(rgb, xyz, self.device)
         image = preprocessing.resize_rgb(rgb_t, cfg.image_size)
         grid, valid = preprocessing.resize_xyz(xyz_t, cfg.cloud_size)
-        start = self._timer.tick("preprocess", start)
-        valid = preprocessing.remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
-                                           cfg.plane_iterations, cfg.init_seed)
+        start = timer.tick("preprocess", start)
+        valid = remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
+                             cfg.plane_iterations, cfg.init_seed)
         if cfg.cluster_filter:
-            valid = preprocessing.largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px)
-        self._timer.tick("plane_removal", start)
+            valid = largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px)
+        timer.tick("plane_removal", start)
         return image, grid, valid
 
-    def _rgb_features(self, images: torch.Tensor) -> torch.Tensor:
+    def _rgb_features(self, images: torch.Tensor, timer: StageTimer) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, C_rgb, R, R)."""
-        start = self._timer.now()
+        start = timer.now()
         maps = self.rgb_model.encode(images)
-        start = self._timer.tick("rgb_backbone", start)
+        start = timer.tick("rgb_backbone", start)
         size = self.config.feature_resolution
         if maps.shape[-2:] != (size, size):
             if maps.shape[-1] > size:
                 maps = F.adaptive_avg_pool2d(maps, size)
             else:
                 maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
-        self._timer.tick("projection", start)
+        timer.tick("projection", start)
         return maps
 
     @torch.no_grad()
-    def extract(self, rgb: np.ndarray, xyz: np.ndarray) -> Features:
+    def extract(self, rgb: np.ndarray, xyz: np.ndarray, timer: StageTimer = NO_TIMER) -> Features:
         """rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid 0/NaN) -> Features on the device.
 
         Inputs may be numpy arrays or torch tensors (already on the device: no host copy is made).
         """
-        return self.extract_batch([rgb], [xyz])[0]
+        return self.extract_batch([rgb], [xyz], timer)[0]
 
     @torch.no_grad()
-    def extract_batch(self, rgbs: Sequence[np.ndarray], xyzs: Sequence[np.ndarray]) -> List[Features]:
-        """Batched extract: one RGB forward and one 3D backbone call for the whole batch."""
+    def extract_batch(self, rgbs: Sequence[np.ndarray], xyzs: Sequence[np.ndarray],
+                      timer: StageTimer = NO_TIMER) -> List[Features]:
+        """Batched extract: one RGB forward and one 3D backbone call for the whole batch. ``timer`` gets
+        the STAGES and the 3D backbone's sub-stages (point_neighbourhoods, point_descriptors)."""
         if len(rgbs) != len(xyzs) or not len(rgbs):
             raise InputError(f"need equally many rgb and xyz inputs (>= 1), got {len(rgbs)} and {len(xyzs)}")
-        self._timer.seconds = {s: 0.0 for s in STAGES}
-        prepared = [self._prepare(r, x) for r, x in zip(rgbs, xyzs)]
-        rgb_maps = self._rgb_features(torch.stack([p[0] for p in prepared]))
+        prepared = [self._prepare(r, x, timer) for r, x in zip(rgbs, xyzs)]
+        rgb_maps = self._rgb_features(torch.stack([p[0] for p in prepared]), timer)
         self.backbone_calls += 1
-        start = self._timer.now()
         encoded = self.point_model.encode([p[1] for p in prepared], [p[2] for p in prepared],
-                                          self.config.feature_resolution)
-        stages = dict(getattr(self.point_model, "timings", None) or {})
-        if not stages:  # a backbone without sub-stages is timed as a whole
-            self._timer.tick("point_backbone", start)
-        for stage, seconds in stages.items():
-            self._timer.add(stage, seconds)
+                                          self.config.feature_resolution, timer)
         if self.config.min_cell_fraction > 0:
             size = self.config.feature_resolution
             encoded = [(xyz_map, valid & (cell_fraction(p[2], size) >= self.config.min_cell_fraction))

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from ..errors import BagError, InputError
+from ..geometry.observation import check_observation
 from ..types import Sample
 from . import msgconv
 from .bag_storage import add_mcap_crcs, verify_mcap, verify_sqlite
@@ -111,7 +112,7 @@ def write_dataset_bag(
         for i, sample in enumerate(samples):
             stamp = int(start_stamp_ns + i * period_ns)
             rgb, xyz = np.asarray(sample.rgb), np.asarray(sample.xyz, dtype=np.float32)
-            msgconv.check_aligned(rgb, xyz)
+            check_observation(rgb, xyz)
             header = make.header(stamp, frame_id)
             fields = {"image": msgconv.rgb_to_image_fields(rgb)}
             fields.update(mode.to_fields(xyz, camera_info, depth_encoding))

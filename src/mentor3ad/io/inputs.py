@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ConfigError, InputError
+from ..geometry.observation import check_observation, valid_point_mask
 from . import depth as depth_io
 from . import msgconv
 
@@ -95,7 +96,7 @@ def _points_to_xyz(messages: Mapping[str, Any]) -> np.ndarray:
 
 
 def _points_fields(xyz: np.ndarray, camera_matrix: Optional[np.ndarray], depth_encoding: str) -> Dict[str, dict]:
-    cloud_xyz = np.where(msgconv.valid_point_mask(xyz)[..., None], xyz, np.float32(np.nan)).astype(np.float32)
+    cloud_xyz = np.where(valid_point_mask(xyz)[..., None], xyz, np.float32(np.nan)).astype(np.float32)
     out = {"points": msgconv.xyz_to_cloud_fields(cloud_xyz, padded=True)}  # 16-byte points, as drivers send
     if camera_matrix is not None:
         out["camera_info"] = depth_io.camera_info_fields(camera_matrix, xyz.shape[1], xyz.shape[0])
@@ -182,8 +183,9 @@ def check_frames(messages: Mapping[str, Any], keys: Sequence[str]) -> None:
 
 def apply_volume(xyz: np.ndarray, volume: Optional[WorkingVolume], min_valid_points: int) -> np.ndarray:
     """xyz with points behind the camera (z <= 0) and outside ``volume`` set to NaN; InputError when fewer
-    than ``min_valid_points`` valid points remain (naming what was dropped)."""
-    valid = msgconv.valid_point_mask(xyz)
+    than ``min_valid_points`` valid points remain (naming what was dropped). Valid points: the rule of
+    :func:`~mentor3ad.geometry.observation.valid_point_mask`, then z > 0 and inside ``volume``."""
+    valid = valid_point_mask(xyz)
     with np.errstate(invalid="ignore"):
         behind = valid & ~(xyz[..., 2] > 0)
     outside = valid & ~behind & ~volume.contains(xyz) if volume is not None else np.zeros_like(valid)
@@ -240,14 +242,15 @@ class InputMode:
     def convert(self, messages: Mapping[str, Any], min_valid_points: int = 1,
                 checks: Optional[InputChecks] = None) -> Tuple[np.ndarray, np.ndarray]:
         """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres, invalid NaN); InputError
-        naming the problem. ``checks`` (default :data:`DEFAULT_CHECKS`): frame agreement, z > 0 and the
-        working volume (points outside become NaN), then at least ``min_valid_points`` valid points."""
+        naming the problem. ``checks`` (default :data:`DEFAULT_CHECKS`): frame agreement, one observation
+        (:func:`~mentor3ad.geometry.observation.check_observation`), z > 0 and the working volume (points
+        outside become NaN), then at least ``min_valid_points`` valid points."""
         checks = DEFAULT_CHECKS if checks is None else checks
         if checks.require_same_frame:
             check_frames(messages, self.topic_keys)  # CameraInfo's frame too
         rgb = msgconv.image_to_rgb(messages["image"])
         xyz = self.to_xyz(messages)
-        msgconv.check_aligned(rgb, xyz)
+        rgb, xyz = check_observation(rgb, xyz)
         return rgb, apply_volume(xyz, checks.volume, min_valid_points)
 
 

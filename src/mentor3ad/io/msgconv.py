@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..geometry.observation import valid_point_mask  # the one valid-point rule, re-exported for callers
 
 SUPPORTED_IMAGE_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 
@@ -316,25 +317,6 @@ def xyz_to_cloud_fields(xyz: np.ndarray, padded: bool = False) -> Dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------- checks
-def check_aligned(rgb: np.ndarray, xyz: np.ndarray) -> None:
-    """Raise InputError unless rgb (H, W, 3) and xyz (H, W, 3) are pixel-aligned."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"image must be (H, W, 3), got shape {rgb.shape}")
-    if xyz.ndim != 3 or xyz.shape[2] != 3:
-        raise InputError(f"point map must be (H, W, 3), got shape {xyz.shape}")
-    if rgb.shape[:2] != xyz.shape[:2]:
-        raise InputError(
-            f"image size {rgb.shape[1]}x{rgb.shape[0]} does not match point cloud size "
-            f"{xyz.shape[1]}x{xyz.shape[0]} (width x height); they must be pixel-aligned"
-        )
-
-
-def valid_point_mask(xyz: np.ndarray) -> np.ndarray:
-    """(H, W) bool: finite and not all-zero (MVTec marks background as 0, ROS as NaN)."""
-    finite = np.isfinite(xyz).all(-1)
-    return finite & (np.abs(np.where(finite[..., None], xyz, 0)).sum(-1) > 0)
-
-
 def check_enough_valid_points(xyz: np.ndarray, min_points: int = 16) -> int:
     """Number of valid points; raise InputError when fewer than ``min_points``."""
     count = int(valid_point_mask(xyz).sum())
@@ -399,5 +381,5 @@ class MessageFactory:
 __all__: List[str] = [
     "SUPPORTED_IMAGE_ENCODINGS", "POINTFIELD_FLOAT32", "stamp_to_ns", "ns_to_stamp", "header_stamp_ns",
     "image_to_rgb", "rgb_to_image_fields", "mono_to_mask", "cloud_to_xyz", "xyz_to_cloud_fields",
-    "check_aligned", "valid_point_mask", "check_enough_valid_points", "MessageFactory",
+    "valid_point_mask", "check_enough_valid_points", "MessageFactory",
 ]

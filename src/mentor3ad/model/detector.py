@@ -4,9 +4,11 @@
 >>> result = detector.predict(rgb, xyz)   # rgb (H,W,3) uint8, xyz (H,W,3) float32 metres
 >>> result.verdict, result.score, result.anomaly_map, result.regions
 
-Every answer is an :class:`~mentor3ad.types.InspectionResult` made by
-:func:`mentor3ad.model.postprocess.decide` (non-finite maps or thresholds are ERROR, never PASS); a
-threshold override is an argument of :meth:`Detector.predict`, so the decision lives in one place. The
+A Detector is a :class:`~mentor3ad.model.scoring.FeatureScorer` (the scoring protocol it shares with
+the yardsticks): every answer is an :class:`~mentor3ad.types.InspectionResult` made by
+:func:`mentor3ad.model.scoring.judge` (non-finite maps or thresholds are ERROR, never PASS); a threshold
+override is an argument of :meth:`Detector.predict`, so the decision lives in one place. The threshold
+and its :class:`~mentor3ad.model.threshold.ThresholdRecord` live in ``training_info["threshold"]``. The
 model file format and its validation: :mod:`mentor3ad.model.checkpoint`.
 """
 from __future__ import annotations
@@ -21,34 +23,21 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..config import PRECISIONS, Mentor3ADConfig
+from ..config import Mentor3ADConfig
 from ..errors import ConfigError, InputError, Mentor3ADError, ModelLoadError
+from ..features.extractor import stack_features
+from ..geometry.observation import check_observation
+from ..timing import StageTimer
 from ..types import InspectionResult, Verdict
 from . import checkpoint
-from ..features.timing import StageTimer
 from .heads import Mentor3ADHeads
-from .postprocess import decide, upsample_maps
+from .scoring import FeatureScorer, PostProcessing
+from .threshold import LEGACY_KEYS, ThresholdRecord
+from .threshold import manual as manual_threshold
 from .voting import OCSVM_SCORE_CLAMP
 
 LOG = logging.getLogger(__name__)
 HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
-
-
-def check_input(rgb: np.ndarray, xyz: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Validate one observation -> (rgb uint8 (H, W, 3), xyz float32 (H, W, 3)); InputError naming the problem."""
-    rgb = np.asarray(rgb)
-    xyz = np.asarray(xyz)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise InputError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise InputError(f"rgb must be uint8, got {rgb.dtype}")
-    if xyz.ndim != 3 or xyz.shape[2] != 3:
-        raise InputError(f"xyz must be an organized (H, W, 3) point map in metres, got shape {xyz.shape}")
-    if xyz.shape[:2] != rgb.shape[:2]:
-        raise InputError(f"rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} are not pixel-aligned (different sizes)")
-    if not np.issubdtype(xyz.dtype, np.floating):
-        raise InputError(f"xyz must be floating point metres, got {xyz.dtype}")
-    return rgb, xyz.astype(np.float32, copy=False)
 
 
 def warmup_scene(size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -65,10 +54,11 @@ def warmup_scene(size: int) -> Tuple[np.ndarray, np.ndarray]:
     return rgb, xyz
 
 
-class Detector:
+class Detector(FeatureScorer):
     """Trained Mentor3AD model ready for inference.
 
-    threshold: image-score decision threshold (settable); identity: dict with a short ``model_id``.
+    threshold: image-score decision threshold (settable: a manual record; calibration writes its own via
+    :meth:`set_threshold`); threshold_record: where it came from; identity: dict with a short ``model_id``.
     """
 
     def __init__(self, config: Mentor3ADConfig, heads: Mentor3ADHeads, extractor=None, threshold: float = float("inf"),
@@ -80,25 +70,30 @@ class Detector:
         self._extractor = extractor
         self._backbone_identity = backbone_identity
         self._model_id: Optional[Tuple[float, str]] = None
-        self.threshold = threshold
         self.training_info = dict(training_info or {})
-        self._timer = StageTimer(self.device)
+        self._threshold = float(threshold)
+        if np.isnan(self._threshold):
+            raise ConfigError("threshold must be a number, got NaN")
+        record = ThresholdRecord.stored(self.training_info, self._threshold)
+        if record is None and np.isfinite(self._threshold):
+            record = manual_threshold(self._threshold)
+        if record is not None:
+            self.set_threshold(record)
+        self.timer = StageTimer(self.device)
         for stage, name in HEAD_STAGES.items():
             module = getattr(self.heads, name, None)
             if module is not None:
                 self._time_module(stage, module)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def threshold(self) -> float:
-        return self._threshold
+    def _store_threshold_record(self, record: ThresholdRecord) -> None:
+        for key in LEGACY_KEYS:
+            self.training_info.pop(key, None)
+        self.training_info["threshold"] = record.to_dict()
 
-    @threshold.setter
-    def threshold(self, value: float) -> None:
-        value = float(value)
-        if np.isnan(value):
-            raise ConfigError("threshold must be a number, got NaN")
-        self._threshold = value
+    @property
+    def post(self) -> PostProcessing:
+        return PostProcessing.of(self.config)
 
     @property
     def extractor(self):
@@ -143,10 +138,10 @@ class Detector:
         starts: List[float] = []
 
         def before(_module, _inputs) -> None:  # hooks must return None (a value would replace inputs / output)
-            starts.append(self._timer.now())
+            starts.append(self.timer.now())
 
         def after(_module, _inputs, _output) -> None:
-            self._timer.tick(stage, starts.pop())
+            self.timer.tick(stage, starts.pop())
 
         module.register_forward_pre_hook(before)
         module.register_forward_hook(after)
@@ -155,53 +150,17 @@ class Detector:
         """Per-stage seconds of the last predict call: ``features`` (with the extractor's stages prefixed
         ``features_``), ``heads`` (with ``heads_mfm``/``heads_mgm``/``heads_vm``), ``postprocess`` (with
         ``post_upsample``/``post_decide``) and ``total``."""
-        return dict(self._timer.seconds)
+        return dict(self.timer.seconds)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def maps_from_features(self, rgb: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Final maps at feature resolution: (B, C, R, R) x2, (B, R, R) -> (B, R, R)."""
-        return self.heads(rgb.to(self.device).float(), xyz.to(self.device).float(), valid.to(self.device))["final"]
+        return self.heads.final_maps(rgb, xyz, valid)
 
-    @torch.no_grad()
-    def postprocess(self, maps: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
-        """(B, R, R) -> (B, H, W) (:func:`mentor3ad.model.postprocess.upsample_maps`)."""
-        return upsample_maps(maps, int(self.config.features.image_size), self.config.model.smoothing_sigma, output_size)
-
-    def image_scores_from_features(self, features, sizes: Optional[Sequence[Tuple[int, int]]] = None,
-                                   batch_size: int = 8) -> List[float]:
-        """Image scores of a FeatureSet: the max of each post-processed map at its input resolution ``sizes``
-        ((H, W) per sample, as :meth:`predict` scores it; default features.image_size)."""
-        size = int(self.config.features.image_size)
-        sizes = list(sizes) if sizes is not None else [(size, size)] * len(features)
-        scores = []
-        for start in range(0, len(features), batch_size):
-            batch = features.subset(slice(start, start + batch_size))
-            maps = self.maps_from_features(batch.rgb, batch.xyz, batch.valid)
-            for index in range(len(batch)):
-                full = self.postprocess(maps[index:index + 1], sizes[start + index])
-                scores.append(float(full.max()))
-        return scores
-
-    def _decide_features(self, features: Sequence, inputs: Sequence[Tuple[Tuple[int, int], np.ndarray]],
-                         threshold: Optional[float]) -> List[InspectionResult]:
-        from ..features.extractor import stack_features
-
-        stacked = stack_features(features)
-        started = self._timer.now()
-        maps = self.maps_from_features(stacked.rgb, stacked.xyz, stacked.valid)
-        self._timer.tick("heads", started)
-        threshold = self.threshold if threshold is None else float(threshold)
-        model_id = self.model_id
-        results = []
-        for index, (size, xyz) in enumerate(inputs):
-            started = self._timer.now()
-            full = self.postprocess(maps[index:index + 1], size)[0].cpu().numpy().astype(np.float32)
-            decided = self._timer.tick("post_upsample", started)
-            results.append(decide(full, threshold, xyz, model_id))
-            self._timer.tick("post_decide", decided)
-            self._timer.tick("postprocess", started)
-        return results
+    def grid_maps(self, features) -> torch.Tensor:
+        """FeatureSet -> final maps (B, R, R) (the scoring protocol's grid maps)."""
+        return self.maps_from_features(features.rgb, features.xyz, features.valid)
 
     def predict(self, rgb: np.ndarray, xyz: np.ndarray, threshold: Optional[float] = None) -> InspectionResult:
         """Judge one observation: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid = 0/NaN).
@@ -215,39 +174,19 @@ class Detector:
         """Judge several observations (list of (rgb, xyz)); backbones and heads run as one batch."""
         if len(pairs) == 0:
             return []
-        self._timer.reset()
+        self.timer.reset()
         checked = []
         for pair in pairs:
             if len(pair) != 2:
                 raise InputError("predict_batch expects a list of (rgb, xyz) pairs")
-            checked.append(check_input(*pair))
-        started = self._timer.now()
-        features = self.extractor.extract_batch([r for r, _ in checked], [x for _, x in checked])
-        self._timer.tick("features", started)
-        for key, value in self.extractor.timings().items():
-            self._timer.add(f"features_{key}", float(value))
-        results = self._decide_features(features, [(r.shape[:2], x) for r, x in checked], threshold)
-        self._timer.tick("total", started)
-        return results
-
-    def predict_samples(self, samples: Sequence, cache_dir=None, progress: bool = True, batch_size: int = 8,
-                        threshold: Optional[float] = None) -> List[InspectionResult]:
-        """Judge :class:`mentor3ad.types.Sample`s; features come from the FeatureCache when ``cache_dir``."""
-        from tqdm import tqdm
-
-        from ..features.cache import extract_features
-
-        results: List[InspectionResult] = []
-        self._timer.reset()
-        with tqdm(total=len(samples), desc="predict", disable=not progress, leave=False) as bar:
-            for start in range(0, len(samples), batch_size):
-                chunk = samples[start:start + batch_size]
-                checked = [check_input(s.rgb, s.xyz) for s in chunk]
-                started = self._timer.now()
-                features = extract_features(chunk, self.extractor, cache_dir, batch_size)
-                self._timer.tick("features", started)
-                results.extend(self._decide_features(features, [(r.shape[:2], x) for r, x in checked], threshold))
-                bar.update(len(chunk))
+            checked.append(check_observation(*pair))
+        started = self.timer.now()
+        features = self.extractor.extract_batch([r for r, _ in checked], [x for _, x in checked],
+                                                self.timer.prefixed("features_"))
+        self.timer.tick("features", started)
+        results = self.predict_features(stack_features(features), [r.shape[:2] for r, _ in checked],
+                                        [x for _, x in checked], threshold)
+        self.timer.tick("total", started)
         return results
 
     def warmup(self, runs: int = 1) -> float:
@@ -274,8 +213,6 @@ class Detector:
         valid patch (a map of zeros would PASS every part), the threshold is below :meth:`max_score` (else
         no part could ever FAIL), and the prediction is a finite PASS/FAIL. Raises ModelLoadError with the
         reason otherwise; returns the seconds taken."""
-        from ..features.extractor import stack_features
-
         rgb, xyz = warmup_scene(int(self.config.features.image_size))
         started = time.perf_counter()
         if self.threshold >= self.max_score():
@@ -283,8 +220,9 @@ class Detector:
                                  f"produce ({self.max_score():.4g}): no part could ever FAIL")
         try:
             features = self.extractor.extract_batch([rgb], [xyz])
-            self._check_internals(stack_features(features))
-            result = self._decide_features(features, [(rgb.shape[:2], xyz)], None)[0]
+            stacked = stack_features(features)
+            self._check_internals(stacked)
+            result = self.predict_features(stacked, [rgb.shape[:2]], [xyz])[0]
         except ModelLoadError:
             raise
         except Mentor3ADError as err:
@@ -340,9 +278,7 @@ class Detector:
         checked = checkpoint.read_checkpoint_header(path)
         config, stored_identity = checked.config, checked.backbone_identity
         if precision is not None:
-            if precision not in PRECISIONS:
-                raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-            config.features.precision = precision
+            config = config.replace(features={"precision": precision})
         if extractor is None:
             from ..features.extractor import FeatureExtractor
 
@@ -368,9 +304,11 @@ class Detector:
             heads.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             raise ModelLoadError(f"{path}: weights do not match the stored model config: {err}") from None
-        info = metadata.get("training_info")
-        detector = cls(config, heads, extractor, threshold=threshold, training_info=info if isinstance(info, dict) else {},
-                       device=device, backbone_identity=stored_identity)
+        info = dict(metadata.get("training_info") or {}) if isinstance(metadata.get("training_info"), dict) else {}
+        if ThresholdRecord.stored(info, threshold) is None:  # a file from before the record: its legacy keys
+            info["threshold"] = ThresholdRecord.legacy(info, threshold, str(metadata.get("saved_at") or "")).to_dict()
+        detector = cls(config, heads, extractor, threshold=threshold, training_info=info, device=device,
+                       backbone_identity=stored_identity)
         if self_test:
             try:
                 detector.self_test()
@@ -388,4 +326,4 @@ def _flatten(value, prefix: str = "") -> Dict[str, str]:
     return {prefix: json.dumps(value, sort_keys=True, default=checkpoint.json_default)}
 
 
-__all__ = ["Detector", "check_input", "warmup_scene"]
+__all__ = ["Detector", "warmup_scene"]

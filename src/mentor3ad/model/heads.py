@@ -149,7 +149,6 @@ class Mentor3ADHeads(nn.Module):
 
     def __init__(self, rgb_dim: int, xyz_dim: int, config: ModelConfig, seed: int = 0):
         super().__init__()
-        config.validate()
         self.config = config
         self.rgb_dim = int(rgb_dim)
         self.xyz_dim = int(xyz_dim)
@@ -243,3 +242,9 @@ class Mentor3ADHeads(nn.Module):
         maps = self.score_maps(rgb, xyz, valid)
         maps["final"] = self.combine(maps, valid)
         return maps
+
+    @torch.no_grad()
+    def final_maps(self, rgb: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The final maps (B, R, R) of features anywhere (moved to the heads' device): (B, C, R, R) x2, (B, R, R)."""
+        device = self.rgb_mean.device
+        return self(rgb.to(device).float(), xyz.to(device).float(), valid.to(device))["final"]

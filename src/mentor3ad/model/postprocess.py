@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..geometry.observation import valid_point_mask
 from ..types import InspectionResult, Region, Verdict
 
 
@@ -105,7 +106,7 @@ def pixel_footprint_m2(xyz: np.ndarray) -> np.ndarray:
     pixel is invalid or has no valid neighbour along an axis.
     """
     p = np.asarray(xyz, dtype=np.float64)
-    valid = np.isfinite(p).all(-1) & (np.abs(np.nan_to_num(p)).sum(-1) > 0)
+    valid = valid_point_mask(p)
     p = np.where(valid[..., None], p, 0.0)
     area = np.linalg.norm(np.cross(_grid_step(p, valid, 1), _grid_step(p, valid, 0)), axis=-1)
     return np.where(valid, area, 0.0)
@@ -141,7 +142,7 @@ def extract_regions(
         if footprint is not None:
             area_mm2 = float(footprint[sl][inside].sum() * 1e6)
             pts = np.asarray(xyz[sl][inside], dtype=np.float64)
-            ok = np.isfinite(pts).all(-1) & (np.abs(pts).sum(-1) > 0)
+            ok = valid_point_mask(pts)
             if ok.any():
                 centroid = tuple(float(c) for c in pts[ok].mean(0))
                 extent = tuple(float(c) for c in pts[ok].max(0) - pts[ok].min(0))

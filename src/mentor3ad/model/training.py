@@ -167,8 +167,6 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
                 device="cpu", progress: bool = True, log: Callable[[str], None] = LOG.info):
     """Train MFM -> MGM -> VM on normal features. Returns (heads in eval mode, info dict)."""
     model_config, train_config = config.model, config.train
-    model_config.validate()
-    train_config.validate()
     if len(train) == 0:
         raise InputError("no training features")
     if int(train.valid.sum()) == 0:
@@ -229,7 +227,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     from .detector import Detector
 
     log = log or LOG.info
-    config = (config or Mentor3ADConfig()).validate()
+    config = config or Mentor3ADConfig()
     if not train_samples:
         raise InputError("train_detector: no training samples")
     for sample in list(train_samples) + list(val_samples or []):
@@ -257,8 +255,9 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
 
 def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
                            log: Callable[[str], None]) -> List[float]:
-    """Image scores of every training sample by heads trained without it (``calibration.cv_folds`` folds)."""
-    from .detector import Detector
+    """Image scores of every training sample by heads trained without it (``calibration.cv_folds`` folds),
+    scored as inference scores them (:func:`mentor3ad.model.scoring.score_feature_set`)."""
+    from .scoring import PostProcessing, score_feature_set
 
     folds = config.calibration.cv_folds
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
@@ -269,47 +268,40 @@ def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3AD
         kept = [i for i in order if i not in held_set]
         log(f"calibration: cross-validation fold {fold + 1}/{folds} ({len(kept)} training, {len(held)} scored)")
         heads, _ = train_heads(train.subset(kept), config, None, device, progress=False, log=lambda message: None)
-        scores += Detector(config, heads, backbone_identity={}, device=device).image_scores_from_features(
-            train.subset(held), [sizes[i] for i in held])
+        scores += score_feature_set(lambda batch: heads.final_maps(batch.rgb, batch.xyz, batch.valid),
+                                    train.subset(held), [sizes[i] for i in held], PostProcessing.of(config),
+                                    batch_size=8).image_scores
     return scores
 
 
 def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
-                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info) -> float:
+                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info):
     """Set the threshold from held-out good scores (and cross-validated training scores when
-    ``calibration.cv_folds``), scored at the input resolution as inference scores them; records the rule,
-    the sources and the expected false-reject rate in ``training_info``."""
-    from .calibration import calibrate_by_config, calibration_outliers, false_reject_estimate
+    ``calibration.cv_folds``; the training scores, optimistic, when there are neither), scored at the input
+    resolution as inference scores them; returns the :class:`~mentor3ad.model.threshold.ThresholdRecord`
+    the detector now carries (rule, sources, expected false-reject rate, scores)."""
+    from .threshold import ThresholdSource, from_good_scores
 
     calibration = detector.config.calibration
-    scores, sources, kinds = [], [], []
+    scores, sources = [], []
     if validation is not None and len(validation):
-        scores += detector.image_scores_from_features(validation, val_sizes)
-        sources.append(f"{len(validation)} held-out")
-        kinds.append("validation")
+        scores += detector.image_scores(validation, val_sizes, batch_size=8)
+        sources.append(ThresholdSource("validation", len(validation)))
     if calibration.cv_folds:
         scores += cross_validated_scores(train, train_sizes, detector.config, device, log)
-        sources.append(f"{len(train)} cross-validated training")
-        kinds.append("cv")
+        sources.append(ThresholdSource("cv", len(train)))
     if not scores:
         log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
-        scores = detector.image_scores_from_features(train, train_sizes)
-        sources.append(f"{len(train)} training (optimistic)")
-        kinds.append("train")
-    threshold = calibrate_by_config(scores, calibration)
-    detector.threshold = threshold
-    estimate = false_reject_estimate(scores, threshold)
-    outliers = calibration_outliers(scores)
-    if outliers:
-        log(f"check calibration parts {', '.join(f'#{i + 1} (score {scores[i]:.4g})' for i in outliers)} of "
-            f"{len(scores)}: they score far above the other good parts and raise the threshold; a defective "
-            f"part among them would let similar defects PASS")
-    detector.training_info.update(calibration_outliers=[float(scores[i]) for i in outliers],
-        threshold_source="+".join(kinds),
-        threshold_rule=f"{calibration.rule}, target false-reject rate {calibration.target_false_reject_rate} "
-                       f"on {' + '.join(sources)} good scores",
-        expected_false_reject_rate=estimate)
-    log(f"threshold {threshold:.6g} ({calibration.rule} rule) from {' + '.join(sources)} good scores; expected "
-        f"false-reject rate {estimate['expected']:.3%} (5-95 %: {estimate['low']:.3%} - {estimate['high']:.3%}), "
-        f"{estimate['empirical']:.1%} of the calibration parts")
-    return threshold
+        scores = detector.image_scores(train, train_sizes, batch_size=8)
+        sources.append(ThresholdSource("train", len(train)))
+    record = from_good_scores(scores, calibration, sources, set_by="train")
+    detector.set_threshold(record)
+    if record.outliers:
+        log(f"check the calibration parts scoring {', '.join(f'{s:.4g}' for s in record.outliers)} of {len(scores)}: "
+            f"they score far above the other good parts and raise the threshold; a defective part among them "
+            f"would let similar defects PASS")
+    rate = record.expected_false_reject_rate
+    interval = "n/a" if rate.get("low") is None else f"{rate['low']:.3%} - {rate['high']:.3%}"
+    log(f"threshold {record.describe()}; expected false-reject rate {rate['expected']:.3%} (5-95 %: {interval}), "
+        f"{rate['empirical']:.1%} of the calibration parts")
+    return record

@@ -85,7 +85,7 @@ def bench_config(args: argparse.Namespace, device) -> Tuple[Any, List[str]]:
     if args.amp:
         if args.amp == "fp16" and device.type != "cuda":
             raise SystemExit("--amp fp16 needs --device cuda; on CPU use --amp bf16")
-        config.features.precision = args.amp
+        config = config.replace(features={"precision": args.amp})
     return config, notes
 
 

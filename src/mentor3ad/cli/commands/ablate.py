@@ -4,9 +4,10 @@ the naive baseline on one test split, all on the same cached backbone features.
 * Rows differ from the base config only in use_mentor / use_voting (rows w/o mentor also drop the
   mentor's score map "mtr"). Training is deterministic and the VM stage comes last, so "w/o voting" is
   the full model's MFM + MGM without its Voting Module (identical weights to a separate run) and "CFM"
-  is the "w/o mentor" model's MGM without it: two trainings give four rows. The derived models' scores are on another scale than
-  their parent's, so each is re-calibrated by the training rule on the validation split (the training
-  split when there is none, as training does) before it is saved or evaluated.
+  is the "w/o mentor" model's MGM without it: two trainings give four rows. The derived models' scores are on
+  another scale than their parent's, so each is re-calibrated by the training rule on the validation split
+  (the training split when there is none, as training does) before it is saved or evaluated; its threshold
+  record (``set_by: ablate``) keeps the parent's threshold as ``replaced``.
 * ``--model M`` reuses a model ``mentor3ad train`` produced as the full row (not retrained); its config
   is the base config of every other row (``--config`` / ``--set`` are refused with it).
 * PatchCore RGB / 3D / RGB+3D (BTF) (:mod:`mentor3ad.eval.patchcore`): memory banks on the same features,
@@ -62,12 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def without_voting(detector):
     """Same MFM + MGM weights, final map = plain product of the used score maps (threshold: the parent's
-    until :func:`recalibrate` sets this model's own)."""
+    until :func:`calibrate_derived` sets this model's own)."""
     from ...model.detector import Detector
     from ...model.heads import Mentor3ADHeads
 
-    config = detector.config.copy()
-    config.model.use_voting = False
+    config = detector.config.replace(model={"use_voting": False})
     heads = Mentor3ADHeads(detector.heads.rgb_dim, detector.heads.xyz_dim, config.model, seed=config.train.seed)
     state = {k: v for k, v in detector.heads.state_dict().items() if not k.startswith("voting.")}
     heads.load_state_dict(state, strict=True)
@@ -98,21 +98,19 @@ class Split:
         return [s.rgb.shape[:2] for s in self.samples]
 
 
-def recalibrate(detector, calibration: "Split", log=LOG.info) -> Dict[str, Any]:
+def calibrate_derived(detector, calibration: "Split", log=LOG.info):
     """The training rule (the config's false-reject target, margin, rule) on this model's own image
-    scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models)."""
-    from ...model.calibration import calibrate_by_config
+    scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models);
+    returns the new ThresholdRecord (``replaced``: the inherited threshold)."""
+    from ...model.threshold import ThresholdSource, from_good_scores
 
-    scores = detector.image_scores_from_features(calibration.features, calibration.sizes)
+    scores = detector.image_scores(calibration.features, calibration.sizes, batch_size=8)
     inherited = detector.threshold
-    detector.threshold = calibrate_by_config(scores, detector.config.calibration)
-    rate = detector.config.calibration.target_false_reject_rate
-    detector.training_info.update(
-        threshold_source=calibration.name, inherited_threshold=inherited,
-        threshold_rule=f"re-calibrated after removing the Voting Module: false-reject rate {rate} on "
-                       f"{len(scores)} {calibration.name} good scores")
-    log(f"threshold {detector.threshold:.6g} (inherited {inherited:.6g}) from {len(scores)} {calibration.name} scores")
-    return {"inherited_threshold": inherited}
+    record = from_good_scores(scores, detector.config.calibration, [ThresholdSource(calibration.name, len(scores))],
+                              set_by="ablate", replaced=inherited)
+    detector.set_threshold(record)
+    log(f"threshold {record.describe()}, inherited {inherited:.6g}")
+    return record
 
 
 def _given_model(args: argparse.Namespace):
@@ -137,12 +135,10 @@ def variant_config(base, name: str):
     from ...errors import ConfigError
 
     use_mentor, use_voting = VARIANTS[name]
-    config = base.copy()
     maps = list(base.model.score_maps) if use_mentor else [m for m in base.model.score_maps if m != "mtr"]
     if not maps:
         raise ConfigError(f"ablate: the '{name}' row has no score map left of {base.model.score_maps}")
-    config.model.use_mentor, config.model.use_voting, config.model.score_maps = use_mentor, use_voting, maps
-    return config
+    return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps})
 
 
 def _train(name: str, base, splits: Dict[str, Split], args, extractor):
@@ -184,7 +180,7 @@ def _detector_rows(args, base, given, splits: Dict[str, Split], extractor, ident
             detector = trained[name]
         elif parent is not None and parent in trained:
             detector = without_voting(trained[parent])
-            recalibrate(detector, validation or splits["train"])
+            calibrate_derived(detector, validation or splits["train"])
         else:
             detector = _train(name, base, splits, args, extractor)
         trained[name] = detector
@@ -193,8 +189,7 @@ def _detector_rows(args, base, given, splits: Dict[str, Split], extractor, ident
             detector.save(args.save_dir / f"{slug}.safetensors")
         predictions = detector.predict_samples(splits["test"].samples, cache_dir=splits["test"].cache_dir,
                                                progress=not args.no_progress)
-        val_scores = (detector.image_scores_from_features(validation.features, validation.sizes)
-                      if validation else None)
+        val_scores = detector.image_scores(validation.features, validation.sizes, batch_size=8) if validation else None
         identities[name] = detector.identity
         rows.append(_evaluate(name, predictions, splits["test"], detector.threshold, val_scores, started,
                               detector.identity))
@@ -216,8 +211,8 @@ def _patchcore_rows(args, base, splits: Dict[str, Split], identities) -> List[Di
         identities[name] = core.identity
         LOG.info("%s: bank %d of %d patches in %.3f s", name, core.timings["bank_patches"],
                  core.timings["train_patches"], core.timings["coreset_s"])
-        rows.append(_evaluate(name, predictions, test, core.threshold,
-                              core.calibration_scores if validation else None, started, core.identity))
+        val_scores = core.image_scores(validation.features, validation.sizes) if validation else None
+        rows.append(_evaluate(name, predictions, test, core.threshold, val_scores, started, core.identity))
     return rows
 
 
@@ -228,7 +223,7 @@ def _naive_row(splits: Dict[str, Split]) -> Dict[str, Any]:
     started = time.perf_counter()
     naive = NaiveBaseline().fit(splits["train"].samples)
     validation = splits.get("validation")
-    val_scores = [p.score for p in naive.predict_samples(validation.samples)] if validation else None
+    val_scores = naive.score_samples(validation.samples).image_scores if validation else None
     return _evaluate(NAIVE, naive.predict_samples(splits["test"].samples), splits["test"], naive.threshold,
                      val_scores, started)
 
@@ -240,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     from ...jobs import load_samples
 
     given = _given_model(args) if args.model is not None else None
-    base = given.config.copy() if given is not None else config_from_args(args)
+    base = given.config if given is not None else config_from_args(args)
     train_samples = load_samples(args.data, "train", shots=args.shots)
     if given is not None and given.training_info.get("num_train_samples") not in (None, len(train_samples)):
         LOG.warning("the given model was trained on %s samples, the other rows train on %d (see --shots)",

@@ -5,8 +5,14 @@ Two rules (:mod:`mentor3ad.model.calibration`, via :func:`mentor3ad.jobs.recalib
 * ``--rule f1``: from labelled parts (good and defective), the F1-optimal threshold. Without ``--split``
   it uses the test split and says so in a warning line on stderr: an evaluation on the same split is then
   optimistic (the threshold was chosen on it).
-The model file is rewritten atomically (or ``--out`` is written); the backbones run once per sample
-(features cached with ``--cache-dir``).
+The model file is rewritten atomically (or ``--out`` is written) with the new threshold's record
+(``training_info["threshold"]``: a ``recalibration`` of the data and split); the backbones run once per
+sample (features cached with ``--cache-dir``).
+
+``--record R`` instead of ``--data``: from the parts an operator confirmed good in an inspection record
+(``mentor3ad record confirm``; the newest ``--last`` of them, ``--since`` a time), scored by this model or
+the models it was re-calibrated from (:mod:`mentor3ad.records.recalibration`); the new model is added to
+the record with its parent, so the next re-calibration finds these scores again.
 """
 from __future__ import annotations
 
@@ -21,7 +27,11 @@ from ..common import add_recording_arguments, topics_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="set a model's threshold from good parts (false-reject rate) or labelled parts (F1)")
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint (.safetensors)")
-    p.add_argument("--data", type=Path, required=True, help="dataset folder (MVTec 3D-AD layout) or rosbag2 directory")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (MVTec 3D-AD layout) or rosbag2 directory")
+    p.add_argument("--record", default=None, metavar="PATH_OR_URL",
+                   help="instead of --data: an inspection record; calibrates on parts an operator confirmed good")
+    p.add_argument("--since", default=None, metavar="TIME", help="with --record: parts from this time (7d = 7 days ago, 2026-05-20)")
+    p.add_argument("--last", type=int, default=1000, help="with --record: the newest N confirmed parts (default 1000)")
     p.add_argument("--split", default=None, choices=["train", "validation", "test"],
                    help="split of a dataset folder (default: validation for frr; test for f1, with a warning)")
     p.add_argument("--rule", default="frr", choices=["frr", "f1"], help="frr: good parts only; f1: labelled parts")
@@ -36,20 +46,43 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...errors import ConfigError
     from ...io.bags import is_bag
     from ...jobs import load_samples, recalibrate
     from ...model.detector import Detector
 
+    if (args.data is None) == (args.record is None):
+        raise ConfigError("give --data (a dataset or recording) or --record (an inspection record), not both")
     detector = Detector.load(args.model, device=args.device)
+    if args.record is not None:
+        return _run_from_record(args, detector)
     bag = is_bag(args.data)
     split = args.split or ("validation" if args.rule == "frr" else "test")
     if args.rule == "f1" and args.split is None and not bag:
         print(f"mentor3ad calibrate: warning: --rule f1 without --split calibrates on the test split of {args.data}; "
               "an evaluation on that split is then optimistic (choose the split with --split)", file=sys.stderr)
     samples = load_samples(args.data, split, args.input_mode, topics_from_args(args), int(args.slop_ms * 1e6))
-    info = recalibrate(detector, samples, args.rule, args.target_frr, args.cache_dir, progress=not args.no_progress)
-    detector.training_info.update(threshold_source=str(args.data) if bag else f"{args.data} ({split} split)")
+    info = recalibrate(detector, samples, args.rule, args.target_frr, args.cache_dir, progress=not args.no_progress,
+                       data=str(args.data) if bag else f"{args.data} ({split} split)")
     out = detector.save(args.out or args.model)
     print(json.dumps({"model": str(out), "model_id": detector.model_id,
                       "split": None if bag else split, **info}))
+    return 0
+
+
+def _run_from_record(args: argparse.Namespace, detector) -> int:
+    from ...errors import ConfigError
+    from ...records.admin import add_model
+    from ...records.models import ModelRecord
+    from ...records.reader import RecordReader
+    from ...records.recalibration import recalibrate_from_record
+    from ...records.timespec import parse_time
+
+    if args.rule != "frr":
+        raise ConfigError("--record calibrates on good parts: use --rule frr")
+    reader = RecordReader(args.record)
+    info = recalibrate_from_record(detector, reader, args.target_frr, parse_time(args.since), args.last)
+    out = detector.save(args.out or args.model)
+    add_model(args.record, ModelRecord.from_detector(detector, str(out), info["parent_model_id"]))
+    print(json.dumps({"model": str(out), "model_id": detector.model_id, "record": reader.database.describe(), **info}))
     return 0

@@ -72,11 +72,11 @@ def dominant_plane_mask(points: np.ndarray, valid: np.ndarray, distance_m: float
                         seed: int = 0) -> np.ndarray:
     """(H, W) bool: valid points within ``distance_m`` of the plane with most inliers.
 
-    The plane comes from :func:`mentor3ad.features.preprocessing.fit_plane_ransac` (the pipeline's own
+    The plane comes from :func:`mentor3ad.geometry.plane.fit_plane_ransac` (the pipeline's own
     seeded RANSAC + least-squares refinement) on up to 20000 of the valid points."""
     import torch
 
-    from ...features.preprocessing import fit_plane_ransac
+    from ...geometry.plane import fit_plane_ransac
 
     pts = points[valid].astype(np.float64)
     out = np.zeros(valid.shape, bool)

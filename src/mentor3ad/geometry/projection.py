@@ -19,7 +19,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from ..backbones.pointops import three_nn_weights
+from .pointops import interpolate_features, three_nn_weights
 
 DENSE_OPERATOR_LIMIT = 8_000_000  # elements of the (R*R, G) operator above which a sparse matmul is used
 
@@ -82,8 +82,6 @@ def project_point_features_reference(
     image_size: int, resolution: int, smoothing_kernel: int = 3,
 ) -> torch.Tensor:
     """Direct (memory-hungry) version of ``project_point_features`` for tests: (C, R, R)."""
-    from ..backbones.pointops import interpolate_features
-
     channels = centre_features.shape[1]
     per_point = interpolate_features(points[None], centres[None], centre_features[None])[0]  # (N, C)
     grid = torch.zeros(channels, image_size * image_size, dtype=per_point.dtype, device=points.device)

@@ -1,0 +1,56 @@
+"""The largest connected cluster of an organized cloud (3D-distance-gated links on the pixel grid)."""
+from __future__ import annotations
+
+import torch
+
+
+_OFFSETS_CACHE = {}
+
+
+def _offsets(radius: int):
+    if radius not in _OFFSETS_CACHE:
+        _OFFSETS_CACHE[radius] = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+                                  if (dy, dx) > (0, 0)]
+    return _OFFSETS_CACHE[radius]
+
+
+def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
+                    max_iterations: int = 512) -> torch.Tensor:
+    """Keep the largest connected cluster of valid points on the organized grid.
+
+    Two valid pixels at most ``radius_px`` apart (Chebyshev) are linked when their 3D distance is
+    below ``eps`` metres. Labels propagate by max over links plus pointer jumping until stable.
+    xyz (S, S, 3), valid (S, S) bool -> (S, S) bool.
+    """
+    height, width = valid.shape
+    device = xyz.device
+    index = torch.arange(height * width, device=device).reshape(height, width)
+    labels = torch.where(valid, index, torch.full_like(index, -1))
+    # links as (offset, mask over the overlapping window); symmetric, so both directions are stored
+    links = []
+    for dy, dx in _offsets(radius_px):
+        ys_a, ys_b = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy) or None)
+        xs_a, xs_b = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx) or None)
+        a, b = (ys_a, xs_a), (ys_b, xs_b)
+        close = valid[a] & valid[b] & ((xyz[a] - xyz[b]).square().sum(-1) < eps * eps)
+        links.append((a, b, close))
+    flat_valid = valid.reshape(-1)
+    for iteration in range(max_iterations):
+        previous = labels
+        labels = labels.clone()
+        for a, b, close in links:
+            la, lb = labels[a], labels[b]
+            best = torch.maximum(la, lb)
+            labels[a] = torch.where(close, best, la)
+            labels[b] = torch.where(close, torch.maximum(labels[b], best), labels[b])
+        # pointer jumping: a pixel adopts its representative's label
+        flat = labels.reshape(-1)
+        jumped = torch.where(flat_valid, flat[flat.clamp_min(0)], flat)
+        labels = torch.maximum(flat, jumped).reshape(height, width)
+        if torch.equal(labels, previous):
+            break
+    sizes = torch.bincount(labels[valid], minlength=height * width)
+    return valid & (labels == torch.argmax(sizes))
+
+
+__all__ = ["largest_cluster"]
