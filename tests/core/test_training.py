@@ -176,3 +176,27 @@ def test_calibration_f1_optimal():
         calibrate_f1([0.1, 0.2], [0])
     with pytest.raises(ValueError, match="anomalous"):
         calibrate_f1([0.1, 0.2], [0, 0])
+
+
+def test_config_is_validated_once_when_built_and_frozen(train_features, monkeypatch):
+    import dataclasses
+
+    from mentor3ad.config import FeatureConfig, ModelConfig, TrainConfig
+    from mentor3ad.model.detector import Detector
+    from mentor3ad.model.training import train_heads
+
+    config = tiny_config(train={"mfm_epochs": 1, "mgm_epochs": 1, "vm_steps": 2})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model.use_voting = False
+    changed = config.replace(model={"use_voting": False}, train={"seed": 3})
+    assert (changed.model.use_voting, changed.train.seed, config.model.use_voting) == (False, 3, True)
+    with pytest.raises(ValueError, match="model.score_maps"):
+        config.replace(model={"score_maps": ["depth"]})
+    with pytest.raises(ValueError, match="unknown config key model.typo"):
+        config.replace(model={"typo": 1})
+    calls = []
+    for section in (FeatureConfig, ModelConfig, TrainConfig):
+        monkeypatch.setattr(section, "validate", lambda self, name=section.__name__: calls.append(name))
+    heads, _ = train_heads(train_features, config, progress=False, log=lambda msg: None)
+    Detector(config, heads, threshold=1.0)
+    assert calls == []  # built once, validated then: training and the detector do not validate again
