@@ -135,10 +135,10 @@ def test_page_shows_the_recorded_run_its_failures_and_new_results(recorded_run, 
         _wait(browser, lambda d: _text(d, "count-FAIL") == "6" and _text(d, "count-PASS") == "24", what="the counts")
         _shows(browser, "count-ERROR", "1")
         _shows(browser, "yield", "77.4 %")  # 24 PASS of 31 inspected parts
-        overlay = _wait(browser, lambda d: [i for i in d.find_elements("css selector", "#failures img.overlay")
-                                            if d.execute_script("return arguments[0].naturalWidth", i) > 0],
-                        what="a FAIL's overlay")[0]
-        assert "/evidence/FAIL/" in overlay.get_attribute("src") and overlay.get_attribute("src").endswith("_overlay.png")
+        loaded = ("return Array.from(document.querySelectorAll('#failures img.overlay'))"
+                  ".filter(i => i.complete && i.naturalWidth > 0).map(i => i.src)")
+        overlays = _wait(browser, lambda d: d.execute_script(loaded), what="a FAIL's overlay")  # one call: no stale element
+        assert "/evidence/FAIL/" in overlays[0] and overlays[0].endswith("_overlay.png")
         _shows(browser, "failures", "P-00029", "#1: pixels", "mm²")
         _shows(browser, "stream-table", "P-00029", "P-ERR01", "no 3D data within 2.0")
         _shows(browser, "drift-table", "OK", "1 %", "0.4 %")
