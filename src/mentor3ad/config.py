@@ -280,20 +280,19 @@ class Mentor3ADConfig:
 
     def validate(self) -> "Mentor3ADConfig":
         """Check every section again (each was checked when it was built); returns self."""
-        for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
+        for section in (self.features, self.model, self.train, self.calibration):
+            section.validate()
         return self
 
     def replace(self, **sections: Dict[str, Any]) -> "Mentor3ADConfig":
         """A new config with some keys of some sections changed, e.g. ``replace(model={"use_voting": False})``;
         the changed sections are validated as they are built (ConfigError naming the key)."""
-        changed = {}
         for name, changes in sections.items():
             unknown = sorted(set(changes) - set(getattr(self, name).__dataclass_fields__))
             if unknown:
                 raise ConfigError(f"unknown config key {name}.{unknown[0]}")
-            changed[name] = dataclasses.replace(getattr(self, name), **changes)
-        return dataclasses.replace(self, **changed)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **changes)
+                                            for name, changes in sections.items()})
 
     def to_dict(self) -> Dict[str, Any]:
         return _plain(dataclasses.asdict(self))

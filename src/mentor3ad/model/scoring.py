@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, ModelError
 from ..features.cache import extract_features
 from ..features.extractor import stack_features
 from ..geometry.observation import check_observation
@@ -89,17 +89,23 @@ def score_feature_set(grid_maps: Callable, features, sizes: Optional[Sequence[Tu
     (None: all at once), each map post-processed to its size. Timer stages: heads, post_upsample, postprocess."""
     count = len(features)
     sizes = post.sizes(count, sizes)
+    xyzs = list(xyzs) if xyzs is not None else [None] * count
+    if len(xyzs) != count:
+        raise InputError(f"{count} feature samples but {len(xyzs)} point clouds")
     step = max(1, batch_size or count)
     maps: List[np.ndarray] = []
     for start in range(0, count, step):
         started = timer.now()
-        grid = grid_maps(features.subset(slice(start, start + step)))
+        batch = features.subset(slice(start, start + step))
+        grid = grid_maps(batch)
         timer.tick("heads", started)
-        for index in range(int(grid.shape[0])):
+        if int(grid.shape[0]) != len(batch):
+            raise ModelError(f"{len(batch)} parts scored but {int(grid.shape[0])} maps came back")
+        for index in range(len(batch)):
             started = timer.now()
             maps.append(post.upsample(grid[index:index + 1], sizes[start + index]))
             timer.add("postprocess", timer.tick("post_upsample", started) - started)
-    return ScoredParts(maps, list(xyzs) if xyzs is not None else [None] * count)
+    return ScoredParts(maps, xyzs)
 
 
 def judge(scored: ScoredParts, threshold: float, model_id: str = "", timer: StageTimer = NO_TIMER) -> List[InspectionResult]:

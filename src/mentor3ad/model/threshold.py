@@ -91,6 +91,8 @@ class ThresholdRecord:
 
     def describe(self) -> str:
         """One line for logs and command output."""
+        if self.rule == "manual":
+            return f"{self.value:.6g} set by hand ({self.set_by})"
         where = " + ".join(s.describe() for s in self.sources) or "no recorded scores"
         target = "" if self.target_false_reject_rate is None else \
             f", target false-reject rate {self.target_false_reject_rate:g}"
