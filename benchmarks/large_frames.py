@@ -14,6 +14,7 @@ Configurations (the inspector's side, unless said):
   default   the package default: best-effort inputs + config/fastdds_inspector.xml (readers over UDP, 4 MiB buffers)
   reliable  input_reliability:=reliable + config/fastdds_inspector.xml (lost UDP fragments are repaired)
   shm_both  best effort, config/fastdds_large_shm.xml on BOTH the driver and the inspector (a driver-side change)
+  custom    --custom-profile XML for the inspector, --custom-reliability (an experiment)
 
 Columns: answered = parts with any result / parts sent (a part whose image is lost gets none; one whose cloud
 is lost gets ERROR after pair_timeout); judged = PASS or FAIL; lost (reported) = the inspector's
@@ -40,8 +41,8 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from mentor3ad.ros import configure_local_discovery
 try:
     from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
-except ImportError:
-    from mentor3ad.ros.tooling.pair_publisher import build_pair, to_messages
+except ImportError:  # before the tooling sub-package
+    from mentor3ad.ros.pair_publisher import build_pair, to_messages
 from sensor_msgs.msg import Image, PointCloud2
 
 width, height, count, rate, qos = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
@@ -91,13 +92,14 @@ def memory_kib(pid: int, field: str) -> int:
 
 
 def environment(profile):
-    """os.environ for a process on Fast DDS defaults (profile None) or with the named package profile."""
+    """os.environ for a process on Fast DDS defaults (profile None; the inspector then loads its own), with
+    the package's large_shm profile, or with an XML file (a path)."""
     from mentor3ad.ros.dds import FASTDDS_PROFILE_ENV, large_shm_profile_path
 
     env = dict(os.environ)
     env.pop(FASTDDS_PROFILE_ENV, None)
-    if profile == "large_shm":
-        env[FASTDDS_PROFILE_ENV] = str(large_shm_profile_path())
+    if profile:
+        env[FASTDDS_PROFILE_ENV] = str(large_shm_profile_path() if profile == "large_shm" else Path(profile).resolve())
     return env
 
 
@@ -157,7 +159,8 @@ def run_one(node, model, config, width, height, rate, parts, driver_qos, pair_ti
                errors=verdicts.count("ERROR"), skipped=verdicts.count("SKIPPED"),
                error_reasons=sorted({r.reason for r in results.values() if r.reason}),
                latency_p50_ms=percentile(latencies, 0.5), latency_max_ms=max(latencies, default=math.nan),
-               inspector_p50_ms=percentile([r.latency_ms for r in results.values()], 0.5),
+               inspector_p50_ms=percentile([r.latency_ms for r in results.values() if str(r.verdict) in ("PASS", "FAIL")],
+                                           0.5),
                publish_ms_p50=percentile(list(sent.values()), 0.5),
                lost_reported=sum(int(float(v)) for k, v in diagnostics.items() if k.startswith("lost_")),
                received={k: v for k, v in diagnostics.items() if k.startswith("received_")})
@@ -174,14 +177,20 @@ def main() -> int:
     parser.add_argument("--driver-qos", choices=("default", "sensor"), default="default",
                         help="default: reliable depth 10 (rclpy's default, a stock driver); sensor: best effort")
     parser.add_argument("--pair-timeout", type=float, default=2.0, help="the inspector's pair_timeout (s)")
+    parser.add_argument("--custom-profile", type=Path, help="the custom configuration's inspector profile (XML)")
+    parser.add_argument("--custom-reliability", default="best_effort", help="the custom configuration's inputs")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
+    CONFIGS["custom"] = {"inspector_profile": args.custom_profile, "driver_profile": None,
+                         "params": {"input_reliability": args.custom_reliability}}
 
     import rclpy
 
     from mentor3ad.ros import configure_local_discovery
 
     configure_local_discovery()
+    # a DDS domain of its own (inherited by the inspector and driver), as the test suite does: a shared machine
+    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))
     rclpy.init()
     node = rclpy.create_node("large_frames_probe")
     rows = []
@@ -209,7 +218,9 @@ def main() -> int:
         rclpy.try_shutdown()
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1, default=str))
-    print(f"driver: Fast DDS defaults unless shm_both, QoS {args.driver_qos}; machine: {os.cpu_count()} CPUs; "
+    rmem_max = Path("/proc/sys/net/core/rmem_max").read_text().strip()
+    print(f"driver: Fast DDS defaults unless shm_both, QoS {args.driver_qos}; net.core.rmem_max {rmem_max}; "
+          f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"median publish call {statistics.median(r['publish_ms_p50'] for r in rows):.1f} ms", flush=True)
     return 0
 

@@ -51,9 +51,9 @@ def test_profiles_are_found_and_user_choice_wins(monkeypatch, tmp_path):
     shm, inspector = large_shm_profile_path(), inspector_profile_path()
     assert shm == REPO / "config" / "fastdds_large_shm.xml"  # source checkout first
     assert inspector == REPO / "config" / "fastdds_inspector.xml"
-    assert "<segment_size>16777216</segment_size>" in shm.read_text()
+    assert "<segment_size>134217728</segment_size>" in shm.read_text()
     text = inspector.read_text()
-    assert "<defaultUnicastLocatorList>" in text and "<receiveBufferSize>4194304</receiveBufferSize>" in text
+    assert "<defaultUnicastLocatorList>" in text and "<receiveBufferSize>67108864</receiveBufferSize>" in text
     assert with_dds_profile({"A": "1"}) == {"A": "1", FASTDDS_PROFILE_ENV: str(inspector)}
     assert with_dds_profile({FASTDDS_PROFILE_ENV: "/user.xml"})[FASTDDS_PROFILE_ENV] == "/user.xml"
     assert with_dds_profile({FASTDDS_PROFILE_ENV: ""})[FASTDDS_PROFILE_ENV] == str(inspector)  # empty = unset

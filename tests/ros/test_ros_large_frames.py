@@ -6,10 +6,11 @@ repaired instead of losing the cloud (best effort lost 13 of 20 clouds at 1 part
 benchmarks/large_frames.py)."""
 import os
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
-from helpers import train_tiny_model
+from helpers import REPO_ROOT, train_tiny_model
 
 # One 1280x720 cell part, re-stamped per pair and published as a stock driver does (no XML profile).
 DRIVER = r"""
@@ -67,3 +68,20 @@ def test_a_stock_driver_sending_1280x720_pairs_gets_every_part_judged(tmp_path, 
     assert [r.stamp_ns for r in results] == [(2000 + i) * 10**9 for i in range(count)], log
     assert [str(r.verdict) for r in results if str(r.verdict) not in ("PASS", "FAIL")] == [], \
         [r.reason for r in results]
+
+
+def test_the_fast_dds_profiles_are_well_formed_and_sized_for_large_frames():
+    """Fast DDS falls back to its defaults without a word when a profile does not parse (a '--' in a comment
+    is enough), which loses large clouds again: both profiles parse, with the sizes the README's table used."""
+    ns = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+
+    def transport(name, kind):
+        root = ET.parse(REPO_ROOT / "config" / name).getroot()
+        found = [t for t in root.iterfind("f:transport_descriptors/f:transport_descriptor", ns)
+                 if t.findtext("f:type", namespaces=ns) == kind]
+        assert len(found) == 1, (name, kind)
+        return {child.tag.split("}")[1]: child.text for child in found[0]}
+
+    assert transport("fastdds_inspector.xml", "UDPv4")["receiveBufferSize"] == str(64 * 2**20)
+    shm = transport("fastdds_large_shm.xml", "SHM")
+    assert (shm["segment_size"], shm["port_queue_capacity"]) == (str(128 * 2**20), "4096")
