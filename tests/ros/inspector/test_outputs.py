@@ -19,11 +19,13 @@ from mentor3ad.ros.params import ParamSpec  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
 
-def test_the_node_has_its_four_outputs_and_their_parameters():
+def test_the_node_has_its_outputs_and_their_parameters():
     classes = registry.output_classes()
-    assert [cls.name for cls in classes] == ["result", "anomaly_map", "overlay", "markers"]
+    assert [cls.name for cls in classes] == ["result", "anomaly_map", "overlay", "markers", "drift", "record"]
     names = [spec.name for spec in INSPECTOR_PARAMETERS]
-    assert names[-3:] == ["publish_anomaly_map", "publish_overlay", "publish_markers"] and "batch_size" in names
+    assert names[names.index("publish_anomaly_map"):][:3] == ["publish_anomaly_map", "publish_overlay",
+                                                             "publish_markers"] and "batch_size" in names
+    assert {"drift_window", "drift_factor", "record_path", "record_url", "record_cell"} <= set(names)
     with pytest.raises(ValueError, match="declared twice .*: publish_overlay"):
         registry.collect_parameters([ParamSpec("publish_overlay", True, "a core parameter of the same name")], classes)
 
@@ -96,7 +98,8 @@ def test_every_output_gets_every_part(tmp_path, monkeypatch):
     inspector = node.inspector
     try:
         outputs = inspector.outputs
-        assert list(outputs.active) == ["result", "failing_test", "anomaly_map", "overlay", "markers", "recording_test"]
+        assert list(outputs.active) == ["result", "failing_test", "anomaly_map", "overlay", "markers", "drift",
+                                        "record", "recording_test"]
         assert "unavailable: missing_test (No module named 'mentor3ad_not_installed_msgs')" in outputs.describe()
         recording = outputs["recording_test"]
         collector = ResultCollector(listener, "/outputs_contract/inspector/result")

@@ -3,7 +3,9 @@
 :class:`Health` counts every answer (:meth:`Health.answered`, any thread) and every received set
 (:meth:`Health.received`);
 :meth:`Health.status`, published on ``/diagnostics`` by :meth:`Health.start`, reads the other parts of the inspector (model slot,
-intake, worker, enable switch) to say OK / WARN / ERROR with one message and key/value strings.
+intake, worker, enable switch) to say OK / WARN / ERROR with one message and key/value strings; each output
+may add its own level, message and values (:meth:`Output.diagnostics <.outputs.Output.diagnostics>`, e.g.
+the record's counters, the drift estimate): the worst level wins.
 """
 from __future__ import annotations
 
@@ -111,6 +113,12 @@ class Health:
         values.update({key: str(value) for key, value in self.counts().items()})
         if intake is not None:
             values.update({key: str(value) for key, value in intake.counts().items()})
+        levels = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": DiagnosticStatus.ERROR}
+        for name, output_level, output_message, output_values in inspector.outputs.diagnostics():
+            values.update({key: str(value) for key, value in output_values.items()})
+            if levels[output_level] > DiagnosticStatus.OK:
+                message = f"{message}; {name}: {output_message}"
+                level = max(level, levels[output_level])
         return DiagnosticStatus(level=level, name=f"{inspector.node.get_fully_qualified_name()}: inspector",
                                 message=message, hardware_id=model_id,
                                 values=[KeyValue(key=k, value=v) for k, v in values.items()])

@@ -1,10 +1,11 @@
 """The inspector's model: the device, the :class:`~mentor3ad.model.serving.ModelSlot`, loads at start-up and
 through ``~/reload_model`` (off the executor thread: parts keep being answered while a model loads), and the
-package's Python log records routed to the node's ROS logger (a load's warnings once, in its outcome)."""
+package's Python log records routed to the node's ROS logger (a load's warnings once, in its outcome).
+Parts that need to know each model served (the record) register with :meth:`ModelService.on_loaded`."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from ...model.serving import LoadOutcome, ModelSlot, OutsideLoads
 from .. import log_outcome
@@ -41,6 +42,8 @@ class ModelService:
             node.get_logger().warning(self.device_note)
         self.slot = ModelSlot(self.device)
         self._loaded = loaded
+        self._listeners: List[Callable[[Any, str], None]] = []
+        self._path = ""
         self._log_handler = RosLogHandler(node.get_logger())
         package_logger = logging.getLogger("mentor3ad")
         package_logger.addHandler(self._log_handler)
@@ -51,6 +54,20 @@ class ModelService:
         from std_srvs.srv import Trigger
 
         self.node.create_service(Trigger, "~/reload_model", self._on_reload, callback_group=callback_group)
+
+    def on_loaded(self, listener: Callable[[Any, str], None]) -> None:
+        """``listener(detector, path)`` after every successful load from now on (on the loading thread), and
+        at once for the model serving now."""
+        self._listeners.append(listener)
+        detector = self.slot.current()[0]
+        if detector is not None:
+            self._tell(listener, detector, self._path)
+
+    def _tell(self, listener: Callable[[Any, str], None], detector: Any, path: str) -> None:
+        try:
+            listener(detector, path)
+        except Exception as exc:  # noqa: BLE001 - a listener must not fail a load
+            self.node.get_logger().error(f"model load listener failed: {type(exc).__name__}: {exc}")
 
     def waiting_for_first(self) -> bool:
         """The first model is loading (parts wait for it instead of getting ERROR)."""
@@ -63,7 +80,7 @@ class ModelService:
             outcome = LoadOutcome(False, EMPTY_PATH)
         else:
             outcome = self.slot.load(path)
-        self._report(outcome)
+        self._report(outcome, path)
         return outcome
 
     def load_in_background(self, path: str, done: Optional[Callable[[LoadOutcome], None]] = None) -> bool:
@@ -76,18 +93,23 @@ class ModelService:
             return True
 
         def finished(outcome: LoadOutcome) -> None:
-            self._report(outcome)
+            self._report(outcome, path)
             self._loaded()
             if done is not None:
                 done(outcome)
 
         return self.slot.load_async(path, finished)
 
-    def _report(self, outcome: LoadOutcome) -> None:
+    def _report(self, outcome: LoadOutcome, path: str) -> None:
         log_outcome(self.node.get_logger(), outcome.ok, f"{outcome.message} ({outcome.seconds:.1f} s incl. "
                     f"self-test)" if outcome.ok else outcome.message)
         if outcome.warning:
             self.node.get_logger().warning(outcome.warning)
+        detector = self.slot.current()[0] if outcome.ok else None
+        if detector is not None:
+            self._path = path
+            for listener in list(self._listeners):
+                self._tell(listener, detector, path)
 
     async def _on_reload(self, request, response):
         """~/reload_model: load the current ``model_path`` off the executor thread; answer when done."""

@@ -23,6 +23,9 @@ then on it receives every :class:`~mentor3ad.ros.inspector.part.JudgedPart`. The
 * ``dropped(pair)`` (optional): an observed set that will never be answered (``queue_policy: latest``
   replaced it with a newer one).
 * ``close()`` (optional): the node shuts down: answer what is pending, stop threads.
+* ``diagnostics()`` (optional): ``(level, message, {key: value})`` for the node's ``/diagnostics`` entry
+  (level "OK", "WARN" or "ERROR"; the worst level of the node and its outputs wins, a message of a WARN or
+  ERROR joins the node's), or None; called on the executor thread every ``diagnostics_period``: keep it quick.
 
 An exception in one output's call is logged and does not keep the part from the other outputs.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, ClassVar, Dict, List, Sequence
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...params import ParamSpec
 from ..part import JudgedPart, Pair
@@ -66,6 +69,13 @@ class Output:
 
     def close(self) -> None:
         """The node shuts down."""
+
+    def diagnostics(self) -> Optional[Tuple[str, str, Mapping[str, Any]]]:
+        """(level "OK" | "WARN" | "ERROR", message, {key: value}) for /diagnostics, or None."""
+        return None
+
+
+LEVELS = ("OK", "WARN", "ERROR")  # the levels of Output.diagnostics, least severe first
 
 
 class ViewOutput(Output):
@@ -161,10 +171,25 @@ class Outputs:
     def close(self) -> None:
         self._each("close")
 
+    def diagnostics(self) -> List[Tuple[str, str, str, Mapping[str, Any]]]:
+        """[(output name, level, message, values)] of the outputs that report; an output whose
+        diagnostics() fails reports ERROR with the exception."""
+        out = []
+        for name, output in self.active.items():
+            try:
+                report = output.diagnostics()
+                if report is not None:
+                    level, message, values = report
+                    out.append((name, level if level in LEVELS else "ERROR", str(message), dict(values)))
+            except Exception as exc:  # noqa: BLE001 - one output must not cost the node its diagnostics
+                out.append((name, "ERROR", f"diagnostics failed: {type(exc).__name__}: {exc}", {}))
+        return out
+
     def describe(self) -> str:
         """Active outputs, and unavailable ones with the reason (the diagnostics' ``outputs`` value)."""
         text = ", ".join(self.active)
         return text + "".join(f"; unavailable: {name} ({why})" for name, why in self.unavailable.items())
 
 
-__all__ = ["Output", "ViewOutput", "Outputs", "register_output", "output_classes", "collect_parameters", "subscribed"]
+__all__ = ["Output", "ViewOutput", "Outputs", "LEVELS", "register_output", "output_classes", "collect_parameters",
+           "subscribed"]
