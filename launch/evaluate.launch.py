@@ -12,7 +12,7 @@ the evaluator, the inspector or the replay failed). The replay plays once the in
 unanswered), so a CPU slower than the recording still evaluates every part; the inspector's inputs are
 reliable here (``input_reliability`` defaults to ``reliable``), so no recorded part is lost on the way. The topic
 arguments default to the names ``mentor3ad to-bag`` records; the inspector arguments are those of
-inspect.launch.py.
+inspect.launch.py (``record_path`` keeps every evaluated part in a record, ``dashboard:=true`` shows it).
 
 ``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone
@@ -23,8 +23,8 @@ from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
 from mentor3ad.io.inputs import TOPICS
-from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, declare, end_with, flag, inspector_executable,
-                                          inspector_node, number, package_file, played_topics)
+from mentor3ad.ros.launch_support import (INSPECTOR_ARGUMENTS, argument, dashboard_actions, declare, end_with, flag,
+                                          inspector_executable, inspector_node, number, package_file, played_topics)
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 INSPECTOR_CONFIG = package_file("config", "inspector.yaml")
@@ -80,7 +80,7 @@ def _nodes(context):
                                  "--wait-timeout", str(number(context, "ready_timeout")), "--topics", *topics, *pacing,
                                  *log], output="screen")
         actions += [replay, end_with(replay, "replay_node", None)]
-    return actions
+    return actions + dashboard_actions(context)
 
 
 def generate_launch_description():

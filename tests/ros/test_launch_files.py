@@ -19,7 +19,7 @@ COMMON_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "log_level", "de
 INSPECTOR_ARGUMENTS = COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic", "depth_topic",
                                           "camera_info_topic", "input_reliability", "threshold", "queue_policy",
                                           "pair_timeout", "publish_anomaly_map", "publish_overlay", "publish_markers",
-                                          "lifecycle", "autostart"}
+                                          "lifecycle", "autostart", "record_path", "record_url", "dashboard"}
 REQUIRED = {
     "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
@@ -56,7 +56,7 @@ def load(path, monkeypatch):
         "launch": types.SimpleNamespace(LaunchDescription=Recorder),
         "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Recorder, OpaqueFunction=Recorder,
                                                 SetEnvironmentVariable=SetEnvironmentVariable, EmitEvent=Recorder,
-                                                RegisterEventHandler=Recorder),
+                                                RegisterEventHandler=Recorder, ExecuteProcess=Recorder),
         "launch.event_handlers": types.SimpleNamespace(OnProcessExit=Recorder),
         "launch.events": types.SimpleNamespace(Shutdown=Recorder),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=Configuration),
@@ -156,6 +156,29 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     assert [a.kwargs["event"].kwargs["reason"] for a in shutdown] == ["evaluator_node wrote its report"]
     without, _ = run(module, bag="/bags/test", exit_when_done="false")
     assert exit_handlers(without)["evaluator_node"].kwargs["on_exit"](types.SimpleNamespace(returncode=0), RUNNING) == []
+
+
+@pytest.mark.parametrize("name", ["inspect.launch.py", "evaluate.launch.py"])
+def test_record_arguments_and_the_dashboard_on_the_same_record(name, monkeypatch, tmp_path):
+    module = load(REPO / "launch" / name, monkeypatch)
+    actions, _ = run(module, bag="/bags/test", record_path="/data/cell1.sqlite")
+    node = [a for a in actions if isinstance(a, Recorder) and "executable" in a.kwargs][0]
+    assert node.kwargs["parameters"][1]["record_path"] == "/data/cell1.sqlite"
+    assert "record_url" not in node.kwargs["parameters"][1]  # empty: the params file's value
+    assert not [a for a in actions if isinstance(a, Recorder) and "cmd" in a.kwargs]  # dashboard:=false
+    actions, _ = run(module, bag="/bags/test", record_path="/data/cell1.sqlite", dashboard="true")
+    dashboard = [a for a in actions if isinstance(a, Recorder) and "cmd" in a.kwargs]
+    assert len(dashboard) == 1 and dashboard[0].kwargs["cmd"][1:4] == ["dashboard", "--record", "/data/cell1.sqlite"]
+    assert "--host" not in dashboard[0].kwargs["cmd"]  # localhost only
+    # the record named in the params file instead of the arguments
+    params = tmp_path / "inspector.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    record_url: postgresql://m3ad@db/line\n"
+                      "    record_evidence_dir: /srv/evidence\n")
+    actions, _ = run(module, bag="/bags/test", params_file=str(params), dashboard="true")
+    command = [a for a in actions if isinstance(a, Recorder) and "cmd" in a.kwargs][0].kwargs["cmd"]
+    assert command[2:4] == ["--record", "postgresql://m3ad@db/line"] and command[-2:] == ["--evidence-dir", "/srv/evidence"]
+    with pytest.raises(ValueError, match="dashboard:=true needs the inspector's record"):
+        run(module, bag="/bags/test", dashboard="true")
 
 
 RUNNING = types.SimpleNamespace(is_shutdown=False)

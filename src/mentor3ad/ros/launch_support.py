@@ -7,6 +7,7 @@ Imported only where launch / launch_ros are installed; their imports happen insi
 * :func:`inspector_node`: the inspector (plain or lifecycle) with the parameter file, the non-empty
   arguments as parameter overrides (typed) and the topic remaps of every input mode.
 * :func:`dds_profile_actions`: the Fast DDS profile of the started nodes.
+* :func:`dashboard_actions`: ``dashboard:=true``: ``mentor3ad dashboard`` on the inspector's record.
 * :func:`end_with`: the launch ends when a node it exists for exits, and **fails** (``ros2 launch`` exits 1)
   when that node failed (:func:`exit_failure` decides, :class:`NodeFailed` carries the reason).
 * :func:`number`: a numeric launch argument, or an error naming the argument.
@@ -53,18 +54,25 @@ ARGUMENTS: Dict[str, tuple] = {
     "publish_anomaly_map": ("", "true/false: publish ~/anomaly_map; empty keeps the params file's value."),
     "publish_overlay": ("", "true/false: publish ~/overlay; empty keeps the params file's value."),
     "publish_markers": ("", "true/false: publish ~/markers (RViz MarkerArray); empty keeps the params file's value."),
+    "record_path": ("", "SQLite inspection record of the inspector (every part, evidence pictures beside it); empty "
+                        "keeps the params file's value."),
+    "record_url": ("", "Inspection record on a server instead (postgresql://USER@HOST/DB); empty keeps the params "
+                       "file's value."),
+    "dashboard": ("false", "Also start `mentor3ad dashboard` on the inspector's record (record_path or record_url) "
+                           "at http://127.0.0.1:8050/ (this machine only; read-only)."),
     "lifecycle": ("false", "Run the inspector as a managed lifecycle node (inspector_lifecycle_node)."),
     "autostart": ("true", "With lifecycle:=true, configure and activate at start-up (false: wait for a "
                           "lifecycle manager)."),
     **{f"{key}_topic": (TOPICS[key].relative, f"Topic of the {TOPICS[key].description}, remapped to the inspector's "
                         f"`{TOPICS[key].relative}`.") for key in ("image", "points", "depth", "camera_info")},
 }
-INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", "queue_policy")
+INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", "queue_policy", "record_path",
+                     "record_url")
 INSPECTOR_NUMBERS = ("threshold", "pair_timeout")
 INSPECTOR_FLAGS = ("publish_anomaly_map", "publish_overlay", "publish_markers")
 INSPECTOR_ARGUMENTS = ("params_file", "namespace", "use_sim_time", "log_level", "dds_profile", *INSPECTOR_STRINGS,
                        *INSPECTOR_NUMBERS, *INSPECTOR_FLAGS, "lifecycle", "autostart", "image_topic", "points_topic",
-                       "depth_topic", "camera_info_topic")
+                       "depth_topic", "camera_info_topic", "dashboard")
 
 
 def declare(names, defaults=None, descriptions=None) -> List[Any]:
@@ -173,6 +181,43 @@ def inspector_node(context: Any, params_file_argument: str = "params_file"):
                 name="inspector", namespace=argument(context, "namespace"),
                 parameters=[argument(context, params_file_argument), overrides], remappings=remappings,
                 arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
+
+
+def dashboard_actions(context: Any, params_file_argument: str = "params_file") -> list:
+    """``dashboard:=true``: [ExecuteProcess of ``mentor3ad dashboard``] on the inspector's record (the
+    record_path / record_url argument, else the params file's), bound to 127.0.0.1; it waits for the
+    inspector to create the record. Not a node the launch ends with: its exit is only logged. [] otherwise."""
+    if not flag(context, "dashboard"):
+        return []
+    from launch.actions import ExecuteProcess
+
+    from ..package_files import package_executable
+
+    params = _file_parameters(argument(context, params_file_argument))
+    record = (argument(context, "record_path") or argument(context, "record_url")
+              or params.get("record_path") or params.get("record_url"))
+    if not record:
+        raise ValueError("dashboard:=true needs the inspector's record: set record_path (or record_url)")
+    command = [package_executable("mentor3ad") or "mentor3ad", "dashboard", "--record", str(record), "--wait-s", "600"]
+    if params.get("record_evidence_dir"):
+        command += ["--evidence-dir", str(params["record_evidence_dir"])]
+    return [ExecuteProcess(cmd=command, name="dashboard", output="screen")]
+
+
+def _file_parameters(path: str) -> Dict[str, Any]:
+    """The inspector's parameters in a ROS params file ("/**" or "inspector" section; {} when unreadable)."""
+    import yaml
+
+    try:
+        with open(path) as stream:
+            data = yaml.safe_load(stream) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    for key in ("/**", "inspector", "/inspector"):
+        section = data.get(key) if isinstance(data, dict) else None
+        if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+            return section["ros__parameters"]
+    return {}
 
 
 def played_topics(context: Any) -> List[str]:

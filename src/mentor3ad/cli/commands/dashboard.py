@@ -8,6 +8,7 @@ the installed packages: it works without internet access.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from .record import add_record_argument
@@ -24,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None, help="access token (required when --host is not a loopback address; "
                                                    "or set $MENTOR3AD_DASHBOARD_TOKEN)")
     p.add_argument("--refresh-s", type=float, default=2.0, help="seconds between page updates (default 2)")
+    p.add_argument("--wait-s", type=float, default=0.0,
+                   help="wait up to this many seconds for the record to appear (started beside the inspector that "
+                        "creates it, e.g. inspect.launch.py dashboard:=true); default 0: fail at once")
     p.add_argument("--drift-factor", type=float, default=2.0,
                    help="drift warning when the good parts' expected false-reject rate exceeds this many times the "
                         "calibration target (default 2)")
@@ -33,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ...errors import ConfigError
     from ...dashboard.security import resolve_token
+    from ...records.database import RecordError
     from ...records.reader import RecordReader
 
     token = resolve_token(args.host, args.token)
@@ -41,7 +46,15 @@ def run(args: argparse.Namespace) -> int:
     if args.refresh_s < 0.2:
         raise ConfigError(f"--refresh-s must be at least 0.2, got {args.refresh_s}")
     reader = RecordReader(args.record, args.evidence_dir)
-    reader.session()  # reachable and readable now, or a one-line error
+    deadline = time.monotonic() + max(0.0, args.wait_s)
+    while True:
+        try:
+            reader.session()  # reachable and readable now, or a one-line error
+            break
+        except RecordError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     from ...dashboard.app import create_app, serve
 
     app = create_app(reader, token, args.refresh_s, args.drift_factor)
