@@ -32,6 +32,23 @@ def test_demo_runs_every_stage_and_ros_replay_matches_offline(tmp_path):
     ros_report = json.loads((tmp_path / "run" / "ros_report" / "report.json").read_text())
     assert ros_report["metrics"]["i_auroc"] == pytest.approx(report["metrics"]["i_auroc"], abs=1e-6)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    # every replayed part is in the inspection record, once, as the inspector answered it
+    from mentor3ad.records import RecordReader
+
+    record = tmp_path / "run" / "record.sqlite"
+    assert f"inspection record: {n_test} of {n_test} parts in {record}" in out, out
+    assert f"./run.sh mentor3ad dashboard --record {record}" in out, out
+    reader = RecordReader(record)
+    rows = reader.session().query("SELECT stamp_ns, verdict, model_id, part_type, overlay FROM results")
+    printed = re.search(r"results for \d+ parts: PASS (\d+), FAIL (\d+), ERROR (\d+), SKIPPED (\d+)", out).groups()
+    assert len(rows) == len({row["stamp_ns"] for row in rows}) == n_test
+    assert [sum(row["verdict"] == v for row in rows) for v in ("PASS", "FAIL", "ERROR", "SKIPPED")] == list(
+        map(int, printed))
+    (model,) = reader.models()
+    assert {row["model_id"] for row in rows} == {model.model_id} and model.calibration_scores
+    assert all((reader.evidence_dir / row["overlay"]).is_file() for row in rows if row["verdict"] == "FAIL")
+    assert {row["part_type"] for row in rows} == {"synthetic_cell"}
+    reader.close()
 
     # a second run reuses the dataset and the feature cache
     proc = subprocess.run(cmd + ["--no-ros"], capture_output=True, text=True, timeout=300)

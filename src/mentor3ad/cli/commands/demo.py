@@ -5,7 +5,9 @@
    held-out good parts, save the checkpoint;
 3. evaluate on its test split beside the naive baseline: metric table, JSON report, curves, gallery;
 4. unless --no-ros: replay the test split as a rosbag through the real inspector and evaluator nodes
-   (console scripts over DDS) and print one PASS/FAIL line per part.
+   (console scripts over DDS), print one PASS/FAIL line per part, and keep every replayed part in the
+   inspection record ``<work-dir>/record.sqlite`` (evidence beside it; replaced on every run), which
+   ``mentor3ad dashboard --record <work-dir>/record.sqlite`` shows.
 """
 from __future__ import annotations
 
@@ -147,8 +149,10 @@ def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offl
         print(f"      {names.get(result.stamp_ns, result.stamp_ns):<22} {result.verdict.value:<7} {score_txt}"
               f"  {result.latency_ms:.0f} ms{where}", flush=True)
 
+    record = _fresh_record(work_dir / "record.sqlite")
     out = run_replay_evaluation(model_path, bag, work_dir / "ros_report", n_pairs=len(test), rate=1.0,
-                                on_result=show)
+                                on_result=show, inspector_params={"record_path": str(record.resolve()),
+                                                                  "record_part_type": "synthetic_cell"})
     verdicts = [r.verdict.value for r in out["results"]]
     print(f"      {len(verdicts)} results for {len(test)} parts: " +
           ", ".join(f"{v} {verdicts.count(v)}" for v in ("PASS", "FAIL", "ERROR", "SKIPPED")))
@@ -158,4 +162,33 @@ def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offl
                if isinstance(ros_metrics.get(k), float) and math.isfinite(ros_metrics[k]))
     print(f"      ROS replay metrics {'match' if same else 'DIFFER FROM'} the offline evaluation "
           f"(I-AUROC {ros_metrics['i_auroc']:.3f}); report in {work_dir / 'ros_report'}")
-    return 0 if len(verdicts) == len(test) and same else 1
+    recorded = _recorded_parts(record)
+    print(f"      inspection record: {recorded} of {len(test)} parts in {record} (evidence in {record}.evidence); "
+          f"the operator dashboard on them:\n        ./run.sh mentor3ad dashboard --record {record}   "
+          "(then open http://127.0.0.1:8050/)")
+    return 0 if len(verdicts) == len(test) == recorded and same else 1
+
+
+def _fresh_record(record: Path) -> Path:
+    """``record`` with the previous run's record (SQLite file, its WAL files, its evidence) removed."""
+    import shutil
+
+    for path in (record, record.with_name(record.name + "-wal"), record.with_name(record.name + "-shm")):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(record.with_name(record.name + ".evidence"), ignore_errors=True)
+    return record
+
+
+def _recorded_parts(record: Path) -> int:
+    """Results in the record (0 when there is none)."""
+    from ...records import RecordReader
+    from ...records.database import RecordError
+
+    reader = RecordReader(record)
+    try:
+        return sum(reader.verdict_counts().values())
+    except RecordError as err:
+        print(f"      the inspection record cannot be read: {err}")
+        return 0
+    finally:
+        reader.close()

@@ -159,12 +159,14 @@ class ResultCollector:
 
 
 def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pairs: int, rate: float = 1.0,
-                          timeout_s: float = 600.0,
-                          on_result: Optional[Callable[[InspectionResult], None]] = None) -> Dict[str, Any]:
+                          timeout_s: float = 600.0, on_result: Optional[Callable[[InspectionResult], None]] = None,
+                          inspector_params: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Replay ``bag_path`` (points input) through inspector + evaluator; returns results and the report.
 
     n_pairs: synchronized pairs in the bag (the run ends when all have a result and a report exists).
     on_result: called with each decoded inspector result.
+    inspector_params: more inspector parameters (e.g. ``record_path``); the inspector has stopped (and
+    closed its record) when this returns.
     Returns ``{"results": [InspectionResult], "report": report.json dict, "summary": ros_summary.json dict}``.
     """
     from ...io.inputs import TOPICS
@@ -176,7 +178,7 @@ def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pai
     recorded = {key: TOPICS[key].recorded for key in ("image", "points")}
     inspector_cmd = inspector_command(
         model_path, reliable_inputs=list(recorded.values()), input_depth=max(10, n_pairs),  # recorded data: no loss
-        params={"use_sim_time": True}, remaps=recorded)
+        params={"use_sim_time": True, **(inspector_params or {})}, remaps=recorded)
     evaluator_cmd = [executable("evaluator_node"), "--ros-args", "-p", f"ground_truth_bag:={bag_path}",
                      "-p", f"output_dir:={out_dir}", "-p", "exit_when_done:=true", "-p", "use_sim_time:=true",
                      "-r", "result:=/inspector/result", "-r", "anomaly_map:=/inspector/anomaly_map"]
