@@ -26,7 +26,8 @@ LAYERS = [
     ["mentor3ad.jobs"],
     # ROS: shared adapters, the inspector's parts, nodes and tooling, then the command line on top
     ["mentor3ad.ros", "mentor3ad.ros.messages", "mentor3ad.ros.params", "mentor3ad.ros.dds", "mentor3ad.ros.bridges",
-     "mentor3ad.ros.sync", "mentor3ad.ros.result_codec", "mentor3ad.ros.launch_support"],
+     "mentor3ad.ros.sync", "mentor3ad.ros.result_codec", "mentor3ad.ros.inspection_codec",
+     "mentor3ad.ros.launch_support"],
     ["mentor3ad.ros.inspector*"],
     ["mentor3ad.ros.nodes*", "mentor3ad.ros.tooling*"],
     ["mentor3ad.dashboard*"],
@@ -34,7 +35,7 @@ LAYERS = [
 ]
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "builtin_interfaces",
                 "launch", "launch_ros", "message_filters", "rosgraph_msgs", "visualization_msgs", "lifecycle_msgs",
-                "sensor_msgs_py", "cv_bridge"}
+                "sensor_msgs_py", "cv_bridge", "geometry_msgs", "mentor3ad_interfaces"}
 
 
 def module_name(path: Path) -> str:

@@ -13,13 +13,16 @@
         threshold    decision threshold used (float, "nan" when not computed)
         latency_ms   receive-to-publish time of the pair in milliseconds
         model        model identity
+        part_id      the part's identity (an ~/inspect goal's or ~/part_id's; "" when none)
         regions      JSON list of {"bbox": [x_min, y_min, x_max, y_max] (pixels, inclusive),
                      "area_px": int, "area_mm2": float, "centroid_xyz": [x, y, z] (metres, cloud frame,
                      null when no valid point), "extent_xyz": [dx, dy, dz] (metres, or null),
                      "peak_score": float}
 
-A new result transport is one module like this one: ``encode(result, header, name)`` and
-``decode(msg) -> InspectionResult`` for its message type; the nodes call the codec, nothing else.
+The legacy form of the inspector's answer, kept for the tools built on it (the evaluator, paced replay,
+launch files, the bench); the typed form is :mod:`mentor3ad.ros.inspection_codec` (``~/inspection``). A new
+result transport is one module like these: ``encode(result, header, ...)`` and ``decode(msg) ->
+InspectionResult`` for its message type; the nodes call the codec, nothing else.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ def encode(result: InspectionResult, header: Any, name: str):
         "threshold": repr(float(result.threshold)),
         "latency_ms": f"{float(result.latency_ms):.3f}",
         "model": result.model_id,
+        "part_id": result.part_id,
         "regions": regions_to_json(result.regions),
     }
     status = DiagnosticStatus(level=_level(verdict), name=name,
@@ -95,7 +99,7 @@ def decode(msg: Any) -> InspectionResult:
             Verdict(values["verdict"]), score=float(values["score"]), threshold=float(values["threshold"]),
             reason=values.get("reason", ""), regions=regions_from_json(values.get("regions", "[]")),
             model_id=values.get("model", ""), stamp_ns=stamp_to_ns(msg.header.stamp), frame_id=msg.header.frame_id,
-            latency_ms=float(values.get("latency_ms", "nan")))
+            latency_ms=float(values.get("latency_ms", "nan")), part_id=values.get("part_id", ""))
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"result message is malformed: {err}") from None
 

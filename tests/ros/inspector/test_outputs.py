@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.timeout(90)]
 
 def test_the_node_has_its_outputs_and_their_parameters():
     classes = registry.output_classes()
-    assert [cls.name for cls in classes] == ["result", "anomaly_map", "overlay", "markers", "drift", "record"]
+    assert [cls.name for cls in classes] == ["result", "inspection", "inspect", "part_id", "anomaly_map", "overlay",
+                                             "markers", "drift", "record"]
     names = [spec.name for spec in INSPECTOR_PARAMETERS]
     assert names[names.index("publish_anomaly_map"):][:3] == ["publish_anomaly_map", "publish_overlay",
                                                              "publish_markers"] and "batch_size" in names
@@ -98,8 +99,8 @@ def test_every_output_gets_every_part(tmp_path, monkeypatch):
     inspector = node.inspector
     try:
         outputs = inspector.outputs
-        assert list(outputs.active) == ["result", "failing_test", "anomaly_map", "overlay", "markers", "drift",
-                                        "record", "recording_test"]
+        assert list(outputs.active) == ["result", "inspection", "inspect", "part_id", "failing_test", "anomaly_map",
+                                        "overlay", "markers", "drift", "record", "recording_test"]
         assert "unavailable: missing_test (No module named 'mentor3ad_not_installed_msgs')" in outputs.describe()
         recording = outputs["recording_test"]
         collector = ResultCollector(listener, "/outputs_contract/inspector/result")

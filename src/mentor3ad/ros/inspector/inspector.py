@@ -11,13 +11,16 @@
 * health: :class:`.health.Health` (counters, ``/diagnostics``); the ``~/enable`` service.
 
 Every answer goes through :meth:`Inspector.answer`: judged (PASS / FAIL / ERROR), SKIPPED (disabled,
-queue full) or ERROR (lone image, internal error).
+queue full) or ERROR (lone image, internal error). ``trigger_mode: request``: only the sets an output claims
+(``Pair.requested``: the ``~/inspect`` action's goals) are judged and answered; the others are handed to
+``Outputs.dropped`` (counted there), lone images only counted by the intake.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Dict, List, Optional
 
+from ...errors import ConfigError
 from ...io.inputs import InputChecks, WorkingVolume, input_mode
 from ...types import InspectionResult
 from ..params import declare_parameters, install_validation
@@ -42,6 +45,7 @@ class Inspector:
         self.p = declare_parameters(node, INSPECTOR_PARAMETERS)
         install_validation(node, INSPECTOR_PARAMETERS)
         self.mode = input_mode(self.p["input_mode"])
+        self.on_request = self.p["trigger_mode"] == "request"
         self.model = ModelService(node, self.p["device"], loaded=lambda: self.worker.wake())
         self.pipeline = InspectionPipeline(self.mode, int(self.p["min_valid_points"]))
         self.worker = Worker(self.judge, self._refuse, self.p["queue_policy"], int(self.p["queue_size"]),
@@ -61,6 +65,9 @@ class Inspector:
         from std_srvs.srv import SetBool
 
         self.outputs = Outputs(self.node)
+        if self.on_request and "inspect" not in self.outputs.active:
+            raise ConfigError("trigger_mode: request needs the ~/inspect action, which is unavailable: "
+                              f"{self.outputs.unavailable.get('inspect', 'not registered')}")
         services = MutuallyExclusiveCallbackGroup()
         self.model.create_service(services)
         self.node.create_service(SetBool, "~/enable", self._on_enable, callback_group=services)
@@ -97,14 +104,20 @@ class Inspector:
         self.health.received(received)
         pair = Pair(messages, received)
         self.outputs.observe(pair)
+        if self.on_request and not pair.requested:
+            self.outputs.dropped(pair)  # no goal asked for it
+            return
         if not self.enabled:
             self.answer(pair, InspectionResult.skipped("inspection disabled (~/enable)"))
             return
         self.worker.submit(pair)
 
     def _on_lone(self, image: Any, reason: str) -> None:
-        """Intake callback: an image whose 3D data never came."""
+        """Intake callback: an image whose 3D data never came (request mode: no goal can claim it; counted
+        by the intake as ``lone_images``)."""
         self.health.received()
+        if self.on_request:
+            return
         self.answer(Pair({"image": image}, time.monotonic()), InspectionResult.error(reason))
 
     def _refuse(self, pair: Pair, reason: str) -> None:
@@ -128,6 +141,8 @@ class Inspector:
         override = float(self.node.get_parameter("threshold").value)
         self.pipeline.min_valid_points = int(self.node.get_parameter("min_valid_points").value)
         self.pipeline.checks = self._input_checks()
+        for pair in batch:
+            self.outputs.judging(pair)
         judged = self.pipeline.judge(detector, [pair.messages for pair in batch],
                                      override if override >= 0.0 else None, model_error)
         for pair, (result, rgb) in zip(batch, judged):

@@ -14,6 +14,7 @@ from ..params import ParamSpec
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 RELIABILITIES = ("best_effort", "reliable", "best_available")
 QUEUE_POLICIES = ("all", "latest")
+TRIGGER_MODES = ("stream", "request")
 
 
 def _volume_problem(values) -> Optional[str]:
@@ -42,6 +43,11 @@ CORE_PARAMETERS = [
               "result (no part goes without a result).", read_only=True, minimum=0.0, exclusive=True),
     ParamSpec("threshold", -1.0, "Decision threshold override on the image score; negative: use the "
               "model's calibrated threshold.", check=lambda v: None if math.isfinite(v) else "must be finite"),
+    ParamSpec("trigger_mode", "stream", "stream: every complete pair is judged and answered (the ~/inspect action "
+              "may claim any of them); request: only pairs claimed by an ~/inspect goal (the first pair stamped at or "
+              "after the goal's min_stamp, one per goal, in goal order) are judged and answered, the others are "
+              "dropped and counted (unrequested_pairs in /diagnostics), images without 3D data are counted, not "
+              "answered.", read_only=True, choices=TRIGGER_MODES),
     ParamSpec("queue_policy", "all", "all: every pair is processed in order through a bounded queue, an "
               "overflowing pair gets a SKIPPED result; latest: only the newest pending pair is kept, "
               "stale pairs are dropped and counted.", read_only=True, choices=QUEUE_POLICIES),
@@ -90,4 +96,4 @@ def input_qos(reliability: str, depth: int):
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(depth), reliability=policy)
 
 
-__all__ = ["CORE_PARAMETERS", "RELIABILITIES", "QUEUE_POLICIES", "resolve_device", "input_qos"]
+__all__ = ["CORE_PARAMETERS", "RELIABILITIES", "QUEUE_POLICIES", "TRIGGER_MODES", "resolve_device", "input_qos"]

@@ -15,11 +15,14 @@ class Pair:
     """One input set of a part: ``messages`` {topic key: message} ("image", and "points" or "depth" +
     "camera_info"; only "image" for an image whose 3D data never came), ``received``: time.monotonic() when
     the set was complete (latency is measured from it). ``part_id``: the part's identity when an output
-    knows it (set in :meth:`Output.observe`, e.g. from an action goal); it travels into the result."""
+    knows it (set in :meth:`Output.observe`, e.g. from an action goal); it travels into the result.
+    ``requested``: an output claimed the set for a request (an ``~/inspect`` goal); with ``trigger_mode:
+    request`` only requested sets are judged."""
 
     messages: Dict[str, Any] = field(default_factory=dict)
     received: float = 0.0
     part_id: str = ""
+    requested: bool = False
 
     @property
     def header(self) -> Any:

@@ -8,11 +8,13 @@ the image header stamp. When every ground-truth pair has an answer (or ``expecte
 arrived, or nothing arrived for ``idle_timeout`` seconds, or ``~/write_report`` is called) the report of
 :func:`mentor3ad.eval.report.evaluate_predictions` is written to ``output_dir``, plus
 ``ros_summary.json`` (pairs answered, ERROR/SKIPPED pairs with their reasons, pairs that never got a
-result, latencies).
+result, latencies; ``parts``: the answers keyed by part_id, for results that carry one: an ``~/inspect``
+goal's or ``~/part_id``'s).
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -148,16 +150,21 @@ class EvaluatorNode(Node):
                 problems.append({"stamp_ns": stamp, "verdict": "MISSING", "reason": "no result/map received"})
                 continue
             if not result.verdict.is_decision:
-                problems.append({"stamp_ns": stamp, "verdict": result.verdict.value, "reason": result.reason})
+                problems.append({"stamp_ns": stamp, "verdict": result.verdict.value, "reason": result.reason,
+                                 "part_id": result.part_id})
                 continue
             samples.append(self.ground_truth[stamp])
             predictions.append(result.replace(anomaly_map=maps[stamp]))
             latencies.append(result.latency_ms)
         models = sorted({r.model_id for r in results.values() if r.model_id})
+        parts = {r.part_id: {"stamp_ns": stamp, "name": getattr(self.ground_truth.get(stamp), "name", None),
+                             "verdict": r.verdict.value, "score": r.score if math.isfinite(r.score) else None,
+                             "reason": r.reason}
+                 for stamp, r in sorted(results.items()) if r.part_id}
         summary = {
             "reason": why, "ground_truth_pairs": len(self.ground_truth), "evaluated_pairs": len(samples),
             "not_evaluated": [{**p, "name": self.ground_truth[p["stamp_ns"]].name} for p in problems],
-            "results_without_ground_truth": unknown, "models": models,
+            "results_without_ground_truth": unknown, "models": models, "parts": parts,
             "latency_ms": {q: float(np.percentile(latencies, int(q[1:]))) for q in ("p50", "p90", "p99")}
             if latencies else {},
         }

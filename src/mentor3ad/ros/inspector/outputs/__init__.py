@@ -21,7 +21,8 @@ then on it receives every :class:`~mentor3ad.ros.inspector.part.JudgedPart`. The
 * ``observe(pair)`` (optional): every complete input set on arrival, before it is queued (executor thread);
   may set ``pair.part_id``, which the part's result then carries.
 * ``dropped(pair)`` (optional): an observed set that will never be answered (``queue_policy: latest``
-  replaced it with a newer one).
+  replaced it with a newer one, or ``trigger_mode: request`` and no output claimed it: ``pair.requested``).
+* ``judging(pair)`` (optional): the worker starts judging an observed set (inference thread; keep it quick).
 * ``close()`` (optional): the node shuts down: answer what is pending, stop threads.
 * ``diagnostics()`` (optional): ``(level, message, {key: value})`` for the node's ``/diagnostics`` entry
   (level "OK", "WARN" or "ERROR"; the worst level of the node and its outputs wins, a message of a WARN or
@@ -65,7 +66,11 @@ class Output:
         raise NotImplementedError
 
     def dropped(self, pair: Pair) -> None:
-        """An observed set will never be answered (replaced under ``queue_policy: latest``)."""
+        """An observed set will never be answered (replaced under ``queue_policy: latest``, or not requested
+        under ``trigger_mode: request``)."""
+
+    def judging(self, pair: Pair) -> None:
+        """The worker starts judging an observed set (inference thread)."""
 
     def close(self) -> None:
         """The node shuts down."""
@@ -167,6 +172,9 @@ class Outputs:
 
     def dropped(self, pair: Pair) -> None:
         self._each("dropped", pair)
+
+    def judging(self, pair: Pair) -> None:
+        self._each("judging", pair)
 
     def close(self) -> None:
         self._each("close")
