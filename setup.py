@@ -24,6 +24,7 @@ EXECUTABLES = {
     "trainer_node": "mentor3ad.ros.nodes.trainer:main",
     "evaluator_node": "mentor3ad.ros.nodes.evaluator:main",
     "replay_node": "mentor3ad.ros.nodes.replay:main",
+    "robot_cell_example": "mentor3ad.ros.nodes.robot_cell:main",
     "mentor3ad": "mentor3ad.cli:main",
 }
 

@@ -27,6 +27,8 @@ REQUIRED = {
                                            "cache_dir"},
     "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight",
                                                  "ready_timeout"},
+    "robot_cell_demo.launch.py": {"model_path", "bag", "rate", "parts", "part_prefix", "timeout_s", "place_s",
+                                  "device", "log_level", "dds_profile"},
 }
 
 
