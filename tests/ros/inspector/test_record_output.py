@@ -22,7 +22,8 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, inspector_command, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import (NodeProcess, ResultCollector, executable, inspector_command,  # noqa: E402
+                                         spin_until)
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 SEC = 1_000_000_000
@@ -245,6 +246,14 @@ def test_both_record_locations_are_refused_at_start_up(tmp_path):
     assert code == 2, output()
     assert "set record_path (a SQLite file) or record_url (a database server), not both" in output(), output()
     assert "Traceback" not in output()
+    lifecycle = [executable("inspector_lifecycle_node"), *inspector_command(None, params=params)[1:], "-p",
+                 "autostart:=true"]
+    with NodeProcess(lifecycle) as inspector:  # the configure transition fails, saying why
+        deadline = time.monotonic() + 60.0
+        while "cannot configure" not in inspector.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        output = inspector.output
+    assert "cannot configure: set record_path (a SQLite file) or record_url" in output(), output()
 
 
 def test_drift_of_the_good_parts_is_a_warning_with_the_numbers(ros_node, tiny_model):

@@ -20,6 +20,7 @@ from typing import Any, List, Optional
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
+from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
 from ..params import ParamSpec, declare_parameters, parse_node_help
@@ -67,7 +68,11 @@ class LifecycleInspectorNode(LifecycleNode):
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         if not self._outputs:
-            self.inspector.create_outputs()
+            try:
+                self.inspector.create_outputs()
+            except ConfigError as exc:  # e.g. contradicting output parameters: rclpy would fail it silently
+                self.get_logger().error(f"cannot configure: {exc}")
+                return TransitionCallbackReturn.FAILURE
             self._outputs = True
         outcome = self.inspector.model.load_now(self.get_parameter("model_path").value)
         return TransitionCallbackReturn.SUCCESS if outcome.ok else TransitionCallbackReturn.FAILURE
