@@ -19,7 +19,8 @@ COMMON_ARGUMENTS = {"params_file", "namespace", "use_sim_time", "log_level", "de
 INSPECTOR_ARGUMENTS = COMMON_ARGUMENTS | {"model_path", "input_mode", "image_topic", "points_topic", "depth_topic",
                                           "camera_info_topic", "input_reliability", "threshold", "queue_policy",
                                           "pair_timeout", "publish_anomaly_map", "publish_overlay", "publish_markers",
-                                          "lifecycle", "autostart", "record_path", "record_url", "dashboard"}
+                                          "lifecycle", "autostart", "record_path", "record_url", "dashboard",
+                                          "trigger_mode"}
 REQUIRED = {
     "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",

@@ -49,6 +49,8 @@ ARGUMENTS: Dict[str, tuple] = {
                               "the params file's value (see README: large clouds)."),
     "threshold": ("", "Decision threshold override (negative: the model's); empty keeps the params file's value."),
     "queue_policy": ("", "Inspector queue policy: all or latest; empty keeps the params file's value."),
+    "trigger_mode": ("", "stream (every pair judged) or request (only pairs an ~/inspect goal claims); empty keeps "
+                         "the params file's value."),
     "pair_timeout": ("", "Seconds an image waits for its 3D data before it gets an ERROR result; empty keeps the "
                          "params file's value."),
     "publish_anomaly_map": ("", "true/false: publish ~/anomaly_map; empty keeps the params file's value."),
@@ -66,8 +68,8 @@ ARGUMENTS: Dict[str, tuple] = {
     **{f"{key}_topic": (TOPICS[key].relative, f"Topic of the {TOPICS[key].description}, remapped to the inspector's "
                         f"`{TOPICS[key].relative}`.") for key in ("image", "points", "depth", "camera_info")},
 }
-INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", "queue_policy", "record_path",
-                     "record_url")
+INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", "queue_policy", "trigger_mode",
+                     "record_path", "record_url")
 INSPECTOR_NUMBERS = ("threshold", "pair_timeout")
 INSPECTOR_FLAGS = ("publish_anomaly_map", "publish_overlay", "publish_markers")
 INSPECTOR_ARGUMENTS = ("params_file", "namespace", "use_sim_time", "log_level", "dds_profile", *INSPECTOR_STRINGS,
