@@ -31,6 +31,7 @@ from ..timing import StageTimer
 from ..types import InspectionResult, Verdict
 from . import checkpoint
 from .heads import Mentor3ADHeads
+from .input_profile import InputProfile
 from .scoring import FeatureScorer, PostProcessing
 from .threshold import LEGACY_KEYS, ThresholdRecord
 from .threshold import manual as manual_threshold
@@ -108,6 +109,12 @@ class Detector(FeatureScorer):
         if self._backbone_identity is None:
             self._backbone_identity = self.extractor.identity()
         return self._backbone_identity
+
+    @property
+    def input_profile(self) -> Optional[InputProfile]:
+        """What the model was trained on (:mod:`mentor3ad.model.input_profile`; None: a model trained before
+        profiles were recorded, no input checks); ModelLoadError when the stored profile is malformed."""
+        return InputProfile.stored(self.training_info)
 
     def state_tensors(self) -> Dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}

@@ -18,6 +18,7 @@ from ..config import Mentor3ADConfig
 from ..errors import InputError
 from ..features.extractor import FeatureSet, stack_features
 from .heads import Mentor3ADHeads, cosine_loss, info_nce, to_patches
+from .input_profile import PROFILE_KEY, InputProfile
 
 LOG = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
                                                      desc="validation features"))
     heads, info = train_heads(train, config, validation, device, progress, log)
     info["weights_sources"] = dict(getattr(extractor, "weights_sources", {}))
+    info[PROFILE_KEY] = InputProfile.of(list(train_samples) + list(val_samples or [])).to_dict()  # inputs' checks
     detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
     calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_samples], validation,
                        [s.rgb.shape[:2] for s in val_samples or []], device, log)
