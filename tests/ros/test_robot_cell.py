@@ -1,9 +1,9 @@
 """The robot-cell example end to end, every node as its console script over DDS: a recording of the synthetic
 cell plays the camera (replay_node, /clock), the inspector runs with trigger_mode: request, and
 robot_cell_example asks for each of its parts through ~/inspect and sorts it. Every part gets its verdict
-on the typed and the legacy result topic with its part_id and the stamp of a recorded pair, is put into
-exactly one bin, and the PLC's reject line says true exactly for the rejected parts; the recorded parts
-nobody asked for are dropped and counted, not answered."""
+on the typed and the legacy result topic and in the inspection record with its part_id and the stamp of a
+recorded pair, is put into exactly one bin, and the PLC's reject line says true exactly for the rejected
+parts; the recorded parts nobody asked for are dropped and counted, not answered."""
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
@@ -24,6 +24,7 @@ def test_the_robot_cell_example_inspects_and_sorts_every_part_it_asks_for(ros_no
 
     from mentor3ad.io.bags import write_dataset_bag
     from mentor3ad.io.datasets.synthetic import camera_matrix, generate_sample
+    from mentor3ad.records import RecordReader
     from mentor3ad.ros.inspection_codec import decode
 
     model = tmp_path / "tiny.safetensors"
@@ -45,7 +46,8 @@ def test_the_robot_cell_example_inspects_and_sorts_every_part_it_asks_for(ros_no
 
     inspector = inspector_command(model, reliable_inputs=list(RECORDED.values()), input_depth=n_recorded,
                                   params={"device": "cpu", "trigger_mode": "request", "use_sim_time": True,
-                                          "diagnostics_period": 0.2}, remaps=RECORDED)
+                                          "diagnostics_period": 0.2, "record_path": tmp_path / "cell.sqlite"},
+                                  remaps=RECORDED)
     robot = [executable("robot_cell_example"), "--ros-args", "-p", f"parts:={parts}", "-p", "timeout_s:=8.0"]
     replay = [executable("replay_node"), str(bag), "--rate", "0.25", "--clock", "--wait-for-publisher",
               "/inspector/inspection", "--wait-timeout", "120", "--topics", *RECORDED.values()]
@@ -77,3 +79,10 @@ def test_the_robot_cell_example_inspects_and_sorts_every_part_it_asks_for(ros_no
     assert values["last_part_id"] == part_ids[-1]
     # every recorded pair that arrived is either one of the parts or dropped and counted
     assert int(values["unrequested_pairs"]) + parts == int(values["pairs"]) <= n_recorded
+    reader = RecordReader(tmp_path / "cell.sqlite")
+    try:
+        rows = reader.session().query("SELECT part_id, stamp_ns, verdict FROM results ORDER BY stamp_ns")
+    finally:
+        reader.close()
+    assert [(r["part_id"], r["stamp_ns"], r["verdict"]) for r in rows] == [
+        (r.part_id, r.stamp_ns, r.verdict.value) for r in typed]  # the record knows which part each result is
