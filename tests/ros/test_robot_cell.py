@@ -11,7 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("mentor3ad_interfaces.action", reason="mentor3ad_interfaces not built (./run.sh setup)")
 
 from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, executable, inspector_command, spin_until  # noqa: E402
+from mentor3ad.ros.tooling.graph import (NodeProcess, ResultCollector, executable, inspector_command,  # noqa: E402
+                                         spin_until)
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 RECORDED = {"image": "/camera/image", "points": "/camera/points"}

@@ -35,8 +35,9 @@ def test_typed_round_trip_keeps_every_field_through_cdr():
     assert (box.x_offset, box.y_offset, box.width, box.height) == (1, 2, 10, 11)
     assert (message.regions[1].bbox.width, message.regions[1].bbox.height) == (1, 2)
     decoded = inspection_codec.decode(deserialize_message(serialize_message(message), msg.InspectionResult))
-    assert (decoded.verdict, decoded.score, decoded.threshold, decoded.latency_ms, decoded.model_id, decoded.part_id) == \
-        (Verdict.FAIL, 0.1234567890123, 0.1, 12.5, "abc123", "tray 3 / slot 7")
+    assert (decoded.verdict, decoded.score, decoded.threshold, decoded.latency_ms) == (Verdict.FAIL, 0.1234567890123, 0.1,
+                                                                                        12.5)
+    assert (decoded.model_id, decoded.part_id) == ("abc123", "tray 3 / slot 7")
     assert decoded.stamp_ns == 12_000_000_345 and decoded.frame_id == "cam"
     assert decoded.regions[0] == REGIONS[0]
     assert decoded.regions[1].bbox == REGIONS[1].bbox

@@ -6,8 +6,9 @@
 * intake: :class:`.intake.Intake` (subscriptions, pairing; every image ends in exactly one answer);
 * worker: :class:`.worker.Worker` (bounded queue, queue policy, batches of up to ``batch_size``) judging
   with :class:`.pipeline.InspectionPipeline` on its own thread;
-* outputs: :class:`.outputs.Outputs` (``~/result``, ``~/anomaly_map``, ``~/overlay``, ``~/markers`` and
-  whatever else :mod:`.outputs` holds), each fed every :class:`.part.JudgedPart`;
+* outputs: :class:`.outputs.Outputs` (``~/inspection``, ``~/result``, the ``~/inspect`` action, ``~/part_id``,
+  ``~/anomaly_map``, ``~/overlay``, ``~/markers`` and whatever else :mod:`.outputs` holds), each fed every
+  :class:`.part.JudgedPart`;
 * health: :class:`.health.Health` (counters, ``/diagnostics``); the ``~/enable`` service.
 
 Every answer goes through :meth:`Inspector.answer`: judged (PASS / FAIL / ERROR), SKIPPED (disabled,

@@ -31,7 +31,8 @@ LIFECYCLE_PARAMETERS = [
               "instead of waiting for lifecycle transitions.", read_only=True),
 ]
 DESCRIPTION = ("Mentor3AD inspector: subscribes image + 3D data (" + ", ".join(INPUT_MODES) + "), publishes "
-               "~/result, ~/anomaly_map, ~/overlay, ~/markers and /diagnostics. ROS arguments follow --ros-args.")
+               "~/inspection (typed result), ~/result (legacy), ~/anomaly_map, ~/overlay, ~/markers and "
+               "/diagnostics, serves the ~/inspect action (inspection on request). ROS arguments follow --ros-args.")
 
 
 class InspectorNode(Node):
