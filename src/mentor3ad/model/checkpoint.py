@@ -20,7 +20,8 @@ Reading (:func:`read_checkpoint`) is defensive, because a model file decides whe
    refused here, without reading the data);
 4. only then (:func:`read_tensors`; :meth:`~mentor3ad.model.detector.Detector.load` first checks the
    backbone identity and the backbones' size, :func:`check_backbone_budget`) are the tensors
-   memory-mapped, and every value must be finite.
+   memory-mapped, every value must be finite, and the content digest over the tensors and the metadata
+   (``__metadata__["mentor3ad_digest"]``, :mod:`mentor3ad.model.integrity`) must match.
 
 :func:`read_checkpoint_header` does steps 1-3, :func:`read_checkpoint` all four. Any failure (also JSON
 nested beyond the parser's depth, or a header that exhausts memory) is a
@@ -44,6 +45,7 @@ import torch
 from ..config import Mentor3ADConfig
 from ..errors import ConfigError, Mentor3ADError, ModelLoadError
 from ..io.files import atomic_write_bytes
+from .integrity import DIGEST_KEY, content_digest, verify_digest
 
 FORMAT_NAME = "mentor3ad-checkpoint"
 FORMAT_VERSION = 2
@@ -97,7 +99,8 @@ def write_checkpoint(path: Union[str, Path], tensors: Dict[str, torch.Tensor], m
                    if isinstance(value, float) and not math.isfinite(value)]
     if bad_numbers:
         raise ModelLoadError(f"refusing to save {path}: non-finite numbers in {', '.join(bad_numbers[:5])}")
-    header = {METADATA_KEY: json.dumps(metadata, default=json_default, allow_nan=False)}
+    text = json.dumps(metadata, default=json_default, allow_nan=False)
+    header = {METADATA_KEY: text, DIGEST_KEY: content_digest(tensors, text)}  # one model: verified at load
     payload = safetensors_bytes({TENSOR_PREFIX + k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                                 metadata=header)
     return atomic_write_bytes(path, payload)
@@ -388,6 +391,8 @@ def read_tensors(checked: CheckpointHeader) -> Dict[str, torch.Tensor]:
     if bad:
         raise ModelLoadError(f"{path}: non-finite (NaN/Inf) weights in {', '.join(sorted(bad)[:5])}"
                              f"{' ...' if len(bad) > 5 else ''}; refusing the model")
+    stored = checked.header["__metadata__"]
+    verify_digest(path, stored.get(DIGEST_KEY), tensors, stored[METADATA_KEY])
     return tensors
 
 

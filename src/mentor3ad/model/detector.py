@@ -35,6 +35,7 @@ from .input_profile import InputProfile
 from .scoring import FeatureScorer, PostProcessing
 from .threshold import LEGACY_KEYS, ThresholdRecord
 from .threshold import manual as manual_threshold
+from .threshold_bounds import plausible_range, threshold_problem
 from .voting import OCSVM_SCORE_CLAMP
 
 LOG = logging.getLogger(__name__)
@@ -321,7 +322,30 @@ class Detector(FeatureScorer):
                 detector.self_test()
             except ModelLoadError as err:
                 raise ModelLoadError(f"{path}: {err}") from None
+        check_plausible(path, detector, metadata.get("training_info"))
         return detector
+
+
+def check_plausible(path: Path, detector: Detector, stored_info) -> None:
+    """A loaded model's threshold within the plausible range of its calibration scores
+    (:mod:`mentor3ad.model.threshold_bounds`; without scores a warning), its threshold record naming its
+    threshold, its input profile well-formed; ModelLoadError naming the file otherwise."""
+    stored = stored_info.get("threshold") if isinstance(stored_info, dict) else None
+    if isinstance(stored, dict) and stored.get("value") != detector.threshold:
+        raise ModelLoadError(f"{path}: the threshold {detector.threshold:.6g} is not the one its threshold record "
+                             f"names ({stored.get('value')!r}): edited after calibration; refusing the model")
+    record = detector.threshold_record
+    problem = threshold_problem(detector.threshold, record, "the model's threshold")
+    if problem:
+        raise ModelLoadError(f"{path}: {problem}; refusing the model")
+    if plausible_range(record) is None:
+        LOG.warning("%s: its threshold %.6g cannot be checked against calibration scores (its record, set by %s, "
+                    "has none); re-calibrate it (mentor3ad calibrate) to store them", path, detector.threshold,
+                    record.set_by if record is not None else "nobody")
+    try:
+        detector.input_profile
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{path}: {err}") from None
 
 
 def _flatten(value, prefix: str = "") -> Dict[str, str]:
@@ -333,4 +357,4 @@ def _flatten(value, prefix: str = "") -> Dict[str, str]:
     return {prefix: json.dumps(value, sort_keys=True, default=checkpoint.json_default)}
 
 
-__all__ = ["Detector", "warmup_scene"]
+__all__ = ["Detector", "warmup_scene", "check_plausible"]
