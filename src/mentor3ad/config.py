@@ -24,6 +24,9 @@ from .package_files import packaged_file
 SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PLANE_METHODS = ("ransac", "open3d", "none")
+# (min, max) of the options that set compute and memory (image_size 4480: 8.7 GB), checked before anything is built
+FEATURE_BOUNDS = {"image_size": (8, 1024), "point_image_size": (0, 1024), "feature_resolution": (1, 256),
+                  "plane_border_px": (1, 64), "plane_iterations": (1, 4096), "cluster_radius_px": (0, 8)}
 
 
 class _Section:
@@ -86,21 +89,21 @@ class FeatureConfig(_Section):
         for key in ("rgb_options", "point_options"):
             if not isinstance(getattr(self, key), dict):
                 raise ConfigError(f"features.{key} must be a mapping, got {type(getattr(self, key)).__name__}")
-        if self.image_size < 8 or self.feature_resolution < 1 or self.image_size % self.feature_resolution:
-            raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
-                              f"features.image_size {self.image_size} (>= 8)")
-        if self.point_image_size < 0 or self.cloud_size % self.feature_resolution:
-            raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
-                              f"features.point_image_size {self.cloud_size}")
+        for key, (low, high) in FEATURE_BOUNDS.items():
+            if not low <= getattr(self, key) <= high:
+                raise ConfigError(f"features.{key} must be in [{low}, {high}], got {getattr(self, key)}")
+        for key, size in (("image_size", self.image_size), ("point_image_size", self.cloud_size)):
+            if size % self.feature_resolution:
+                raise ConfigError(f"features.feature_resolution {self.feature_resolution} must divide "
+                                  f"features.{key} {size}")
         if not 0.0 <= self.min_cell_fraction < 1.0:
             raise ConfigError(f"features.min_cell_fraction must be in [0, 1), got {self.min_cell_fraction}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"features.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.plane_removal not in PLANE_METHODS:
             raise ConfigError(f"features.plane_removal must be one of {PLANE_METHODS}, got {self.plane_removal!r}")
-        if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0 or self.plane_border_px < 1 or self.plane_iterations < 1:
-            raise ConfigError("features.plane_distance_m, cluster_eps_m must be > 0 and plane_border_px, "
-                              "plane_iterations >= 1")
+        if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0:
+            raise ConfigError("features.plane_distance_m and features.cluster_eps_m must be > 0")
 
     @property
     def cloud_size(self) -> int:
@@ -196,8 +199,7 @@ class ModelConfig(_Section):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.infonce_temperature <= 0 or self.smoothing_sigma < 0 or self.score_eps <= 0:
-            raise ConfigError("model.infonce_temperature and model.score_eps must be > 0, "
-                             "model.smoothing_sigma >= 0")
+            raise ConfigError("model.infonce_temperature, model.score_eps must be > 0, model.smoothing_sigma >= 0")
 
     @property
     def needs_mfm(self) -> bool:
@@ -313,9 +315,7 @@ def _plain(value):
     """Tuples -> lists, recursively (YAML/JSON friendly)."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def dataclass_from_dict(kind, data: Dict[str, Any], prefix: str):

@@ -134,3 +134,28 @@ def test_a_pin_admits_only_the_expected_file(models, tmp_path):
     assert integrity.parse_pins(f" {digest.upper()}, {'a' * 64}") == [digest, "a" * 64] and integrity.parse_pins("") == []
     with pytest.raises(ConfigError, match="64 hex digits"):
         integrity.parse_pins("abc")
+
+
+@pytest.mark.parametrize("features, message", [
+    ({"point_backbone": "fpfh", "point_weights": "none", "point_options": {"feature_max_nn": 5000}},
+     "FPFH radii must be in (0, 1000] mm and max_nn in [3, 256], got radii (100.0, 250.0) and max_nn (30, 5000)"),
+    ({"image_size": 4480, "feature_resolution": 8, "point_image_size": 224}, "features.image_size must be in [8, 1024], got 4480"),
+    ({"point_options": {"num_groups": 100000}}, "num_groups must be in [3, 4096]"),
+    ({"rgb_options": {"model_kwargs": {"img_size": 4480}}}, "model_kwargs.img_size must be in [8, 1024]"),
+    ({"plane_iterations": 10 ** 7}, "features.plane_iterations must be in [1, 4096], got 10000000"),
+])
+def test_options_that_would_take_minutes_or_gigabytes_are_refused_before_anything_is_built(models, tmp_path,
+                                                                                           features, message):
+    import time
+
+    (path, _), _ = models
+    metadata, tensors, _ = _parts(path)
+    stored = metadata["config"]["features"]
+    for key, value in features.items():  # options merged into the stored ones, unless the backbone changes
+        merge = isinstance(value, dict) and "point_backbone" not in features
+        stored[key] = {**stored[key], **value} if merge else value
+    forged = checkpoint.write_checkpoint(tmp_path / "options.safetensors", tensors, metadata)
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        Detector.load(forged)
+    assert time.perf_counter() - started < 5.0  # refused from the header: nothing was built or run

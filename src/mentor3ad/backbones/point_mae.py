@@ -264,11 +264,17 @@ class PointMAEOptions:
     smoothing_kernel: int = 3
 
     def __post_init__(self):
-        if self.num_groups < 3 or self.group_size < 1:
-            raise ConfigError(f"point_options.num_groups must be >= 3 (3-NN interpolation) and group_size >= 1, "
+        if not (3 <= self.num_groups <= 4096 and 1 <= self.group_size <= 256):  # 3: the 3-NN interpolation
+            raise ConfigError(f"point_options.num_groups must be in [3, 4096] and group_size in [1, 256], "
                               f"got {self.num_groups}, {self.group_size}")
-        if self.smoothing_kernel < 1 or self.smoothing_kernel % 2 == 0:
-            raise ConfigError(f"point_options.smoothing_kernel must be odd and >= 1, got {self.smoothing_kernel}")
+        if not (1 <= self.depth <= 48 and 1 <= self.heads <= 64 and 1 <= self.width <= 4096):
+            raise ConfigError(f"point_options: depth must be in [1, 48], heads in [1, 64], width in [1, 4096], "
+                              f"got {self.depth}, {self.heads}, {self.width}")
+        if not all(0 <= block < self.depth for block in self.feature_blocks) or not self.feature_blocks:
+            raise ConfigError(f"point_options.feature_blocks must name blocks in [0, {self.depth - 1}], "
+                              f"got {list(self.feature_blocks)}")
+        if not 1 <= self.smoothing_kernel <= 15 or self.smoothing_kernel % 2 == 0:
+            raise ConfigError(f"point_options.smoothing_kernel must be odd, in [1, 15], got {self.smoothing_kernel}")
 
 
 class PointMAEBackbone:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import FEATURE_BOUNDS
 from ..errors import ConfigError
 from . import autocast, options_dict, register
 from .weights import NO_WEIGHTS, file_sha256, preview_keys, read_state_file, resolve_weights, strict_load, unwrap_state
@@ -34,6 +35,17 @@ class TimmOptions:
 
     feature_strides: Union[int, List[int]] = 8
     model_kwargs: Dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self):
+        strides = self.feature_strides if isinstance(self.feature_strides, list) else [self.feature_strides]
+        if not strides or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64 for v in strides):
+            raise ConfigError(f"rgb_options.feature_strides must be one or more integers in [1, 64], got "
+                              f"{self.feature_strides!r}")
+        size = self.model_kwargs.get("img_size")
+        sizes = size if isinstance(size, (list, tuple)) else ([] if size is None else [size])
+        if not all(isinstance(v, int) and 8 <= v <= FEATURE_BOUNDS["image_size"][1] for v in sizes):
+            raise ConfigError(f"rgb_options.model_kwargs.img_size must be in [8, {FEATURE_BOUNDS['image_size'][1]}] "
+                              f"(features.image_size's bounds), got {size!r}")
 
 
 def convert_efficientnet_pytorch_layout(state: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
