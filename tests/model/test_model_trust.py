@@ -84,9 +84,9 @@ def test_an_edited_threshold_is_refused_with_and_without_a_recomputed_digest(mod
     metadata["training_info"]["threshold"]["value"] = forged
     consistent = checkpoint.write_checkpoint(tmp_path / "forged.safetensors", tensors, metadata)
     low, high = plausible_range(detector.threshold_record)
-    assert low <= detector.threshold <= high < 100 * max(detector.threshold_record.calibration_scores)
+    assert low == 0.0 < detector.threshold <= high < 100 * max(detector.threshold_record.calibration_scores)
     with pytest.raises(ModelLoadError, match=re.escape(f"the model's threshold {forged:.6g} is above the plausible range "
-                                                       f"[{low:.4g}, {high:.4g}] of this model (from its 3 good "
+                                                       f"(0, {high:.4g}] of this model (from its 3 good "
                                                        "calibration scores, ") + r".*\): every defect scoring below it "
                                                                                  r"would PASS; refusing"):
         Detector.load(consistent)
@@ -120,8 +120,8 @@ def test_every_calibrated_threshold_lies_in_its_plausible_range():
                                  calibration_scores=tuple(sorted(significant(s) for s in scores)))
         assert threshold_problem(record.value, record) is None, (count, calibration, record.value)
         low, high = plausible_range(record)
-        assert threshold_problem(high * 1.01, record) and threshold_problem(low * 0.99, record)
-        assert "most good parts would FAIL" in threshold_problem(low * 0.5, record)
+        assert "every defect scoring below it would PASS" in threshold_problem(high * 1.01, record)
+        assert threshold_problem(1e-9, record) is None and "every part would FAIL" in threshold_problem(0.0, record)
 
 
 def test_a_pin_admits_only_the_expected_file(models, tmp_path):

@@ -237,7 +237,7 @@ def test_latest_policy_drops_stale_pairs_and_threshold_override(ros_node, tiny_m
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.extend(
         s for s in m.status if s.name == "/inspector: inspector"), 20)
     collector = ResultCollector(ros_node, "/inspector/result")
-    with start_inspector(model_path=str(model_path), queue_policy="latest", threshold=0.0,
+    with start_inspector(model_path=str(model_path), queue_policy="latest", threshold=1e-6,
                          diagnostics_period=0.2) as inspector:
         assert collector.wait_for_publisher(40.0), inspector.output()
         with publish(["good"] * n, rate=0) as publisher:
@@ -256,9 +256,9 @@ def test_latest_policy_drops_stale_pairs_and_threshold_override(ros_node, tiny_m
     assert len(results) == processed
     assert [r.stamp_ns for r in results] == sorted(r.stamp_ns for r in results)
     assert results[-1].stamp_ns == START_NS + (n - 1) * PERIOD_NS  # the newest pair is never dropped
-    # threshold override 0: every scored pair FAILs and carries regions measured on the cloud
+    # threshold override 1e-6: every scored pair FAILs and carries regions measured on the cloud
     for r in results:
-        assert r.verdict == "FAIL" and r.threshold == 0.0 and r.regions
+        assert r.verdict == "FAIL" and r.threshold == 1e-6 and r.regions
         assert r.regions[0].area_mm2 > 0 and all(np.isfinite(r.regions[0].centroid_xyz))
 
 

@@ -91,7 +91,7 @@ def test_autostart_lifecycle_and_markers_of_the_defect_regions(ros_node, tiny_mo
     ros_node.create_subscription(MarkerArray, "/inspector/markers", arrays.append, 10)
     collector = ResultCollector(ros_node, "/inspector/result")
     cmd = [executable("inspector_lifecycle_node"), "--ros-args", "-p", f"model_path:={tiny_model}",
-           "-p", "device:=cpu", "-p", "autostart:=true", "-p", "threshold:=0.0"]  # every part FAILs
+           "-p", "device:=cpu", "-p", "autostart:=true", "-p", "threshold:=1e-6"]  # every part FAILs
     with NodeProcess(cmd) as node:
         assert collector.wait_for_publisher(60.0), node.output()
         with publish(["good"], defect="dent") as publisher:
@@ -118,3 +118,42 @@ def test_region_markers_without_centroid_only_clear():
     region = Region((1, 1, 3, 3), 9, math.nan, (math.nan,) * 3, 2.0)
     array = region_markers(InspectionResult(Verdict.FAIL, score=2.0, threshold=1.0, regions=[region]), Header())
     assert [m.action for m in array.markers] == [Marker.DELETEALL]
+
+
+def test_cleanup_takes_the_outputs_with_the_model_and_says_unconfigured(ros_node, tiny_model):
+    """issue 24 item 9: after a lifecycle cleanup /diagnostics said ERROR (a deliberate state shown as a fault)
+    and ~/result, the "ready" signal, stayed advertised without a model."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from lifecycle_msgs.msg import Transition
+
+    statuses = []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
+        s for s in m.status if s.name == "/inspector: inspector"), 50)
+    collector = ResultCollector(ros_node, "/inspector/result")
+    cmd = [executable("inspector_lifecycle_node"), "--ros-args", "-p", f"model_path:={tiny_model}", "-p",
+           "device:=cpu", "-p", "autostart:=true", "-p", "diagnostics_period:=0.2"]
+    with NodeProcess(cmd) as node:
+        assert collector.wait_for_publisher(60.0), node.output()
+        assert spin_until(ros_node, lambda: ros_node.count_publishers("/inspector/inspection") == 1, 10.0)
+        assert change_state(ros_node, Transition.TRANSITION_DEACTIVATE)
+        assert change_state(ros_node, Transition.TRANSITION_CLEANUP), node.output()
+        assert state_of(ros_node) == "unconfigured"
+        assert spin_until(ros_node, lambda: ros_node.count_publishers("/inspector/result") == 0
+                          and ros_node.count_publishers("/inspector/inspection") == 0, 10.0), node.output()
+        statuses.clear()
+        assert spin_until(ros_node, lambda: len(statuses) >= 2, 10.0), node.output()
+        assert (statuses[-1].level, statuses[-1].message) == (
+            DiagnosticStatus.WARN, "unconfigured (lifecycle): no model, no outputs; configure to serve")
+        assert change_state(ros_node, Transition.TRANSITION_CONFIGURE), node.output()
+        assert change_state(ros_node, Transition.TRANSITION_ACTIVATE)
+        assert collector.wait_for_publisher(20.0), node.output()
+        with publish(["good"]) as publisher:
+            collector.wait_for(1, 60.0)
+            assert publisher.wait(30.0) == 0, publisher.output()
+        statuses.clear()
+        assert spin_until(ros_node, lambda: len(statuses) >= 2, 10.0)
+        assert statuses[-1].level == DiagnosticStatus.OK, statuses[-1].message
+        output = node.output()
+    assert [r.verdict in ("PASS", "FAIL") for r in collector.results] == [True], output
+    assert "cleaned up: model unloaded, outputs destroyed" in output
+    assert "Traceback" not in output and "answered while unconfigured" not in output

@@ -5,7 +5,9 @@
 :meth:`Health.status`, published on ``/diagnostics`` by :meth:`Health.start`, reads the other parts of the inspector (model slot,
 intake, worker, enable switch) to say OK / WARN / ERROR with one message and key/value strings; each output
 may add its own level, message and values (:meth:`Output.diagnostics <.outputs.Output.diagnostics>`, e.g.
-the record's counters, the drift estimate): the worst level wins.
+the record's counters, the drift estimate), and so do the intake's input losses (WARN, ERROR above
+``loss_error_rate``) and the inputs unlike the model's training data (:mod:`mentor3ad.model.input_profile`):
+the worst level wins. A lifecycle node that was cleaned up says WARN "unconfigured" (a deliberate state).
 """
 from __future__ import annotations
 
@@ -87,7 +89,9 @@ class Health:
         model = inspector.model
         detector, model_id, model_error = model.slot.current()
         intake = inspector.intake
-        if detector is None:
+        if inspector.unconfigured:
+            level, message = DiagnosticStatus.WARN, "unconfigured (lifecycle): no model, no outputs; configure to serve"
+        elif detector is None:
             level, message = DiagnosticStatus.ERROR, ("loading the model" if model.slot.loading else model_error)
         elif intake is None:
             level, message = DiagnosticStatus.WARN, "not listening (inactive)"
@@ -109,12 +113,20 @@ class Health:
             "latency_p50_ms": f"{pct[50]:.1f}", "latency_p90_ms": f"{pct[90]:.1f}",
             "latency_p99_ms": f"{pct[99]:.1f}", "queued": str(inspector.worker.queued),
             "batch_size": str(inspector.p["batch_size"]), "outputs": inspector.outputs.describe(),
+            "model_sha256": model.sha256 if detector is not None else "", **_threshold_values(inspector, detector),
         }
         values.update({key: str(value) for key, value in self.counts().items()})
         if intake is not None:
             values.update({key: str(value) for key, value in intake.counts().items()})
         levels = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": DiagnosticStatus.ERROR}
-        for name, output_level, output_message, output_values in inspector.outputs.diagnostics():
+        reports = list(inspector.outputs.diagnostics())
+        if intake is not None:
+            reports.append(("inputs", *intake.losses.status(now, float(inspector.node.get_parameter(
+                "loss_error_rate").value)), {}))
+        watch_level, watch_message, mismatches = inspector.pipeline.watch.summary()
+        reports.append(("inputs", watch_level, watch_message,
+                        {f"input_mismatch_{kind}": count for kind, count in mismatches.items()}))
+        for name, output_level, output_message, output_values in reports:
             values.update({key: str(value) for key, value in output_values.items()})
             if levels[output_level] > DiagnosticStatus.OK:
                 message = f"{message}; {name}: {output_message}"
@@ -122,6 +134,23 @@ class Health:
         return DiagnosticStatus(level=level, name=f"{inspector.node.get_fully_qualified_name()}: inspector",
                                 message=message, hardware_id=model_id,
                                 values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def _threshold_values(inspector: Any, detector: Any) -> Dict[str, str]:
+    """threshold (in use), threshold_model (calibrated), threshold_range (plausible), input_profile."""
+    from ...model.threshold_bounds import describe_range
+
+    if detector is None:
+        return {"threshold": "", "threshold_model": "", "threshold_range": "", "input_profile": ""}
+    override = float(inspector.node.get_parameter("threshold").value)
+    try:
+        profile = detector.input_profile
+    except Exception:  # noqa: BLE001 - refused at load; never fail the diagnostics
+        profile = None
+    return {"threshold": f"{override if override >= 0 else detector.threshold:.6g}",
+            "threshold_model": f"{detector.threshold:.6g}",
+            "threshold_range": describe_range(detector.threshold_record),
+            "input_profile": profile.describe() if profile is not None else "none (no input checks)"}
 
 
 __all__ = ["Health", "COUNTERS"]

@@ -57,18 +57,29 @@ class Inspector:
         self.intake = None
         self.enabled = True
         self.started = time.monotonic()
+        self.unconfigured = False  # a lifecycle node before configure / after cleanup: no model, no outputs
+        self._services = False
+        self._judging = 0
         self._checks_key: Optional[tuple] = None
 
     # ------------------------------------------------------------------ outputs and services
     def create_outputs(self) -> None:
-        """The outputs, ``~/reload_model``, ``~/enable``, ``/diagnostics``; starts the worker thread."""
+        """The outputs; the first time also ``~/reload_model``, ``~/enable``, ``/diagnostics`` and the worker
+        thread. A lifecycle node calls it on every configure (after :meth:`destroy_outputs` on cleanup)."""
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from std_srvs.srv import SetBool
 
-        self.outputs = Outputs(self.node)
-        if self.on_request and "inspect" not in self.outputs.active:
+        from .lifecycle import created_entities
+
+        with created_entities(self.node) as self._output_entities:
+            outputs = Outputs(self.node)
+        if self.on_request and "inspect" not in outputs.active:
             raise ConfigError("trigger_mode: request needs the ~/inspect action, which is unavailable: "
-                              f"{self.outputs.unavailable.get('inspect', 'not registered')}")
+                              f"{outputs.unavailable.get('inspect', 'not registered')}")
+        self.outputs, self.unconfigured = outputs, False
+        if self._services:
+            return
+        self._services = True
         services = MutuallyExclusiveCallbackGroup()
         self.model.create_service(services)
         self.node.create_service(SetBool, "~/enable", self._on_enable, callback_group=services)
@@ -93,7 +104,8 @@ class Inspector:
             self.intake = Intake(self.node, self.mode, input_qos(self.p["input_reliability"], self.p["input_depth"]),
                                  self._on_pair, self._on_lone, int(self.p["sync_queue_size"]),
                                  float(self.p["sync_slop"]), float(self.node.get_parameter("pair_timeout").value),
-                                 QoSOverridingOptions.with_default_policies())
+                                 QoSOverridingOptions.with_default_policies(),
+                                 max_bytes=int(self.p["input_queue_mb"]) * 2 ** 20)
 
     def stop_listening(self) -> None:
         if self.intake is not None:
@@ -138,6 +150,18 @@ class Inspector:
 
     def judge(self, batch: List[Pair]) -> None:
         """Judge ``batch`` with the current model and answer each pair (the worker's task)."""
+        self._judging += 1
+        try:
+            self._judge(batch)
+        finally:
+            self._judging -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No pair waiting for or in the worker."""
+        return self.worker.queued == 0 and self._judging == 0
+
+    def _judge(self, batch: List[Pair]) -> None:
         detector, model_id, model_error = self.model.slot.current()
         override = float(self.node.get_parameter("threshold").value)
         self.pipeline.min_valid_points = int(self.node.get_parameter("min_valid_points").value)
@@ -164,6 +188,21 @@ class Inspector:
         key_3d = self.mode.topic_keys[0]
         header_3d = pair.messages[key_3d].header if key_3d in pair.messages else None
         self.outputs.publish(JudgedPart(result, pair.header, pair.messages, rgb, header_3d, pair.received))
+
+    def destroy_outputs(self, reason: str) -> None:
+        """Lifecycle cleanup: wait (up to 10 s) until the worker has answered what it holds, close the outputs
+        and destroy the publishers, services and actions they created (``~/result``, the "ready" signal, goes
+        with the model); until the next :meth:`create_outputs` nothing is published but /diagnostics."""
+        from .lifecycle import Unconfigured, destroy_entities
+
+        deadline = time.monotonic() + 10.0
+        while not self.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.outputs is not None:
+            self.outputs.close()
+        self.model.forget_listeners()
+        destroy_entities(self.node, getattr(self, "_output_entities", []))
+        self.outputs, self.unconfigured = Unconfigured(self.node.get_logger(), reason), True
 
     def stop(self) -> None:
         """Stop the worker (after the batch in flight), tell the outputs, stop routing log records."""

@@ -10,17 +10,22 @@ times the same calls), so there is one convert path:
    override passed to the core); an :class:`~mentor3ad.errors.InputError` becomes ``ERROR: bad input:
    ...`` for its own set only (a batch the detector refuses is judged set by set), a missing model
    ``ERROR: <why>``; anything else propagates (the node answers the batch with an internal error).
+   Each converted set is first compared with the model's training data (``watch``,
+   :class:`~mentor3ad.model.input_profile.InputWatch`: WARN kinds counted and logged once, an ERROR kind
+   such as depth in the wrong units answers ``ERROR: input unlike the model's training data: ...``).
 
 The output messages are built by the outputs (:mod:`mentor3ad.ros.inspector.outputs`).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ...errors import InputError
 from ...io.inputs import DEFAULT_CHECKS, InputChecks, InputMode
+from ...model.input_profile import InputWatch
 from ...types import InspectionResult
 from .. import bridges
 
@@ -34,6 +39,7 @@ class InspectionPipeline:
         self.mode = mode
         self.min_valid_points = int(min_valid_points)
         self.checks = checks  # frame agreement and working volume (mentor3ad.io.inputs.InputChecks)
+        self.watch = InputWatch(logging.getLogger(__name__).warning)
 
     def convert(self, messages: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
         """{key: message} -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 m); InputError naming the problem.
@@ -54,6 +60,10 @@ class InspectionPipeline:
             for index, (rgb, _) in converted.items():
                 judged[index] = (InspectionResult.error(model_error), rgb)
             return judged
+        for index in list(converted):
+            refusal = self.watch.check(detector, *converted[index])
+            if refusal:
+                judged[index] = (InspectionResult.error(refusal, model_id=detector.model_id), converted.pop(index)[0])
         indices = list(converted)
         try:
             results = detector.predict_batch([converted[i] for i in indices], threshold) if indices else []

@@ -4,10 +4,12 @@ intake, worker, outputs, health); this module has the two node forms and their c
 
 * ``inspector_node`` (:class:`InspectorNode`): loads and self-tests the model (``model_path``), then
   subscribes: from the moment it listens, every part is answered (without a usable model: ERROR naming why).
-* ``inspector_lifecycle_node`` (:class:`LifecycleInspectorNode`), a managed node: configure = load and
-  self-test the model (refused model: the transition fails with the reason), activate = subscribe,
-  deactivate = unsubscribe, cleanup = drop the model. ``autostart:=true`` configures and activates at
-  start-up (otherwise a lifecycle manager / ``ros2 lifecycle set`` drives it).
+* ``inspector_lifecycle_node`` (:class:`LifecycleInspectorNode`), a managed node: configure = create the
+  outputs and load and self-test the model (refused model: the transition fails with the reason, the
+  outputs go again), activate = subscribe, deactivate = unsubscribe, cleanup = drop the model and destroy
+  the outputs (``~/result``, the "ready" signal, goes with the model; /diagnostics says WARN
+  "unconfigured"). ``autostart:=true`` configures and activates at start-up (otherwise a lifecycle
+  manager / ``ros2 lifecycle set`` drives it).
 
 Topics, services and parameters: README (Nodes -> inspector_node) and ``INSPECTOR_PARAMETERS``.
 """
@@ -41,7 +43,8 @@ class InspectorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("inspector", **kwargs)
         self.inspector = inspector = Inspector(self)
-        inspector.model.load_now(inspector.p["model_path"])  # before the outputs: a matched ~/result means "ready"
+        inspector.model.load_now(inspector.p["model_path"], "start-up (parameter model_path)")  # before the outputs:
+        # a matched ~/result means "ready"
         inspector.create_outputs()
         inspector.start_listening()
         worker = inspector.worker
@@ -62,21 +65,22 @@ class LifecycleInspectorNode(LifecycleNode):
         super().__init__("inspector", **kwargs)
         self.inspector = Inspector(self)
         self.autostart = declare_parameters(self, LIFECYCLE_PARAMETERS)["autostart"]
-        self._outputs = False
+        self.inspector.unconfigured = True
         if self.autostart:
             self.trigger_configure()
             self.trigger_activate()
 
     def on_configure(self, state) -> TransitionCallbackReturn:
-        if not self._outputs:
-            try:
-                self.inspector.create_outputs()
-            except ConfigError as exc:  # e.g. contradicting output parameters: rclpy would fail it silently
-                self.get_logger().error(f"cannot configure: {exc}")
-                return TransitionCallbackReturn.FAILURE
-            self._outputs = True
-        outcome = self.inspector.model.load_now(self.get_parameter("model_path").value)
-        return TransitionCallbackReturn.SUCCESS if outcome.ok else TransitionCallbackReturn.FAILURE
+        outcome = self.inspector.model.load_now(self.get_parameter("model_path").value, "lifecycle configure")
+        if not outcome.ok:  # the model first: outputs (~/result = "ready") only with a model
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self.inspector.create_outputs()
+        except ConfigError as exc:  # e.g. contradicting output parameters: rclpy would fail it silently
+            self.get_logger().error(f"cannot configure: {exc}")
+            self.inspector.model.slot.clear(f"no model loaded: configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.inspector.start_listening()
@@ -89,7 +93,9 @@ class LifecycleInspectorNode(LifecycleNode):
 
     def on_cleanup(self, state) -> TransitionCallbackReturn:
         self.inspector.stop_listening()
-        self.inspector.model.slot.clear("no model loaded: cleaned up (lifecycle)")
+        self.inspector.destroy_outputs("unconfigured (lifecycle cleanup)")  # after the worker answered its pairs
+        self.inspector.model.slot.clear("no model loaded: unconfigured (lifecycle cleanup)")
+        self.get_logger().warning("cleaned up: model unloaded, outputs destroyed (configure to serve again)")
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
