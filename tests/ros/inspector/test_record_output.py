@@ -238,7 +238,7 @@ def test_a_stopped_database_server_delays_no_verdict_and_loses_no_result(ros_nod
     assert all(row["thumbnail"] is None for row in rows)  # no evidence folder given for a server record
 
 
-def test_both_record_locations_are_refused_at_start_up(tmp_path):
+def test_both_record_locations_are_refused_at_start_up(tiny_model, tmp_path):
     params = {"device": "cpu", "record_path": str(tmp_path / "r.sqlite"), "record_url": "postgresql://m3ad@db/line"}
     with NodeProcess(inspector_command(None, params=params)) as inspector:
         code = inspector.wait(60.0)
@@ -246,7 +246,7 @@ def test_both_record_locations_are_refused_at_start_up(tmp_path):
     assert code == 2, output()
     assert "set record_path (a SQLite file) or record_url (a database server), not both" in output(), output()
     assert "Traceback" not in output()
-    lifecycle = [executable("inspector_lifecycle_node"), *inspector_command(None, params=params)[1:], "-p",
+    lifecycle = [executable("inspector_lifecycle_node"), *inspector_command(tiny_model[0], params=params)[1:], "-p",
                  "autostart:=true"]
     with NodeProcess(lifecycle) as inspector:  # the configure transition fails, saying why
         deadline = time.monotonic() + 60.0
