@@ -190,3 +190,28 @@ def test_access_token_guards_every_route(recorded_run):
         assert _get(dashboard.url + "evidence/../line.sqlite", {"Cookie": cookie})[0] == 404  # nothing outside evidence
     finally:
         dashboard.stop()
+
+
+def test_the_dashboard_waits_for_the_record_an_inspector_creates(tmp_path):
+    """``--wait-s`` (inspect.launch.py dashboard:=true starts it beside the inspector that creates the record)."""
+    import threading
+
+    record = tmp_path / "cell.sqlite"
+    code, _, out = run_mentor3ad("dashboard", "--record", record, "--wait-s", "1", "--port", _free_port(), timeout=60)
+    assert code != 0 and f"no inspection record at {record}" in out and "Traceback" not in out, out
+
+    def inspector():  # creates the record a little later
+        time.sleep(2.0)
+        writer = RecordWriter(record, cell="cell-1")
+        fill_record(writer, 3)
+        assert writer.close()
+
+    thread = threading.Thread(target=inspector)
+    thread.start()
+    dashboard = Dashboard(record, "--wait-s", "60")
+    try:
+        thread.join()
+        status, _, body = _get(dashboard.url + "export.csv")
+        assert status == 200 and len(body.decode().strip().splitlines()) == 1 + 3, body
+    finally:
+        dashboard.stop()
