@@ -298,7 +298,7 @@ def test_frame_check_and_working_volume_are_parameters(ros_node, tiny_model):
                                  "millimetres": "outside the working volume"}),
                            ({"require_same_frame": "false",  # in the volume, the model still refuses millimetres
                              "working_volume": "[-1000.0,1000.0,-1000.0,1000.0,0.0,1000.0]"},
-                            {"millimetres": "not in metres"})):
+                            {"millimetres": "x outside the training depths [0.338, 0.36] m: wrong units"})):
         collector = ResultCollector(ros_node, "/inspector/result")
         with start_inspector(model_path=str(model_path), **params) as inspector:
             results = run_sequence(ros_node, collector, sequence, [inspector], scene="cell")

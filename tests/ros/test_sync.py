@@ -150,6 +150,56 @@ def test_guarded_counts_and_hands_the_exception_on():
     assert guarded(lambda: 7)() == 7
 
 
+def test_a_byte_bound_keeps_at_most_max_bytes_and_counts_what_it_drops():
+    inputs = [SimpleFilter(), SimpleFilter()]
+    sync = ApproximateTimeSynchronizer(inputs, 10, 0.010, max_bytes=25)
+    out = []
+    sync.registerCallback(lambda *m: out.append(tuple(x.tag for x in m)))
+
+    def cloud(tag, stamp_ns, size):
+        message = msg(tag, stamp_ns)
+        message.data = bytes(size)
+        return message
+
+    for i in range(5):  # unpaired clouds of 10 bytes: two fit in 25 bytes, the longest-waiting ones go
+        inputs[1].signalMessage(cloud(f"b{i}", 1_000 * MS + i * 100 * MS, 10))
+    assert list(sync.queues[1]) == [1_300 * MS, 1_400 * MS] and sync.queue_bytes(1) == 20
+    assert sync.evicted == [0, 3] and sync.evicted_for_bytes == [0, 3]
+    inputs[1].signalMessage(cloud("huge", 1_500 * MS, 1000))  # a message larger than the bound stays alone
+    assert list(sync.queues[1]) == [1_500 * MS] and sync.evicted_for_bytes == [0, 5]
+    inputs[0].signalMessage(msg("a", 1_500 * MS))
+    assert out == [("a", "huge")] and sync.queue_bytes(1) == 0
+    for i in range(12):  # the count bound still holds, and is no byte overflow
+        inputs[0].signalMessage(msg(f"x{i}", 5_000 * MS + i * 100 * MS))
+    assert len(sync.queues[0]) == 10 and sync.evicted[0] == 2 and sync.evicted_for_bytes[0] == 0
+
+
+@pytest.mark.ros
+def test_a_subscriber_hands_on_the_message_info_and_can_lower_its_history(ros_node):
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import String
+
+    from mentor3ad.ros.sync import Subscriber
+    from mentor3ad.ros.tooling.graph import spin_until
+
+    infos, messages = [], []
+    subscriber = Subscriber(ros_node, String, "info_topic", QoSProfile(depth=10),
+                            message_info=lambda message, info: infos.append(info))
+    subscriber.registerCallback(lambda message: messages.append(message.data))
+    publisher = ros_node.create_publisher(String, "info_topic", 10)
+    assert spin_until(ros_node, lambda: publisher.get_subscription_count() == 1, 10.0)
+    for text in ("a", "b"):
+        publisher.publish(String(data=text))
+    assert spin_until(ros_node, lambda: len(messages) == 2, 10.0) and messages == ["a", "b"]
+    assert [info["publication_sequence_number"] for info in infos] == [1, 2]
+    assert infos[0]["publisher_gid"]["data"] == infos[1]["publisher_gid"]["data"]
+    subscriber.set_history_depth(1)
+    assert subscriber.history_depth == 1 and subscriber.sub.qos_profile.depth == 1
+    assert spin_until(ros_node, lambda: publisher.get_subscription_count() == 1, 10.0)
+    publisher.publish(String(data="c"))
+    assert spin_until(ros_node, lambda: len(messages) == 3, 10.0) and infos[-1]["publication_sequence_number"] == 3
+
+
 # ------------------------------------------------------------------------------ fuzz against message_filters
 def random_sequence(seed, monotone=False):
     """(n_inputs, queue_size, slop seconds, [(input, stamp_ns)]) of seed; ``monotone``: the clock never steps

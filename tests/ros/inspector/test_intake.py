@@ -112,3 +112,36 @@ def test_points_without_an_image_are_counted_never_answered(bench):
     assert bench.pairs == [] and bench.lone == []
     counts = bench.intake.counts()
     assert (counts["unpaired_points"], counts["received_image"], counts["pairs"]) == (2, 0, 0)
+
+
+def test_an_exception_while_handing_a_set_on_answers_its_image_once(bench):
+    def broken(messages, received):
+        raise ZeroDivisionError("division by zero")
+
+    bench.intake._on_pair = broken  # e.g. a bug downstream of the pairing
+    bench.publish("points", 11 * SEC)
+    bench.publish("image", 11 * SEC)
+    assert bench.spin_until(lambda: bench.lone, 10.0)
+    bench.spin_for(PAIR_TIMEOUT * 2)  # no second answer when its timeout would have come
+    (image, reason), = bench.lone
+    assert image.header.stamp.sec == 11 and reason == "internal error while pairing: ZeroDivisionError: division by zero"
+    counts = bench.intake.counts()
+    assert (counts["callback_errors"], counts["waiting_images"], counts["lone_images"]) == (1, 0, 0)
+
+
+def test_gaps_in_a_publishers_sequence_numbers_are_counted_as_losses(bench):
+    """The middleware reports nothing when a reader's history overwrites a message or a best-effort sample never
+    comes; the publisher's sequence numbers do (here: messages published while the intake did not listen)."""
+    bench.publish("image", 12 * SEC)
+    assert bench.spin_until(lambda: bench.intake.counts()["received_image"] == 1, 10.0)
+    subscriber = bench.intake.subscribers[0]
+    bench.node.destroy_subscription(subscriber.sub)
+    for second in (13, 14, 15):  # nobody listens: lost for this subscriber
+        bench.publish("image", second * SEC)
+    subscriber.sub = subscriber._subscribe(subscriber.qos_profile, {})
+    assert bench.spin_until(lambda: bench.publishers["image"].get_subscription_count() == 1, 10.0)
+    bench.publish("image", 16 * SEC)
+    assert bench.spin_until(lambda: bench.intake.counts()["received_image"] == 2, 10.0)
+    counts = bench.intake.counts()
+    assert (counts["seq_gaps_image"], counts["lost_image"]) == (3, 0)
+    assert bench.intake.lost_per_topic() == {"image": 3, "points": 0}

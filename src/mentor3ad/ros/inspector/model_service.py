@@ -215,7 +215,8 @@ class ModelService:
 
 
 def _shown(value: Any) -> str:
-    return repr(list(value)) if isinstance(value, (list, tuple)) else repr(value)
+    """A parameter value for a log line (lists and rclpy's arrays as lists)."""
+    return repr(list(value)) if hasattr(value, "__len__") and not isinstance(value, str) else repr(value)
 
 
 __all__ = ["ModelService", "RosLogHandler"]

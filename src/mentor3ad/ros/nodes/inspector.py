@@ -71,14 +71,15 @@ class LifecycleInspectorNode(LifecycleNode):
             self.trigger_activate()
 
     def on_configure(self, state) -> TransitionCallbackReturn:
-        outcome = self.inspector.model.load_now(self.get_parameter("model_path").value, "lifecycle configure")
-        if not outcome.ok:  # the model first: outputs (~/result = "ready") only with a model
-            return TransitionCallbackReturn.FAILURE
         try:
             self.inspector.create_outputs()
         except ConfigError as exc:  # e.g. contradicting output parameters: rclpy would fail it silently
             self.get_logger().error(f"cannot configure: {exc}")
-            self.inspector.model.slot.clear(f"no model loaded: configure failed: {exc}")
+            self.inspector.destroy_outputs(f"unconfigured (configure failed: {exc})")
+            return TransitionCallbackReturn.FAILURE
+        outcome = self.inspector.model.load_now(self.get_parameter("model_path").value, "lifecycle configure")
+        if not outcome.ok:  # no model: the outputs (~/result = "ready") go again
+            self.inspector.destroy_outputs("unconfigured (configure failed: no model)")
             return TransitionCallbackReturn.FAILURE
         return TransitionCallbackReturn.SUCCESS
 
