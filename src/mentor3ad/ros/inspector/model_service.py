@@ -65,6 +65,9 @@ class ModelService:
         package_logger.addHandler(self._log_handler)
         package_logger.propagate = False
         self._values: Dict[str, Any] = {name: node.get_parameter(name).value for name in LOGGED_PARAMETERS}
+        if self._values["threshold"] >= 0:
+            node.get_logger().warning(f"threshold override {self._values['threshold']:.6g} set by the start-up "
+                                      f"parameters: it replaces the model's calibrated threshold")
         node.add_on_set_parameters_callback(self._check_parameters)
         node.add_post_set_parameters_callback(self._log_parameters)
 
