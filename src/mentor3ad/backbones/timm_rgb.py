@@ -115,6 +115,8 @@ class TimmRGBBackbone(nn.Module):
                 self._load_file(model, Path(weights))
                 self.weights_id = f"sha256:{file_sha256(weights)}"
         model.eval()
+        if not (hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
+            model = model.to(memory_format=torch.channels_last)  # CNN weights in the layout of its activations
         self.model = model
         self.is_vit = hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
         cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -194,7 +196,11 @@ class TimmRGBBackbone(nn.Module):
             if h * w != count:
                 raise ConfigError(f"{count} patch tokens do not form the {h}x{w} grid")
             return tokens.transpose(1, 2).reshape(batch, channels, h, w)
-        maps = self.model.forward_intermediates(images, indices=self.feature_index, intermediates_only=True)
+        # stop_early: the blocks after the deepest requested map are not run (Lite0 at 448: 2.4x faster);
+        # channels-last activations: oneDNN's fast path for these convolutions on CPU (1.6x)
+        maps = self.model.forward_intermediates(images.contiguous(memory_format=torch.channels_last),
+                                                indices=self.feature_index, intermediates_only=True, stop_early=True)
+        maps = [m.contiguous() for m in maps]
         # several strides: all brought to the first one's grid (bilinear) and concatenated
         size = maps[0].shape[-2:]
         return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
