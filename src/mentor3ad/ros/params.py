@@ -73,6 +73,19 @@ def topics_from_parameters(values: Mapping[str, Any], prefix: str = "") -> Dict[
     return recorded_topics({key: values.get(f"{prefix}{key}_topic", "") for key in TOPICS})
 
 
+def cpu_budget_parameters(threads: int, nice: int, who: str) -> List[ParamSpec]:
+    """``threads``, ``interop_threads``, ``nice``: the node's :class:`~mentor3ad.cpu_budget.CpuBudget`,
+    applied at start-up before torch does any work (read-only; README "Speed and memory": thread budgets)."""
+    return [
+        ParamSpec("threads", threads, f"torch intra-op threads of {who} (OpenMP, MKL, oneDNN); 0: one per core. "
+                  "Applied at start-up.", read_only=True, minimum=0),
+        ParamSpec("interop_threads", 0, "torch inter-op threads; 0: torch's default.", read_only=True, minimum=0),
+        ParamSpec("nice", nice, "Added to the process's niceness at start-up, as nice -n (higher: lower CPU "
+                  "priority; a negative value needs CAP_SYS_NICE, else a warning and unchanged).", read_only=True,
+                  check=lambda v: None if -20 <= v <= 19 else "must be in [-20, 19]"),
+    ]
+
+
 EXPECTED = {"bool": "true or false", "int": "an integer", "double": "a number (double)", "string": "a string",
             "string[]": "a list of strings", "double[]": "a list of numbers (double[])"}
 GIVEN = {"BOOL": "true/false", "INTEGER": "an integer", "DOUBLE": "a number", "STRING": "a string",

@@ -18,6 +18,11 @@ model the bench trained first, publishes the pairs one at a time from this proce
 the in-process end-to-end latency (conversion + predict + publishing) by default and the ROS round
 trip with ``--ros``; both medians come from the same run. ``--train`` also times training on the
 embedded data with a cold and with a warm feature cache. ``--json OUT`` writes every number.
+
+In the same run: the same-features PatchCore yardsticks next to the heads, per part (:mod:`.yardstick`;
+``--no-patchcore`` skips them), ``--cost-table`` (:mod:`.cost`: latency at camera sizes, training time at
+numbers of parts) and ``--while-training`` (:mod:`.while_training`: a camera at 1 part/s into a real
+``inspector_node``, idle and while a real ``trainer_node`` trains beside it).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..common import add_config_arguments, config_from_args
 from ...ros.messages import available as ros_messages_available
+from . import cost, while_training, yardstick
 from .frames import SerializedFrame, bench_frames
 from .stages import ROS_STAGES, STAGES, format_table, run_in_process, summarize
 from ...eval.resources import machine_info, peak_rss_mb, reset_peak_rss
@@ -72,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FASTDDS_DEFAULT_PROFILES_FILE is always kept)")
     p.add_argument("--save-model", type=Path, default=None, help="also save the trained bench model here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    yardstick.add_arguments(p)
+    cost.add_arguments(p)
+    while_training.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -89,18 +98,63 @@ def bench_config(args: argparse.Namespace, device) -> Tuple[Any, List[str]]:
     return config, notes
 
 
-def train_model(args, config, device, cache_dir: Optional[Path], log: Callable[[str], None]):
-    """Train on the cell's first --train-samples good parts -> (detector, wall seconds)."""
+def bench_parts(args) -> Tuple[list, list]:
+    """The cell's first --train-samples good training parts and --val-samples held-out good parts."""
     from ...io.datasets.synthetic import cell_sample
-    from ...model.training import train_detector
 
     size = (args.resolution, args.resolution)
-    train = [cell_sample("train", "good", i, size) for i in range(args.train_samples)]
-    val = [cell_sample("validation", "good", i, size) for i in range(args.val_samples)] or None
+    return ([cell_sample("train", "good", i, size) for i in range(args.train_samples)],
+            [cell_sample("validation", "good", i, size) for i in range(args.val_samples)])
+
+
+def train_model(args, config, device, cache_dir: Optional[Path], log: Callable[[str], None]):
+    """Train on :func:`bench_parts` -> (detector, wall seconds)."""
+    from ...model.training import train_detector
+
+    train, val = bench_parts(args)
     started = time.perf_counter()
-    detector = train_detector(train, config, val_samples=val, cache_dir=cache_dir, device=str(device),
+    detector = train_detector(train, config, val_samples=val or None, cache_dir=cache_dir, device=str(device),
                               progress=not args.no_progress, log=log)
     return detector, time.perf_counter() - started
+
+
+def dds_profile(args) -> Optional[Path]:
+    """The --dds-profile file (None for 'none')."""
+    from ...ros.dds import inspector_profile_path, large_shm_profile_path
+
+    return {"inspector": inspector_profile_path, "large-shm": large_shm_profile_path,
+            "none": lambda: None}[args.dds_profile]()
+
+
+def same_run_modes(args, config, detector, frame_samples, feature_cache, device, with_messages: bool,
+                   work_dir: Path, log: Callable[[str], None]) -> Dict[str, Any]:
+    """The in-process modes after the stage table: PatchCore beside the heads, --cost-table -> report sections."""
+    out: Dict[str, Any] = {}
+    if not args.no_patchcore:
+        print(f"PatchCore yardsticks on the same features (coreset {args.coreset_ratio:g}) ...", flush=True)
+        train, val = bench_parts(args)
+        cores, info = yardstick.fit_yardsticks(detector, train, val, feature_cache, args.coreset_ratio, device, log)
+        series = yardstick.time_scorers(detector, cores, frame_samples, args.warmup, args.frames, device)
+        out["patchcore"] = {"scorers": yardstick.summarize_scorers(series, info, detector),
+                            "coreset_ratio": args.coreset_ratio}
+    if args.cost_table:
+        print("cost vs work: latency per input size ...", flush=True)
+        latency = cost.latency_rows(detector, args, device, with_messages, log)
+        print(f"cost vs work: training time at {args.cost_parts} good parts ...", flush=True)
+        out["cost"] = {"latency": latency, "training": cost.training_rows(config, args, device, work_dir, log)}
+    return out
+
+
+def print_same_run_modes(report: Dict[str, Any]) -> None:
+    if "patchcore" in report:
+        print("\nMentor3AD vs the same-features PatchCore yardsticks (median of the timed parts):\n")
+        print(yardstick.format_yardsticks(report["patchcore"]["scorers"]))
+    if "cost" in report:
+        print("\ncost vs work (in-process, batch 1; training from cached features):\n")
+        print(cost.format_cost(report["cost"]["latency"], report["cost"]["training"]))
+    if "while_training" in report:
+        print()
+        print(while_training.format_while_training(report["while_training"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--train times training on the default data; it cannot be combined with --model")
     if args.train_samples < 1 or args.val_samples < 0:
         raise SystemExit("--train-samples must be >= 1 and --val-samples >= 0")
+    for mode in (yardstick, cost, while_training):
+        mode.check_arguments(args)
     try:
         device = torch.device(args.device)
     except RuntimeError as exc:
@@ -147,10 +203,11 @@ def run(args: argparse.Namespace) -> int:
             if not args.model.is_file():
                 raise SystemExit(f"--model {args.model}: no such file")
             detector = Detector.load(args.model, device=str(device))
-            model_path = args.model
+            model_path, feature_cache = args.model, work_dir / "features"
         else:
+            feature_cache = work_dir / "features" if args.train else args.cache_dir
             if args.train:
-                cache = work_dir / "features"
+                cache = feature_cache
                 print(f"training on {args.train_samples} good parts, cold feature cache ...", flush=True)
                 _, training["train_cold_s"] = train_model(args, config, device, cache, log)
                 print("training again, cached features ...", flush=True)
@@ -174,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
 
         # -- in-process pipeline ------------------------------------------------------------------
         unique = max(1, min(args.frames + args.warmup, 16))
-        frames = [SerializedFrame(s, 1_000_000_000_000 + i * 100_000_000)
-                  for i, s in enumerate(bench_frames(unique, args.resolution))]
+        frame_samples = bench_frames(unique, args.resolution)
+        frames = [SerializedFrame(s, 1_000_000_000_000 + i * 100_000_000) for i, s in enumerate(frame_samples)]
         with_messages = ros_messages_available()
         if not with_messages:
             print("NOTE: rclpy / message packages not importable: conversion uses plain field objects and the "
@@ -195,22 +252,21 @@ def run(args: argparse.Namespace) -> int:
         report["memory"] = memory
         report["throughput_fps"] = args.frames / timed_wall if timed_wall > 0 else float("nan")
         rows = list(STAGES)
+        report.update(same_run_modes(args, config, detector, frame_samples, feature_cache, device, with_messages,
+                                     work_dir, log))
 
         # -- ROS round trip -----------------------------------------------------------------------
         end_to_end_key = "end_to_end"
+        if (args.ros or args.while_training) and not ros_messages_available():
+            raise SystemExit("--ros and --while-training need rclpy and sensor_msgs/diagnostic_msgs")
+        del detector
         if args.ros:
-            if not ros_messages_available():
-                raise SystemExit("--ros needs rclpy and sensor_msgs/diagnostic_msgs")
             print(f"--ros: starting inspector_node on the bench model, {args.warmup} warm-up + {args.frames} "
                   f"timed pairs one at a time ...", flush=True)
-            del detector
-            from ...ros.dds import inspector_profile_path, large_shm_profile_path
             from ...ros.tooling.round_trip import run_ros
 
-            profile = {"inspector": inspector_profile_path, "large-shm": large_shm_profile_path,
-                       "none": lambda: None}[args.dds_profile]()
-            ros = run_ros(model_path, frames, args.warmup, args.frames, device, threads, args.ros_timeout, log,
-                          args.ros_input_qos, profile)
+            ros = run_ros(model_path, frames, args.warmup, args.frames, device, args.threads, args.ros_timeout, log,
+                          args.ros_input_qos, dds_profile(args))
             for key, values in ros.pop("series").items():
                 series[key] = values
                 stats[key] = summarize(values)
@@ -218,6 +274,11 @@ def run(args: argparse.Namespace) -> int:
             report["ros"] = ros
             rows += ROS_STAGES
             end_to_end_key = "ros_round_trip"
+        if args.while_training:
+            print(f"--while-training: camera at {args.rate:g} parts/s into inspector_node, {args.idle_parts} parts "
+                  "idle, then while trainer_node trains ...", flush=True)
+            report["while_training"] = while_training.run_while_training(
+                args, config, model_path, frames, sum(bench_parts(args), []), device, work_dir, dds_profile(args), log)
 
     rgb_median = stats["rgb_backbone"]["median_ms"] if "rgb_backbone" in stats else float("nan")
     ratio = stats[end_to_end_key]["median_ms"] / rgb_median if rgb_median and rgb_median > 0 else float("nan")
@@ -241,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in training.items() if v is not None]
         print("training: " + ", ".join(parts))
     print(RATIO_LINE.format(ratio) + f"   (end-to-end = {dict(rows)[end_to_end_key].lstrip('= ')})")
+    print_same_run_modes(report)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2, default=str, allow_nan=True))

@@ -24,14 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("models/mentor3ad.safetensors"), help="checkpoint to write")
     p.add_argument("--no-validation", action="store_true",
                    help="ignore validation/ (then the threshold is calibrated on the training scores)")
+    budget = p.add_argument_group("CPU budget (as trainer_node's threads / nice parameters)")
+    budget.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: one per core); beside a running inspector use 1")
+    budget.add_argument("--nice", type=int, default=0,
+                        help="niceness increment, as nice -n (beside a running inspector use 10: it yields, and its "
+                             "idle OpenMP threads sleep at once)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...jobs import load_samples, train_and_save, train_from_bags
+    from ...cpu_budget import CpuBudget, apply_budget
 
     if (args.data is None) == (args.bag is None):
         raise SystemExit("train: give either --data DIR (dataset folder) or --bag BAG [BAG ...] (recordings)")
+    budget = CpuBudget(threads=args.threads, nice=args.nice)
+    if budget.problem():
+        raise SystemExit(f"train: --threads / --nice: {budget.problem()}")
+    applied = apply_budget(budget)  # before torch does any work
+    LOG.info("CPU budget: %s", applied.describe())
+    from ...jobs import load_samples, train_and_save, train_from_bags
+
     if args.bag:
         detector = train_from_bags([str(b) for b in args.bag], str(args.out),
                                    val_bag_paths=[] if args.no_validation else [str(b) for b in args.val_bag],
@@ -52,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress, log=LOG.info,
                                   info={"data": str(args.data), "shots": args.shots})
     print(json.dumps({"model": str(args.out), "model_id": detector.model_id, "threshold": detector.threshold,
-                      "train_seconds": detector.training_info.get("train_seconds")}))
+                      "train_seconds": detector.training_info.get("train_seconds"), "cpu_budget": applied.to_dict()}))
     return 0

@@ -13,7 +13,7 @@ from ...errors import ConfigError, ModelLoadError
 from ...io.inputs import INPUT_MODES, WorkingVolume, input_mode_help
 from ...model.integrity import parse_pins
 from ...model.threshold_bounds import plausible_range, threshold_problem
-from ..params import ParamSpec
+from ..params import ParamSpec, cpu_budget_parameters
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 RELIABILITIES = ("best_effort", "reliable", "best_available")
@@ -50,6 +50,7 @@ CORE_PARAMETERS = [
     ParamSpec("device", "auto", "Inference device: auto (cuda when available, else cpu), cpu, cuda or cuda:N; a CUDA "
               "request without CUDA falls back to cpu once at start-up (logged, shown in diagnostics).",
               read_only=True, check=lambda v: None if _DEVICE.match(v or "") else "use auto, cpu, cuda or cuda:N"),
+    *cpu_budget_parameters(0, 0, "the inference"),
     ParamSpec("input_mode", "points", f"3D input: {input_mode_help()}.", read_only=True, choices=tuple(INPUT_MODES)),
     ParamSpec("input_reliability", "best_effort", "Reliability of the input subscriptions: best_effort (matches "
               "every driver; with the node's Fast DDS profile, config/fastdds_inspector.xml, large clouds from a "

@@ -26,6 +26,17 @@ from .. import configure_local_discovery
 SPIN_PERIOD_S = 0.1  # the executor wakes this often to let Python run the signal handler
 
 
+def apply_cpu_budget(node, values):
+    """Apply the node's ``threads`` / ``interop_threads`` / ``nice`` parameter values (:mod:`mentor3ad.cpu_budget`)
+    before torch does any work; logs what the process runs with (notes at WARN). Returns the AppliedBudget."""
+    from ...cpu_budget import CpuBudget, apply_budget
+
+    applied = apply_budget(CpuBudget(int(values["threads"]), int(values["interop_threads"]), int(values["nice"])))
+    logger = node.get_logger()
+    (logger.warning if applied.notes else logger.info)(f"CPU budget: {applied.describe()}")
+    return applied
+
+
 class StopRequest:
     """SIGINT / SIGTERM handler: the first one raises KeyboardInterrupt in the main thread (the spin ends)
     and arms faulthandler on SIGTERM (an escalation then dumps every thread's stack); later ones are ignored."""

@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import run_node
+from . import apply_cpu_budget, run_node
 
 LIFECYCLE_PARAMETERS = [
     ParamSpec("autostart", False, "Configure (load + self-test the model) and activate (subscribe) at start-up "
@@ -43,6 +43,7 @@ class InspectorNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("inspector", **kwargs)
         self.inspector = inspector = Inspector(self)
+        self.cpu_budget = apply_cpu_budget(self, inspector.p)  # before the model's first inference
         inspector.model.load_now(inspector.p["model_path"], "start-up (parameter model_path)")  # before the outputs:
         # a matched ~/result means "ready"
         inspector.create_outputs()
@@ -64,6 +65,7 @@ class LifecycleInspectorNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("inspector", **kwargs)
         self.inspector = Inspector(self)
+        self.cpu_budget = apply_cpu_budget(self, self.inspector.p)
         self.autostart = declare_parameters(self, LIFECYCLE_PARAMETERS)["autostart"]
         self.inspector.unconfigured = True
         if self.autostart:

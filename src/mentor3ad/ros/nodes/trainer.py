@@ -23,8 +23,13 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES, TOPICS, input_mode_help
 from .. import configure_local_discovery, log_outcome
-from ..params import ParamSpec, declare_parameters, parse_node_help, topic_parameters, topics_from_parameters
+from ..params import (ParamSpec, cpu_budget_parameters, declare_parameters, parse_node_help, topic_parameters,
+                      topics_from_parameters)
+from . import apply_cpu_budget
 
+# the CPU budget beside a running inspector on the same cores (README "Speed and memory": thread budgets)
+TRAINER_THREADS = 1
+TRAINER_NICE = 10
 TRAINER_PARAMETERS = [
     ParamSpec("bag_paths", [""], "rosbag2 recordings (directories, sqlite3 or mcap) of good parts to train on.",
               read_only=True),
@@ -42,6 +47,7 @@ TRAINER_PARAMETERS = [
     ParamSpec("device", "auto", "Training device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
               read_only=True),
     ParamSpec("cache_dir", "", "Feature cache directory (empty: no cache).", read_only=True),
+    *cpu_budget_parameters(TRAINER_THREADS, TRAINER_NICE, "the training"),
     ParamSpec("reload_service", "", "~/reload_model service of a running inspector, e.g. /inspector/reload_model "
               "(empty: none): once the model is written, the inspector's model_path is set to it and the "
               "service is called; a refused swap is a failure (exit 1).", read_only=True),
@@ -72,10 +78,11 @@ class TrainerNode(Node):
             values=[KeyValue(key=k, value=v) for k, v in fields.items()]))
 
     def run(self) -> int:
+        p = self.p
+        self.cpu_budget = apply_cpu_budget(self, p)  # before torch is imported (OMP_WAIT_POLICY)
         from ...jobs import train_from_bags
         from ..inspector import resolve_device
 
-        p = self.p
         try:
             self.stage = "training"
             detector = train_from_bags(

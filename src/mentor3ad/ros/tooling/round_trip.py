@@ -2,30 +2,28 @@
 (``mentor3ad bench --ros``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 
-def run_ros(model_path: Path, frames: Sequence, warmup: int, count: int, device, threads: int,
-            timeout: float, log: Callable[[str], None], input_qos: str = "reliable",
-            dds_profile: Optional[Path] = None) -> Dict[str, Any]:
-    """Publish pairs one at a time to a real inspector_node and time publish -> ~/result receipt.
-
-    dds_profile: Fast DDS XML profile for both processes (ignored when FASTDDS_DEFAULT_PROFILES_FILE is set).
-    The environment is restored afterwards.
-    """
+@contextlib.contextmanager
+def bench_environment(dds_profile: Optional[Path] = None) -> Iterator[None]:
+    """Local-only discovery, a ROS domain of this process (kept apart from parallel runs) and the Fast DDS
+    profile ``dds_profile`` for the processes started inside (ignored when FASTDDS_DEFAULT_PROFILES_FILE is
+    set); the environment is restored afterwards."""
     from .. import configure_local_discovery
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     configure_local_discovery()
     saved_env = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE")}
-    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))  # keep apart from parallel runs
+    os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 150))
     if dds_profile is not None and not os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(dds_profile)  # read when the participant is created
     try:
-        return _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, input_qos)
+        yield
     finally:
         for key, value in saved_env.items():
             if value is None:
@@ -34,7 +32,31 @@ def run_ros(model_path: Path, frames: Sequence, warmup: int, count: int, device,
                 os.environ[key] = value
 
 
-def _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, input_qos) -> Dict[str, Any]:
+def node_environment() -> Dict[str, str]:
+    """Environment of the node processes a bench starts: this package importable, unbuffered output and
+    OMP_NUM_THREADS of a shell without it (one per core), so each node runs with its own CPU budget
+    (its ``threads`` parameter; NodeProcess would otherwise default to 1)."""
+    import mentor3ad
+
+    package_root = str(Path(mentor3ad.__file__).resolve().parents[1])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dict(os.environ, OMP_NUM_THREADS=str(cores), PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+
+
+def run_ros(model_path: Path, frames: Sequence, warmup: int, count: int, device, threads: Optional[int],
+            timeout: float, log: Callable[[str], None], input_qos: str = "reliable",
+            dds_profile: Optional[Path] = None) -> Dict[str, Any]:
+    """Publish pairs one at a time to a real inspector_node and time publish -> ~/result receipt.
+
+    threads: the inspector's ``threads`` parameter (None: its default); dds_profile: Fast DDS XML profile
+    for both processes (ignored when FASTDDS_DEFAULT_PROFILES_FILE is set)."""
+    params: Mapping[str, Any] = {} if threads is None else {"threads": threads}
+    with bench_environment(dds_profile):
+        return _run_ros(model_path, frames, warmup, count, device, params, timeout, log, input_qos)
+
+
+def _run_ros(model_path, frames, warmup, count, device, params, timeout, log, input_qos) -> Dict[str, Any]:
     """run_ros once the environment is set."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -42,19 +64,15 @@ def _run_ros(model_path, frames, warmup, count, device, threads, timeout, log, i
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, PointCloud2
 
-    import mentor3ad
-
     from ...eval.resources import peak_rss_mb
     from .graph import NodeProcess, inspector_command
     from ..result_codec import decode
 
     namespace = f"/mentor3ad_bench_{os.getpid()}"
-    package_root = str(Path(mentor3ad.__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+    env = node_environment()
     reliable = [f"{namespace}/{topic}" for topic in ("image", "points")] if input_qos == "reliable" else []
     cmd = inspector_command(model_path, namespace=namespace, reliable_inputs=reliable,
-                            params={"device": device, "queue_policy": "all"})
+                            params={"device": device, "queue_policy": "all", **params})
     received: Dict[int, Tuple[float, dict]] = {}
     context = rclpy.Context()
     rclpy.init(context=context)
