@@ -5,7 +5,7 @@
 
 Parameters come from ``params_file`` (default: the package's config/inspector.yaml); every non-empty
 argument overrides it (model_path, device, input_mode, input_reliability, threshold, queue_policy,
-pair_timeout, publish_anomaly_map, publish_overlay, publish_markers, record_path, record_url).
+pair_timeout, threads, nice, publish_anomaly_map, publish_overlay, publish_markers, record_path, record_url).
 ``dashboard:=true`` also starts ``mentor3ad dashboard`` on the inspector's record (http://127.0.0.1:8050/,
 this machine only). ``lifecycle:=true`` starts the
 managed node (``autostart:=false`` leaves the transitions to a lifecycle manager). Every argument has a

@@ -4,8 +4,10 @@
         reload_service:=/inspector/reload_model
 
 Parameters come from ``params_file`` (default: the package's config/trainer.yaml); non-empty arguments
-override it. The node exits when the model is written (and, with ``reload_service``, swapped into the
-running inspector: a refused swap is a failure); the launch ends with it and exits 1 when it failed.
+override it (``threads:=`` / ``nice:=``: the trainer's CPU budget; its defaults, 1 thread at nice +10, leave
+the inspector on the same cores its pace). The node exits when the model is written (and, with
+``reload_service``, swapped into the running inspector: a refused swap is a failure); the launch ends with it
+and exits 1 when it failed.
 
 ``dds_profile`` (default: the package's config/fastdds_inspector.xml) becomes FASTDDS_DEFAULT_PROFILES_FILE of
 the nodes unless that variable is already set; ``dds_profile:=''`` leaves the environment alone.
@@ -14,7 +16,7 @@ from launch import LaunchDescription
 from launch.actions import OpaqueFunction
 from launch_ros.actions import Node
 
-from mentor3ad.ros.launch_support import argument, declare, end_with, flag, package_file
+from mentor3ad.ros.launch_support import BUDGET_INTEGERS, argument, declare, end_with, flag, number, package_file
 from mentor3ad.ros.launch_support import dds_profile_actions as _dds_profile
 
 CONFIG = package_file("config", "trainer.yaml")
@@ -38,6 +40,9 @@ def _trainer(context):
     for key in (*TEXT_ARGUMENTS, "device", "input_mode", *RECORDING_TOPICS):
         if argument(context, key):
             overrides[key] = argument(context, key)
+    for key in BUDGET_INTEGERS:  # threads / nice: the trainer's CPU budget beside a running inspector
+        if argument(context, key):
+            overrides[key] = number(context, key, int)
     trainer = Node(package="mentor3ad", executable="trainer_node", name="trainer", namespace=argument(context, "namespace"),
                    parameters=[argument(context, "params_file"), overrides],
                    arguments=["--ros-args", "--log-level", argument(context, "log_level")], output="screen")
@@ -47,7 +52,7 @@ def _trainer(context):
 
 def generate_launch_description():
     names = ["params_file", *LIST_ARGUMENTS, *TEXT_ARGUMENTS, "device", "input_mode", "namespace", *RECORDING_TOPICS,
-             "use_sim_time", "log_level", "dds_profile"]
+             *BUDGET_INTEGERS, "use_sim_time", "log_level", "dds_profile"]
     defaults = {"params_file": CONFIG, "dds_profile": DDS_PROFILE, **{name: "" for name in RECORDING_TOPICS}}
     descriptions = {**LIST_ARGUMENTS, **TEXT_ARGUMENTS,
                     **{name: f"{name.replace('_topic', '').replace('_', ' ')} topic in the recordings; empty keeps the "

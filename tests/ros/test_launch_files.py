@@ -20,12 +20,12 @@ INSPECTOR_ARGUMENTS = COMMON_ARGUMENTS | {"model_path", "input_mode", "image_top
                                           "camera_info_topic", "input_reliability", "threshold", "queue_policy",
                                           "pair_timeout", "publish_anomaly_map", "publish_overlay", "publish_markers",
                                           "lifecycle", "autostart", "record_path", "record_url", "dashboard",
-                                          "trigger_mode"}
+                                          "trigger_mode", "threads", "nice"}
 REQUIRED = {
     "inspect.launch.py": INSPECTOR_ARGUMENTS,
     "train.launch.py": COMMON_ARGUMENTS | {"input_mode", "image_topic", "points_topic", "depth_topic",
                                            "camera_info_topic", "bag_paths", "output_model_path", "reload_service",
-                                           "cache_dir"},
+                                           "cache_dir", "threads", "nice"},
     "evaluate.launch.py": INSPECTOR_ARGUMENTS | {"bag", "output_dir", "exit_when_done", "pace", "max_in_flight",
                                                  "ready_timeout"},
     "robot_cell_demo.launch.py": {"model_path", "bag", "rate", "parts", "part_prefix", "timeout_s", "place_s",
@@ -237,6 +237,19 @@ def test_train_passes_cache_dir(monkeypatch):
     actions, _ = run(load(REPO / "launch" / "train.launch.py", monkeypatch), cache_dir="/var/cache/m3ad")
     trainer = [a for a in actions if isinstance(a, Recorder) and a.kwargs.get("executable") == "trainer_node"][0]
     assert trainer.kwargs["parameters"][1]["cache_dir"] == "/var/cache/m3ad"
+
+
+@pytest.mark.parametrize("path, executable", [("train.launch.py", "trainer_node"),
+                                              ("inspect.launch.py", "inspector_node")])
+def test_cpu_budget_arguments_become_integer_overrides(path, executable, monkeypatch):
+    module = load(REPO / "launch" / path, monkeypatch)
+    actions, _ = run(module, threads="2", nice="5")
+    node = [a for a in actions if isinstance(a, Recorder) and a.kwargs.get("executable") == executable][0]
+    assert node.kwargs["parameters"][1]["threads"] == 2 and node.kwargs["parameters"][1]["nice"] == 5
+    plain, _ = run(module)
+    assert "threads" not in [a for a in plain if isinstance(a, Recorder)][0].kwargs["parameters"][1]
+    with pytest.raises(ValueError, match="^launch argument nice must be an integer, got '1.5'"):
+        run(module, nice="1.5")
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)

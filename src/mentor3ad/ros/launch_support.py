@@ -48,6 +48,10 @@ ARGUMENTS: Dict[str, tuple] = {
     "input_reliability": ("", "Inspector input QoS reliability: best_effort, reliable or best_available; empty keeps "
                               "the params file's value (see README: large clouds)."),
     "threshold": ("", "Decision threshold override (negative: the model's); empty keeps the params file's value."),
+    "threads": ("", "Torch threads of the node (0: one per core); empty keeps the params file's value (README: "
+                    "thread budgets)."),
+    "nice": ("", "Niceness increment of the node at start-up (higher: lower CPU priority); empty keeps the params "
+                 "file's value."),
     "queue_policy": ("", "Inspector queue policy: all or latest; empty keeps the params file's value."),
     "trigger_mode": ("", "stream (every pair judged) or request (only pairs an ~/inspect goal claims); empty keeps "
                          "the params file's value."),
@@ -72,8 +76,9 @@ INSPECTOR_STRINGS = ("model_path", "device", "input_mode", "input_reliability", 
                      "record_path", "record_url")
 INSPECTOR_NUMBERS = ("threshold", "pair_timeout")
 INSPECTOR_FLAGS = ("publish_anomaly_map", "publish_overlay", "publish_markers")
+BUDGET_INTEGERS = ("threads", "nice")  # the node's CPU budget (mentor3ad.cpu_budget), inspector and trainer
 INSPECTOR_ARGUMENTS = ("params_file", "namespace", "use_sim_time", "log_level", "dds_profile", *INSPECTOR_STRINGS,
-                       *INSPECTOR_NUMBERS, *INSPECTOR_FLAGS, "lifecycle", "autostart", "image_topic", "points_topic",
+                       *INSPECTOR_NUMBERS, *BUDGET_INTEGERS, *INSPECTOR_FLAGS, "lifecycle", "autostart", "image_topic", "points_topic",
                        "depth_topic", "camera_info_topic", "dashboard")
 
 
@@ -172,6 +177,9 @@ def inspector_node(context: Any, params_file_argument: str = "params_file"):
     for key in INSPECTOR_NUMBERS:
         if argument(context, key):
             overrides[key] = number(context, key)
+    for key in BUDGET_INTEGERS:
+        if argument(context, key):
+            overrides[key] = number(context, key, int)
     for key in INSPECTOR_FLAGS:
         if argument(context, key):
             overrides[key] = flag(context, key)

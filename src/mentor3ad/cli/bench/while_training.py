@@ -104,8 +104,8 @@ def format_while_training(result: Dict[str, Any]) -> str:
     stopped = ", stopped at --max-training-s" if trainer["stopped"] else ""
     lines += ["", f"SKIPPED while training: {result['training']['SKIPPED']} (goal 0); p99 while training / idle = "
               f"{result['p99_ratio']:.2f}x (goal <= 2x)",
-              f"trainer: {trainer['wall_s']:.1f} s wall from process start (exit code {trainer['exit_code']}{stopped}), "
-              f"{job} reading + training + saving (its log), nice {trainer.get('nice', 'n/a')}, at most "
+              f"trainer: {trainer['wall_s']:.1f} s wall from process start (exit code {trainer['exit_code']}"
+              f"{stopped}), {job} reading + training + saving (its log), nice {trainer.get('nice', 'n/a')}, at most "
               f"{trainer.get('threads', 'n/a')} OS threads"]
     return "\n".join(lines)
 
