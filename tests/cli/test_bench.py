@@ -114,6 +114,9 @@ def test_bench_cost_table_grows_with_size_and_parts(tmp_path, capsys):
     assert [r["parts"] for r in training["rows"]] == [3, 6] and training["features_s_per_part"] > 0
     for row in training["rows"]:  # trained from the cache: cold = cached + the parts' extraction time
         assert 0 < row["heads_s"] <= row["cached_s"] < row["cold_s_estimate"]
+        assert row["heads_scoring_ms"] > 0 and row["patchcore_scoring_ms"] > 0
+    # a PatchCore bank grows with the training set (10 % of the patches of 3, then 6 parts)
+    assert training["rows"][1]["bank_patches"] == 2 * training["rows"][0]["bank_patches"]
     assert "patchcore" not in json.loads((tmp_path / "bench.json").read_text())
 
 

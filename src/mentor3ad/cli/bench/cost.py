@@ -8,7 +8,10 @@
   ``--cost-part-size`` (default 400x400, the cable_gland size): the features of the largest set are
   extracted once first (timed: the cold cost per part), then each row trains from the feature cache, so
   the rows show what the heads' training and the calibration cost. ``cold`` = cached + the parts' measured
-  extraction time (an estimate, not a second run).
+  extraction time (an estimate, not a second run). Each row also times scoring one held-out part: the
+  trained heads, and a PatchCore RGB+3D bank of ``--coreset-ratio`` of that many parts' patches (random
+  rows instead of the k-center coreset, which would take hours at 220 parts: the nearest-neighbour search
+  costs the same): a bank grows with the training set, the heads do not.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--cost-table: latency vs input size, training time vs number of parts")
     g.add_argument("--cost-table", action="store_true", help="also print how cost grows with input size and parts")
     g.add_argument("--cost-sizes", default=DEFAULT_SIZES, help="input sizes WxH of the latency rows")
-    g.add_argument("--cost-frames", type=int, default=3, help="timed parts per size (after one warm-up part)")
+    g.add_argument("--cost-frames", type=int, default=5, help="timed parts per size (after one warm-up part)")
     g.add_argument("--cost-parts", default=DEFAULT_PARTS, help="numbers of good parts of the training rows")
     g.add_argument("--cost-part-size", default="400x400", help="size WxH of the training rows' parts")
 
@@ -88,9 +91,10 @@ def latency_rows(detector, args: argparse.Namespace, device, with_messages: bool
 
 def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
                   log: Callable[[str], None]) -> Dict[str, Any]:
-    """Feature extraction once for the largest set, then one cached training per --cost-parts count."""
+    """Feature extraction once for the largest set, then one cached training per --cost-parts count, each
+    with the scoring time of the heads and of a PatchCore bank of that training set's size."""
     from ...features.cache import extract_features
-    from ...features.extractor import FeatureExtractor
+    from ...features.extractor import FeatureExtractor, stack_features
     from ...io.datasets.synthetic import cell_sample
     from ...model.training import train_detector
 
@@ -101,9 +105,10 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     extractor = FeatureExtractor(config.features, str(device))
     cache = work_dir / "cost_features"
     started = time.perf_counter()
-    extract_features(parts + val, extractor, cache)
+    features = stack_features(extract_features(parts + val, extractor, cache))
     per_part = (time.perf_counter() - started) / (len(parts) + len(val))
     log(f"features of {len(parts) + len(val)} parts ({size[1]}x{size[0]}): {per_part:.2f} s per part")
+    query = features.subset(slice(len(parts), len(parts) + 1))  # a held-out part
     rows = []
     for count in counts:
         started = time.perf_counter()
@@ -111,11 +116,43 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
                                   progress=False, log=lambda message: None, extractor=extractor)
         wall = time.perf_counter() - started
         heads = float(detector.training_info.get("train_seconds") or float("nan"))
+        scoring = scoring_times(detector, features.subset(slice(0, count)), query, args.coreset_ratio, device)
         rows.append({"parts": count, "cached_s": wall, "heads_s": heads, "cached_s_per_part": wall / count,
-                     "cold_s_estimate": wall + per_part * (count + len(val))})
-        log(f"{count} parts: {wall:.1f} s with cached features ({heads:.1f} s head training)")
+                     "cold_s_estimate": wall + per_part * (count + len(val)), **scoring})
+        log(f"{count} parts: {wall:.1f} s with cached features ({heads:.1f} s head training); scoring a part: "
+            f"heads {scoring['heads_scoring_ms']:.1f} ms, PatchCore bank of {scoring['bank_patches']} "
+            f"{scoring['patchcore_scoring_ms']:.1f} ms")
     return {"part_width": size[1], "part_height": size[0], "val_parts": len(val), "features_s_per_part": per_part,
-            "rows": rows}
+            "coreset_ratio": args.coreset_ratio, "rows": rows}
+
+
+def scoring_times(detector, train, query, ratio: float, device, repeats: int = 3) -> Dict[str, Any]:
+    """Median ms to score ``query`` (one part's FeatureSet): the detector's heads (grid maps), and the
+    nearest-neighbour search of PatchCore RGB+3D against ``ratio`` of ``train``'s patches (random rows)."""
+    import statistics
+
+    import torch
+
+    from ...eval.patchcore import nearest_neighbours, patches_of
+
+    def rows(grid):
+        return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1]).to(device)
+
+    patches = rows(patches_of(train, "rgb+xyz"))
+    keep = max(1, int(ratio * patches.shape[0]))
+    bank = patches[torch.randperm(patches.shape[0], generator=torch.Generator().manual_seed(0))[:keep]].contiguous()
+    queries = rows(patches_of(query, "rgb+xyz"))
+    heads, banks = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        detector.grid_maps(query)
+        middle = time.perf_counter()
+        with torch.no_grad():
+            nearest_neighbours(queries, bank)
+        heads.append(middle - started)
+        banks.append(time.perf_counter() - middle)
+    return {"heads_scoring_ms": statistics.median(heads) * 1e3, "patchcore_scoring_ms": statistics.median(banks) * 1e3,
+            "bank_patches": keep}
 
 
 def format_cost(latency: List[Dict[str, Any]], training: Dict[str, Any]) -> str:
@@ -129,10 +166,12 @@ def format_cost(latency: List[Dict[str, Any]], training: Dict[str, Any]) -> str:
                      f"{row['end_to_end']['p95_ms']:.1f} | {cells} |")
     lines += ["", f"| good parts ({training['part_width']}x{training['part_height']}, + {training['val_parts']} "
               "held out) | training s, cached features | of which head training s | s per part "
-              "| cold s (+ feature extraction, est.) |", "|---:|---:|---:|---:|---:|"]
+              "| cold s (+ feature extraction, est.) | scoring a part: heads ms | PatchCore RGB+3D ms (bank) |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
     for row in training["rows"]:
         lines.append(f"| {row['parts']} | {row['cached_s']:.1f} | {row['heads_s']:.1f} | "
-                     f"{row['cached_s_per_part']:.2f} | {row['cold_s_estimate']:.1f} |")
+                     f"{row['cached_s_per_part']:.2f} | {row['cold_s_estimate']:.1f} | {row['heads_scoring_ms']:.1f} | "
+                     f"{row['patchcore_scoring_ms']:.1f} ({row['bank_patches']}) |")
     lines += ["", f"feature extraction (cold): {training['features_s_per_part']:.2f} s per part"]
     return "\n".join(lines)
 
