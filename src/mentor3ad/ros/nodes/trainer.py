@@ -7,7 +7,8 @@ Pairs image and 3D data by header stamp, trains, calibrates the threshold on hel
 the same job as ``mentor3ad train --bag``. Optionally asks a running inspector to reload
 (``reload_service``). Progress goes to the log and to ``~/progress`` (diagnostic_msgs/DiagnosticStatus:
 message = stage text, values = stage, elapsed_s, ...). Exit code 0 on success, 1 when training failed
-(the reason is logged and published).
+(the reason is logged and published). It yields the CPU to an inspector on the same machine: its budget
+(``threads`` 1, ``nice`` +10, :mod:`mentor3ad.cpu_budget`) is applied before torch is imported.
 """
 from __future__ import annotations
 
