@@ -16,7 +16,7 @@ MAX_MODULE_LINES = 420
 LAYERS = [
     ["mentor3ad", "mentor3ad.types", "mentor3ad.errors", "mentor3ad.package_files", "mentor3ad.timing",
      "mentor3ad.cpu_budget"],
-    ["mentor3ad.config"],
+    ["mentor3ad.config_schema", "mentor3ad.config"],
     ["mentor3ad.geometry*"],
     ["mentor3ad.io*"],
     ["mentor3ad.backbones*"],

@@ -103,7 +103,7 @@ def entry(kind: str, name: str) -> BackboneEntry:
 
 def parse_options(found: BackboneEntry, options: Dict[str, Any], prefix: str):
     """Options dict -> the backbone's options dataclass (ConfigError naming ``prefix.key`` on bad keys)."""
-    from ..config import dataclass_from_dict
+    from ..config_schema import dataclass_from_dict
 
     if found.options is None:
         if options:
