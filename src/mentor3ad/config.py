@@ -23,7 +23,8 @@ from .errors import ConfigError
 from .package_files import packaged_file
 
 SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # features.precision: the backbones' arithmetic
+HEAD_PRECISIONS = ("auto", "fp32", "bf16")  # model.head_precision: the heads' arithmetic
 PLANE_METHODS = ("ransac", "open3d", "none")
 # (min, max) of the options that set compute and memory (image_size 4480: 8.7 GB), checked before anything is built
 FEATURE_BOUNDS = {"image_size": (8, 1024), "point_image_size": (0, 1024), "feature_resolution": (1, 256),
@@ -61,7 +62,8 @@ class FeatureConfig(_Section):
         plane_iterations: RANSAC hypotheses.
     cluster_filter: keep only the largest connected cluster (cluster_eps_m: 3D link distance in metres,
         cluster_radius_px: grid neighbourhood considered for links).
-    precision: backbone arithmetic "fp32" | "bf16" (CPU with AVX512-BF16/AMX, CUDA) | "fp16" (CUDA).
+    precision: the backbones' arithmetic "fp32" | "bf16" (CPU with AVX512-BF16/AMX, CUDA) | "fp16" (CUDA);
+        a run-time choice (the heads' arithmetic is ``model.head_precision``).
     init_seed: seeds random-init weights and RANSAC so that random backbones are reproducible.
     """
 
@@ -150,6 +152,9 @@ class ModelConfig(_Section):
     ocsvm_include_raw: also feed the raw score maps (not only the N level maps) to the OC-SVM.
     score_eps: floor of score maps before powers / logs.
     smoothing_sigma: Gaussian sigma (pixels of the features.image_size grid) applied to the upsampled map.
+    head_precision: the heads' arithmetic (MFM / MGM training losses and forward passes; the Voting Module,
+        OC-SVM and statistics stay float32): "auto" = "bf16" on a CPU with AVX512-BF16 or AMX or a CUDA GPU
+        with bf16, "fp32" elsewhere; "fp32"; "bf16". Model files without the key score in fp32.
     """
 
     standardize_features: bool = True
@@ -175,6 +180,7 @@ class ModelConfig(_Section):
     ocsvm_include_raw: bool = False
     score_eps: float = 1e-6
     smoothing_sigma: float = 8.0
+    head_precision: str = "auto"
 
     def validate(self) -> None:
         if self.mfm_fusion not in ("concat", "sum") or self.mgm_fusion not in ("concat", "sum"):
@@ -201,6 +207,8 @@ class ModelConfig(_Section):
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.infonce_temperature <= 0 or self.smoothing_sigma < 0 or self.score_eps <= 0:
             raise ConfigError("model.infonce_temperature, model.score_eps must be > 0, model.smoothing_sigma >= 0")
+        if self.head_precision not in HEAD_PRECISIONS:
+            raise ConfigError(f"model.head_precision must be one of {HEAD_PRECISIONS}, got {self.head_precision!r}")
 
     @property
     def needs_mfm(self) -> bool:
@@ -255,12 +263,16 @@ class CalibrationConfig(_Section):
     cv_folds: also score the training parts by K-fold cross-validation of the heads (K more head
         trainings) and calibrate on held-out + cross-validated scores; 0 = held-out parts only.
     margin: relative margin added on top: threshold * (1 + margin).
+    pseudo_defects_per_kind: seeded pseudo-defects of each kind per held-out good part, scored at
+        calibration for the pseudo-defect escape rate and the alternatives table (:mod:`mentor3ad.model.escape`);
+        0 = off.
     """
 
     target_false_reject_rate: float = 0.01
     rule: str = "tail"
     cv_folds: int = 0
     margin: float = 0.0
+    pseudo_defects_per_kind: int = 1
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
@@ -270,6 +282,9 @@ class CalibrationConfig(_Section):
             raise ConfigError(f"calibration.rule must be tail or quantile, got {self.rule!r}")
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
+        if self.pseudo_defects_per_kind < 0:
+            raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got "
+                              f"{self.pseudo_defects_per_kind}")
 
 
 @dataclass(frozen=True)

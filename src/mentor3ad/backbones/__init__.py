@@ -142,14 +142,35 @@ def build(kind: str, features, device):
 
 
 def autocast(device, precision: str):
-    """Autocast context for a backbone's arithmetic ("fp32": none)."""
+    """Autocast context for the arithmetic ``precision`` ("fp32": none) on ``device``: the backbones'
+    (``features.precision``) and the heads' (``model.head_precision``, resolved by :func:`resolve_precision`)."""
     import torch
 
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def bf16_is_fast(device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(setting: str, device) -> str:
+    """The arithmetic a precision setting means on ``device``: "auto" -> "bf16" where :func:`bf16_is_fast`,
+    else "fp32"; "fp32" / "bf16" / "fp16" as given."""
+    if setting == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return setting
 
 
 __all__ = ["KINDS", "BackboneEntry", "register", "names", "entry", "build", "resolve_weights_of", "parse_options", "options_dict",
-           "autocast"]
+           "autocast", "bf16_is_fast", "resolve_precision"]

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..backbones import resolve_precision
 from ..config import Mentor3ADConfig
 from ..errors import ConfigError, InputError, Mentor3ADError, ModelLoadError
 from ..features.extractor import stack_features
@@ -61,6 +62,8 @@ class Detector(FeatureScorer):
 
     threshold: image-score decision threshold (settable: a manual record; calibration writes its own via
     :meth:`set_threshold`); threshold_record: where it came from; identity: dict with a short ``model_id``.
+    The heads score in ``model.head_precision`` resolved for ``device`` (``heads.precision``); the one
+    the threshold was set with is ``training_info["head_precision"]`` (absent: "fp32").
     """
 
     def __init__(self, config: Mentor3ADConfig, heads: Mentor3ADHeads, extractor=None, threshold: float = float("inf"),
@@ -69,6 +72,7 @@ class Detector(FeatureScorer):
         self.device = torch.device(device)
         self.heads = heads.to(self.device).eval()
         self.heads.requires_grad_(False)
+        self.heads.precision = resolve_precision(config.model.head_precision, self.device)
         self._extractor = extractor
         self._backbone_identity = backbone_identity
         self._model_id: Optional[Tuple[float, str]] = None
@@ -91,6 +95,8 @@ class Detector(FeatureScorer):
     def _store_threshold_record(self, record: ThresholdRecord) -> None:
         for key in LEGACY_KEYS:
             self.training_info.pop(key, None)
+        if self.training_info.get("threshold") != record.to_dict():  # a new threshold: scored in this precision
+            self.training_info["head_precision"] = self.heads.precision
         self.training_info["threshold"] = record.to_dict()
 
     @property
@@ -287,6 +293,8 @@ class Detector(FeatureScorer):
         config, stored_identity = checked.config, checked.backbone_identity
         if precision is not None:
             config = config.replace(features={"precision": precision})
+        if "head_precision" not in (checked.metadata["config"].get("model") or {}):  # a file from before the key
+            config = config.replace(model={"head_precision": "fp32"})
         if extractor is None:
             from ..features.extractor import FeatureExtractor
 
@@ -323,6 +331,12 @@ class Detector(FeatureScorer):
             except ModelLoadError as err:
                 raise ModelLoadError(f"{path}: {err}") from None
         check_plausible(path, detector, metadata.get("training_info"))
+        calibrated = str(info.get("head_precision", "fp32"))
+        if calibrated != detector.heads.precision:
+            LOG.warning("%s: its threshold was calibrated with the heads in %s, but on %s they score in %s "
+                        "(model.head_precision %s): image scores may differ by about 1-2 %%; re-calibrate it here "
+                        "(mentor3ad calibrate) for a threshold of this arithmetic", path, calibrated, detector.device,
+                        detector.heads.precision, config.model.head_precision)
         return detector
 
 

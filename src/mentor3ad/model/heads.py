@@ -1,7 +1,9 @@
 """Mentor3AD heads as plain ``nn.Module``s (no training loop, no I/O).
 
 Shapes: feature maps are (B, C, R, R) float32 (R = feature resolution), validity masks (B, R, R) bool,
-score maps (B, R, R) float32 (1 - cosine similarity, in [0, 2]; 0 on invalid patches).
+score maps (B, R, R) float32 (1 - cosine similarity, in [0, 2]; 0 on invalid patches). The MFM / MGM MLPs
+run in ``Mentor3ADHeads.precision`` (the resolved ``model.head_precision``: "fp32" or "bf16" autocast);
+cosine distances, the Voting Module and everything after it are float32.
 
 - :class:`MentorFusionModule` (MFM): F_Mtr = MLP(MLP(F_RGB) (+) MLP(F_XYZ)), trained with :func:`info_nce`.
 - :class:`MentorGuidanceModule` (MGM): F~_XYZ = MLP3(MLP(F_Mtr) (+) F_RGB) and F~_RGB likewise;
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import autocast
 from ..config import ModelConfig
 from ..errors import InputError, ModelError
 from .voting import VotingModule
@@ -144,8 +147,11 @@ class MentorGuidanceModule(nn.Module):
 
 
 class Mentor3ADHeads(nn.Module):
-    """All trainable heads. ``forward(F_RGB, F_XYZ, valid)`` -> dict of (B, R, R) maps:
-    "rgb", "xyz", "mtr" (those computable), "final" (voted or plain product of the used maps)."""
+    """All trainable heads. ``forward(F_RGB, F_XYZ, valid)`` -> dict of (B, R, R) float32 maps:
+    "rgb", "xyz", "mtr" (those computable), "final" (voted or plain product of the used maps).
+
+    precision: the arithmetic of the MFM / MGM MLPs, "fp32" (default) or "bf16" (autocast): the resolved
+    ``model.head_precision`` (:func:`mentor3ad.backbones.resolve_precision`), set by training and loading."""
 
     def __init__(self, rgb_dim: int, xyz_dim: int, config: ModelConfig, seed: int = 0):
         super().__init__()
@@ -160,6 +166,7 @@ class Mentor3ADHeads(nn.Module):
         self.mfm = MentorFusionModule(rgb_dim, xyz_dim, config) if config.needs_mfm else None
         self.mgm = MentorGuidanceModule(rgb_dim, xyz_dim, config)
         self.voting = VotingModule(len(config.score_maps), config, seed=seed) if config.use_voting else None
+        self.precision = "fp32"
 
     def _check(self, rgb: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor) -> None:
         if rgb.dim() != 4 or xyz.dim() != 4 or valid.dim() != 3:
@@ -210,16 +217,17 @@ class Mentor3ADHeads(nn.Module):
             return {name: torch.zeros(valid.shape, dtype=m.dtype, device=m.device).masked_scatter(valid, m.reshape(-1))
                     for name, m in sparse.items()}
         rgb, xyz = self.normalize_maps(rgb, xyz)
-        f_mtr = self.mentor(rgb, xyz)
-        rgb_rec, xyz_rec = self.mgm(rgb, xyz, f_mtr if self.config.use_mentor else None)
+        with autocast(rgb.device, self.precision):
+            f_mtr = self.mentor(rgb, xyz)
+            rgb_rec, xyz_rec = self.mgm(rgb, xyz, f_mtr if self.config.use_mentor else None)
+            mtr_rec = self.mfm(rgb_rec, xyz_rec) if "mtr" in self.config.score_maps else None
         maps: Dict[str, torch.Tensor] = {}
         if "rgb" in self.config.score_maps:
-            maps["rgb"] = cosine_distance_map(rgb_rec, rgb, valid)
+            maps["rgb"] = cosine_distance_map(rgb_rec.float(), rgb, valid)
         if "xyz" in self.config.score_maps:
-            maps["xyz"] = cosine_distance_map(xyz_rec, xyz, valid)
-        if "mtr" in self.config.score_maps:
-            mtr_rec = self.mfm(rgb_rec, xyz_rec)
-            maps["mtr"] = cosine_distance_map(mtr_rec, f_mtr, valid)
+            maps["xyz"] = cosine_distance_map(xyz_rec.float(), xyz, valid)
+        if mtr_rec is not None:
+            maps["mtr"] = cosine_distance_map(mtr_rec.float(), f_mtr.float(), valid)
         return maps
 
     @staticmethod

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from ..backbones import autocast, resolve_precision
 from ..config import Mentor3ADConfig
 from ..errors import InputError
 from ..features.extractor import FeatureSet, stack_features
@@ -52,7 +53,8 @@ def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads]
 
 def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generator, device) -> torch.Tensor:
     """InfoNCE over the valid patches of a batch: RGB vs XYZ projections of the same patch are positives;
-    plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP."""
+    plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP.
+    Computed in ``heads.precision`` (autocast); the loss is float32."""
     config = heads.config
     patches = _valid_patches(batch, device, heads)
     count = patches["rgb"].shape[0]
@@ -61,31 +63,35 @@ def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generato
     if count > config.infonce_max_patches:
         keep = torch.randperm(count, generator=generator)[:config.infonce_max_patches].to(device)
         patches = {name: value[keep] for name, value in patches.items()}
-    rgb_projected = heads.mfm.rgb_projection(patches["rgb"])
-    xyz_projected = heads.mfm.xyz_projection(patches["xyz"])
-    loss = info_nce(rgb_projected, xyz_projected, config.infonce_temperature)
-    if config.mfm_fused_contrast_weight > 0:
-        mentor = heads.mfm.fuse(rgb_projected, xyz_projected)
-        loss = loss + 0.5 * config.mfm_fused_contrast_weight * (
-            info_nce(mentor, rgb_projected, config.infonce_temperature)
-            + info_nce(mentor, xyz_projected, config.infonce_temperature))
-    return loss
+    with autocast(device, heads.precision):
+        rgb_projected = heads.mfm.rgb_projection(patches["rgb"])
+        xyz_projected = heads.mfm.xyz_projection(patches["xyz"])
+        loss = info_nce(rgb_projected, xyz_projected, config.infonce_temperature)
+        if config.mfm_fused_contrast_weight > 0:
+            mentor = heads.mfm.fuse(rgb_projected, xyz_projected)
+            loss = loss + 0.5 * config.mfm_fused_contrast_weight * (
+                info_nce(mentor, rgb_projected, config.infonce_temperature)
+                + info_nce(mentor, xyz_projected, config.infonce_temperature))
+    return loss.float()
 
 
 def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
-    """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch."""
+    """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch; the
+    MLPs run in ``heads.precision`` (autocast), the cosine and the loss in float32."""
     patches = _valid_patches(batch, device, heads)
     if patches["rgb"].shape[0] == 0:
         return None
     mentor = None
-    if heads.config.use_mentor:
-        with torch.no_grad():
-            mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]), heads.mfm.xyz_projection(patches["xyz"]))
-    xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
-    rgb_rec = heads.mgm.xyz_to_rgb.map_patches(patches["xyz"], mentor)
+    with autocast(device, heads.precision):
+        if heads.config.use_mentor:
+            with torch.no_grad():
+                mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]),
+                                        heads.mfm.xyz_projection(patches["xyz"]))
+        xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
+        rgb_rec = heads.mgm.xyz_to_rgb.map_patches(patches["xyz"], mentor)
     ones = torch.ones(patches["rgb"].shape[0], dtype=torch.bool, device=device)
     # patches are rows here: cosine over the channel dim = dim 1 of (P, C)
-    return cosine_loss(rgb_rec, patches["rgb"], ones) + cosine_loss(xyz_rec, patches["xyz"], ones)
+    return cosine_loss(rgb_rec.float(), patches["rgb"], ones) + cosine_loss(xyz_rec.float(), patches["xyz"], ones)
 
 
 def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
@@ -117,7 +123,8 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
 
 @torch.no_grad()
 def compute_score_maps(heads: Mentor3ADHeads, features: FeatureSet, device, batch_size: int = 8) -> torch.Tensor:
-    """Stacked score maps (M, num_maps, R, R) of frozen MFM + MGM on ``features``."""
+    """Stacked float32 score maps (M, num_maps, R, R) of frozen MFM + MGM on ``features``, in the heads'
+    precision (as inference computes them)."""
     out = []
     for start in range(0, len(features), batch_size):
         batch = features.subset(slice(start, start + batch_size)).to(device)
@@ -166,18 +173,23 @@ def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Ten
 
 def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optional[FeatureSet] = None,
                 device="cpu", progress: bool = True, log: Callable[[str], None] = LOG.info):
-    """Train MFM -> MGM -> VM on normal features. Returns (heads in eval mode, info dict)."""
+    """Train MFM -> MGM -> VM on normal features. Returns (heads in eval mode, info dict).
+
+    The MFM / MGM losses and the score maps the VM is fitted on are computed in ``model.head_precision``
+    resolved for ``device`` (recorded as info["head_precision"]); the VM, OC-SVM and statistics in float32."""
     model_config, train_config = config.model, config.train
     if len(train) == 0:
         raise InputError("no training features")
     if int(train.valid.sum()) == 0:
         raise InputError("the training samples contain no valid patch (empty point clouds?)")
-    info: Dict[str, object] = {"num_train_samples": len(train), "seed": train_config.seed}
+    precision = resolve_precision(model_config.head_precision, torch.device(device))
+    info: Dict[str, object] = {"num_train_samples": len(train), "seed": train_config.seed, "head_precision": precision}
     started = time.perf_counter()
     with deterministic(train_config.deterministic):
         torch.manual_seed(train_config.seed)
         heads = Mentor3ADHeads(train.rgb.shape[1], train.xyz.shape[1], model_config, seed=train_config.seed)
         heads.to(device).train()
+        heads.precision = precision
         statistics = _valid_patches(train, device)
         heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
         del statistics
@@ -251,7 +263,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     info[PROFILE_KEY] = InputProfile.of(list(train_samples) + list(val_samples or [])).to_dict()  # inputs' checks
     detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
     calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_samples], validation,
-                       [s.rgb.shape[:2] for s in val_samples or []], device, log)
+                       [s.rgb.shape[:2] for s in val_samples or []], device, log, val_samples)
     return detector
 
 
@@ -277,11 +289,13 @@ def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3AD
 
 
 def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
-                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info):
+                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info, val_samples=None):
     """Set the threshold from held-out good scores (and cross-validated training scores when
     ``calibration.cv_folds``; the training scores, optimistic, when there are neither), scored at the input
     resolution as inference scores them; returns the :class:`~mentor3ad.model.threshold.ThresholdRecord`
-    the detector now carries (rule, sources, expected false-reject rate, scores)."""
+    the detector now carries (rule, sources, expected false-reject rate, scores, and the pseudo-defect escape
+    rate with its alternatives from pseudo-defects of ``val_samples``, the held-out good Samples)."""
+    from . import escape
     from .threshold import ThresholdSource, from_good_scores
 
     calibration = detector.config.calibration
@@ -297,6 +311,11 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         scores = detector.image_scores(train, train_sizes, batch_size=8)
         sources.append(ThresholdSource("train", len(train)))
     record = from_good_scores(scores, calibration, sources, set_by="train")
+    if val_samples:
+        record = escape.estimate(record, detector, val_samples, calibration, detector.config.train.seed, log)
+    else:
+        log("pseudo-defect escape rate: skipped (no held-out good parts to seed pseudo-defects on; the training "
+            "parts' own scores would understate it)")
     detector.set_threshold(record)
     if record.outliers:
         log(f"check the calibration parts scoring {', '.join(f'{s:.4g}' for s in record.outliers)} of {len(scores)}: "
@@ -306,4 +325,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     interval = "n/a" if rate.get("low") is None else f"{rate['low']:.3%} - {rate['high']:.3%}"
     log(f"threshold {record.describe()}; expected false-reject rate {rate['expected']:.3%} (5-95 %: {interval}), "
         f"{rate['empirical']:.1%} of the calibration parts")
+    log(escape.summary(record))
+    for line in escape.table(record):
+        log(line)
     return record
