@@ -1,10 +1,13 @@
-"""Mixed precision as a run-time option: a model trained in fp32 can run its backbones in bf16/fp16."""
+"""Mixed precision: the backbones' (``features.precision``, a run-time option: a model trained in fp32 can run
+its backbones in bf16/fp16) and the heads' (``model.head_precision``, part of the model: training, the
+threshold's calibration and scoring use the same arithmetic; a fallback to fp32 is a warning at load)."""
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from mentor3ad.io.datasets.synthetic import DEFECT_TYPES, generate_sample  # noqa: E402
+from mentor3ad.features.extractor import stack_features  # noqa: E402
 from mentor3ad.model.detector import Detector  # noqa: E402
 from helpers import train_tiny_model  # noqa: E402
 
@@ -38,3 +41,115 @@ def test_precision_is_validated_and_cache_keys_differ(model):
     fp32, bf16 = Detector.load(model), Detector.load(model, precision="bf16")
     assert fp32.extractor.identity() == bf16.extractor.identity()  # same model identity ...
     assert fp32.extractor.identity_hash() != bf16.extractor.identity_hash()  # ... separate feature caches
+
+
+# ---------------------------------------------------------------- the heads' arithmetic (model.head_precision)
+def _probe(monkeypatch, native: bool) -> None:
+    """Pretend this CPU has (or lacks) native bf16: only the capability probes are replaced."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+
+
+def _train(path, head_precision):
+    from mentor3ad.config import Mentor3ADConfig
+    from mentor3ad.io.datasets.synthetic import generate_sample
+    from mentor3ad.model.training import train_detector
+    from helpers import TINY_MODEL_CONFIG
+
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG,
+                                        "model": {**TINY_MODEL_CONFIG["model"], "head_precision": head_precision}})
+    train = [generate_sample(i, (64, 64), name=f"train/{i}") for i in range(6)]
+    val = [generate_sample(100 + i, (64, 64), name=f"val/{i}") for i in range(3)]
+    detector = train_detector(train, config, val, progress=False)
+    detector.save(path)
+    return detector
+
+
+@pytest.fixture(scope="module")
+def head_models(tmp_path_factory):
+    """{"auto": a model trained with head_precision auto on a CPU that has bf16 (-> bf16), "fp32": one in fp32}."""
+    folder = tmp_path_factory.mktemp("heads_precision")
+    with pytest.MonkeyPatch.context() as patch:
+        _probe(patch, True)
+        return {name: _train(folder / f"{name}.safetensors", name) for name in ("auto", "fp32")}, folder
+
+
+def test_auto_resolves_to_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from mentor3ad.backbones import resolve_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    _probe(monkeypatch, True)
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    _probe(monkeypatch, False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"  # an explicit choice is kept (emulated: slower, same maps)
+
+
+def test_head_precision_is_validated():
+    from mentor3ad.config import Mentor3ADConfig
+    from mentor3ad.errors import ConfigError
+
+    assert Mentor3ADConfig().model.head_precision == "auto"
+    with pytest.raises(ConfigError, match="model.head_precision"):
+        Mentor3ADConfig().replace(model={"head_precision": "fp16"})
+
+
+def test_heads_trained_and_scored_in_bf16_and_fp32_both_give_finite_maps(head_models, monkeypatch, caplog):
+    models, folder = head_models
+    assert models["auto"].heads.precision == "bf16" and models["auto"].training_info["head_precision"] == "bf16"
+    assert models["fp32"].heads.precision == "fp32" and models["fp32"].training_info["head_precision"] == "fp32"
+    _probe(monkeypatch, True)
+    sample = generate_sample(900, (64, 64), defect=DEFECT_TYPES[0])
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        loaded = {name: Detector.load(folder / f"{name}.safetensors") for name in models}
+    assert "calibrated with the heads" not in caplog.text  # served as calibrated: no warning
+    assert loaded["auto"].heads.precision == "bf16" and loaded["fp32"].heads.precision == "fp32"
+    results = {name: detector.predict(sample.rgb, sample.xyz) for name, detector in loaded.items()}
+    for name, result in results.items():
+        assert result.anomaly_map.dtype == np.float32 and np.isfinite(result.anomaly_map).all(), name
+        assert result.verdict.name in ("PASS", "FAIL"), name
+    # the same bf16-trained heads scored in fp32: the bf16 arithmetic really ran in scoring
+    heads = loaded["auto"].heads
+    features = stack_features(loaded["auto"].extractor.extract_batch([sample.rgb], [sample.xyz]))
+    bf16_map = heads.final_maps(features.rgb, features.xyz, features.valid)
+    heads.precision = "fp32"
+    fp32_map = heads.final_maps(features.rgb, features.xyz, features.valid)
+    assert bf16_map.dtype == fp32_map.dtype == torch.float32
+    assert not torch.equal(bf16_map, fp32_map)
+
+
+def test_serving_in_fp32_a_threshold_calibrated_in_bf16_warns_once(head_models, monkeypatch, caplog):
+    _, folder = head_models
+    _probe(monkeypatch, False)  # a CPU without native bf16: "auto" falls back to fp32
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        detector = Detector.load(folder / "auto.safetensors")
+    assert detector.heads.precision == "fp32"
+    warnings = [r.getMessage() for r in caplog.records if "calibrated with the heads" in r.getMessage()]
+    assert len(warnings) == 1 and "in bf16" in warnings[0] and "score in fp32" in warnings[0], warnings
+    sample = generate_sample(901, (64, 64))
+    assert np.isfinite(detector.predict(sample.rgb, sample.xyz).anomaly_map).all()
+
+
+def test_a_model_file_from_before_the_setting_scores_in_fp32(head_models, monkeypatch, tmp_path, caplog):
+    import json
+
+    from safetensors import safe_open
+    from mentor3ad.model import checkpoint
+
+    _, folder = head_models
+    source = folder / "fp32.safetensors"
+    with safe_open(str(source), "pt") as handle:
+        metadata = json.loads(handle.metadata()[checkpoint.METADATA_KEY])
+    metadata["config"]["model"].pop("head_precision")
+    metadata["training_info"].pop("head_precision")
+    old = checkpoint.write_checkpoint(tmp_path / "old.safetensors", checkpoint.read_checkpoint(source)[1], metadata)
+    _probe(monkeypatch, True)  # even where bf16 would be chosen for "auto"
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        detector = Detector.load(old)
+    assert "calibrated with the heads" not in caplog.text
+    assert detector.config.model.head_precision == "fp32" and detector.heads.precision == "fp32"
+    sample = generate_sample(902, (64, 64), defect=DEFECT_TYPES[0])
+    same = Detector.load(source).predict(sample.rgb, sample.xyz)
+    assert np.array_equal(detector.predict(sample.rgb, sample.xyz).anomaly_map, same.anomaly_map)
