@@ -263,12 +263,16 @@ class CalibrationConfig(_Section):
     cv_folds: also score the training parts by K-fold cross-validation of the heads (K more head
         trainings) and calibrate on held-out + cross-validated scores; 0 = held-out parts only.
     margin: relative margin added on top: threshold * (1 + margin).
+    pseudo_defects_per_kind: seeded pseudo-defects of each kind per held-out good part, scored at
+        calibration for the pseudo-defect escape rate and the alternatives table (:mod:`mentor3ad.model.escape`);
+        0 = off.
     """
 
     target_false_reject_rate: float = 0.01
     rule: str = "tail"
     cv_folds: int = 0
     margin: float = 0.0
+    pseudo_defects_per_kind: int = 1
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
@@ -278,6 +282,9 @@ class CalibrationConfig(_Section):
             raise ConfigError(f"calibration.rule must be tail or quantile, got {self.rule!r}")
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
+        if self.pseudo_defects_per_kind < 0:
+            raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got "
+                              f"{self.pseudo_defects_per_kind}")
 
 
 @dataclass(frozen=True)

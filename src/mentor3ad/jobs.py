@@ -127,10 +127,13 @@ def train_from_bags(bag_paths: Sequence[str], output_model_path: str, *, val_bag
 
 
 def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_frr: Optional[float] = None,
-                cache_dir=None, progress: bool = False, data: str = "") -> Dict[str, Any]:
-    """Set ``detector``'s threshold from good parts (``frr``: false-reject rate) or labelled parts (``f1``),
-    recorded as a ``recalibration`` of ``data`` (where the parts came from); returns {old_threshold,
-    threshold, rule (one line), false_reject_rate, expected_false_reject_rate, outliers | f1}."""
+                cache_dir=None, progress: bool = False, data: str = "",
+                log: Callable[[str], None] = lambda message: None) -> Dict[str, Any]:
+    """Set ``detector``'s threshold from good parts (``frr``: false-reject rate, with the pseudo-defect escape
+    rate of :mod:`mentor3ad.model.escape`) or labelled parts (``f1``), recorded as a ``recalibration`` of
+    ``data`` (where the parts came from); returns {old_threshold, threshold, rule (one line),
+    false_reject_rate, expected_false_reject_rate, expected_escape_rate, alternatives, outliers | f1}."""
+    from .model import escape
     from .model.calibration import calibration_outliers, false_reject_rate
     from .model.threshold import ThresholdSource, from_good_scores, from_labelled_scores
 
@@ -153,8 +156,12 @@ def recalibrate(detector, samples: Sequence[Sample], rule: str = "frr", target_f
     old, sources = detector.threshold, [ThresholdSource("recalibration", len(scores), data)]
     if rule == "frr":
         record = from_good_scores(scores, detector.config.calibration, sources, "calibrate", target_frr, replaced=old)
+        record = escape.estimate(record, detector, samples, detector.config.calibration, detector.config.train.seed,
+                                 log)
         info = {"false_reject_rate": false_reject_rate(scores, record.value),
                 "expected_false_reject_rate": record.expected_false_reject_rate,
+                "expected_escape_rate": {k: v for k, v in record.expected_escape_rate.items() if k != "scores"},
+                "alternatives": list(record.alternatives),
                 "outliers": [{"name": samples[i].name, "source": samples[i].source, "score": scores[i]}
                              for i in calibration_outliers(scores)]}
     else:

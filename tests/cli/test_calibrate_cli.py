@@ -42,6 +42,18 @@ def test_false_reject_rule_on_good_parts_rewrites_the_model(model_and_data, tmp_
     assert summary["threshold"] == pytest.approx(expected) and summary["old_threshold"] == pytest.approx(original)
     assert np.mean(np.asarray(scores) > detector.threshold) <= 0.5
     assert Detector.load(model).threshold == original  # --out leaves the input model untouched
+    # both expected rates at the new threshold and the alternatives, the chosen one marked, before the JSON line
+    record = detector.threshold_record
+    lines = stdout.strip().splitlines()
+    assert f"pseudo-defect escape rate: {6 * len(scores)} pseudo-defects of {len(scores)} calibration parts" in stdout
+    said = [line for line in lines if line.startswith(f"at threshold {record.value:.4g}: expected false-reject")]
+    assert len(said) == 1 and "pseudo-defect escape rate" in said[0] and "pessimistic" in said[0]
+    rows = [line for line in lines
+            if line.startswith("  ") and ("target false-reject" in line or "max calibration" in line)]
+    assert len(rows) == 6 and [line[2] for line in rows].count("*") == 1  # 0.5/1/2/5 %, the chosen 50 %, the max
+    assert "* target false-reject 50 %" in stdout and record.expected_escape_rate["n"] == 6 * len(scores)
+    assert summary["expected_escape_rate"]["rate"] == record.expected_escape_rate["rate"]
+    assert [r["threshold"] for r in summary["alternatives"]] == [r["threshold"] for r in record.alternatives]
 
 
 def test_f1_rule_on_labelled_parts(model_and_data, tmp_path):

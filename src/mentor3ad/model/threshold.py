@@ -10,7 +10,9 @@ of the builders below and put on its detector by
      "sources": [{"kind": "validation", "n": 4, "data": ""}],
      "expected_false_reject_rate": {"expected": 0.004, "low": 0.0001, "high": 0.03, "empirical": 0.0},
      "calibration_scores": [0.91, 1.02, 1.1, 1.21], "outliers": [], "replaced": null,
-     "set_at": "2025-01-01T12:00:00Z", "set_by": "train"}
+     "set_at": "2025-01-01T12:00:00Z", "set_by": "train",
+     "expected_escape_rate": {"rate": 0.25, "n": 24, "per_kind": {...}, "source": "pseudo-defects", ...},
+     "alternatives": [{"target_false_reject_rate": 0.005, "threshold": 1.52, ...}, ...]}
 
 * rule: ``tail`` | ``quantile`` (good parts at a target false-reject rate,
   :func:`mentor3ad.model.calibration.calibrate_false_reject`), ``f1`` (labelled parts), ``manual``;
@@ -20,7 +22,9 @@ of the builders below and put on its detector by
   (for bounding overrides and estimating rates later); outliers: those flagged by
   :func:`~mentor3ad.model.calibration.calibration_outliers`;
 * replaced: the threshold this one replaced (null for the first one); set_at: UTC; set_by: ``train`` |
-  ``calibrate`` | ``ablate`` | ``patchcore`` | ``naive`` | ``manual`` | ``legacy``.
+  ``calibrate`` | ``ablate`` | ``patchcore`` | ``naive`` | ``manual`` | ``legacy``;
+* expected_escape_rate / alternatives: the pseudo-defect escape rate at this threshold and a table of other
+  operating points (:mod:`mentor3ad.model.escape`); empty when not estimated (files from before them too).
 
 Model files written before this record (``threshold_source`` / ``threshold_rule`` keys) load with a
 ``legacy`` record rebuilt from those keys (:meth:`ThresholdRecord.legacy`).
@@ -83,6 +87,8 @@ class ThresholdRecord:
     replaced: Optional[float] = None
     set_at: str = ""
     set_by: str = "manual"
+    expected_escape_rate: Dict[str, Any] = field(default_factory=dict)
+    alternatives: Tuple[Dict[str, Any], ...] = ()
 
     @property
     def source(self) -> str:
@@ -104,7 +110,9 @@ class ThresholdRecord:
                 "margin": self.margin, "sources": [{"kind": s.kind, "n": s.n, "data": s.data} for s in self.sources],
                 "expected_false_reject_rate": dict(self.expected_false_reject_rate),
                 "calibration_scores": list(self.calibration_scores), "outliers": list(self.outliers),
-                "replaced": self.replaced, "set_at": self.set_at, "set_by": self.set_by}
+                "replaced": self.replaced, "set_at": self.set_at, "set_by": self.set_by,
+                "expected_escape_rate": dict(self.expected_escape_rate),
+                "alternatives": [dict(row) for row in self.alternatives]}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ThresholdRecord":
@@ -118,7 +126,9 @@ class ThresholdRecord:
                    calibration_scores=tuple(float(v) for v in data.get("calibration_scores") or ()),
                    outliers=tuple(float(v) for v in data.get("outliers") or ()),
                    replaced=_number(data.get("replaced")), set_at=str(data.get("set_at") or ""),
-                   set_by=str(data.get("set_by") or "manual"))
+                   set_by=str(data.get("set_by") or "manual"),
+                   expected_escape_rate=dict(data.get("expected_escape_rate") or {}),
+                   alternatives=tuple(dict(row) for row in data.get("alternatives") or ()))
 
     @classmethod
     def stored(cls, info: Dict[str, Any], threshold: float) -> Optional["ThresholdRecord"]:

@@ -263,7 +263,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     info[PROFILE_KEY] = InputProfile.of(list(train_samples) + list(val_samples or [])).to_dict()  # inputs' checks
     detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
     calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_samples], validation,
-                       [s.rgb.shape[:2] for s in val_samples or []], device, log)
+                       [s.rgb.shape[:2] for s in val_samples or []], device, log, val_samples)
     return detector
 
 
@@ -289,11 +289,13 @@ def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3AD
 
 
 def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
-                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info):
+                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info, val_samples=None):
     """Set the threshold from held-out good scores (and cross-validated training scores when
     ``calibration.cv_folds``; the training scores, optimistic, when there are neither), scored at the input
     resolution as inference scores them; returns the :class:`~mentor3ad.model.threshold.ThresholdRecord`
-    the detector now carries (rule, sources, expected false-reject rate, scores)."""
+    the detector now carries (rule, sources, expected false-reject rate, scores, and the pseudo-defect escape
+    rate with its alternatives from pseudo-defects of ``val_samples``, the held-out good Samples)."""
+    from . import escape
     from .threshold import ThresholdSource, from_good_scores
 
     calibration = detector.config.calibration
@@ -309,6 +311,11 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         scores = detector.image_scores(train, train_sizes, batch_size=8)
         sources.append(ThresholdSource("train", len(train)))
     record = from_good_scores(scores, calibration, sources, set_by="train")
+    if val_samples:
+        record = escape.estimate(record, detector, val_samples, calibration, detector.config.train.seed, log)
+    else:
+        log("pseudo-defect escape rate: skipped (no held-out good parts to seed pseudo-defects on; train with "
+            "held-out good parts for it)")
     detector.set_threshold(record)
     if record.outliers:
         log(f"check the calibration parts scoring {', '.join(f'{s:.4g}' for s in record.outliers)} of {len(scores)}: "
@@ -318,4 +325,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     interval = "n/a" if rate.get("low") is None else f"{rate['low']:.3%} - {rate['high']:.3%}"
     log(f"threshold {record.describe()}; expected false-reject rate {rate['expected']:.3%} (5-95 %: {interval}), "
         f"{rate['empirical']:.1%} of the calibration parts")
+    log(escape.summary(record))
+    for line in escape.table(record):
+        log(line)
     return record

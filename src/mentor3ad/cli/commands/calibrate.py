@@ -5,6 +5,9 @@ Two rules (:mod:`mentor3ad.model.calibration`, via :func:`mentor3ad.jobs.recalib
 * ``--rule f1``: from labelled parts (good and defective), the F1-optimal threshold. Without ``--split``
   it uses the test split and says so in a warning line on stderr: an evaluation on the same split is then
   optimistic (the threshold was chosen on it).
+With ``--rule frr`` it prints the expected false-reject rate and the pseudo-defect escape rate at the new
+threshold and a table of alternative operating points (:mod:`mentor3ad.model.escape`; pseudo-defects seeded on
+the calibration parts: a pessimistic estimate); the last line of stdout is a JSON summary.
 The model file is rewritten atomically (or ``--out`` is written) with the new threshold's record
 (``training_info["threshold"]``: a ``recalibration`` of the data and split); the backbones run once per
 sample (features cached with ``--cache-dir``).
@@ -63,11 +66,23 @@ def run(args: argparse.Namespace) -> int:
               "an evaluation on that split is then optimistic (choose the split with --split)", file=sys.stderr)
     samples = load_samples(args.data, split, args.input_mode, topics_from_args(args), int(args.slop_ms * 1e6))
     info = recalibrate(detector, samples, args.rule, args.target_frr, args.cache_dir, progress=not args.no_progress,
-                       data=str(args.data) if bag else f"{args.data} ({split} split)")
+                       data=str(args.data) if bag else f"{args.data} ({split} split)", log=print)
+    if args.rule == "frr":
+        _print_operating_point(detector.threshold_record)
     out = detector.save(args.out or args.model)
     print(json.dumps({"model": str(out), "model_id": detector.model_id,
                       "split": None if bag else split, **info}))
     return 0
+
+
+def _print_operating_point(record) -> None:
+    """The expected false-reject and pseudo-defect escape rates and the alternatives table (stdout, before
+    the JSON summary line)."""
+    from ...model import escape
+
+    print(escape.summary(record))
+    for line in escape.table(record):
+        print(line)
 
 
 def _run_from_record(args: argparse.Namespace, detector) -> int:
@@ -82,6 +97,9 @@ def _run_from_record(args: argparse.Namespace, detector) -> int:
         raise ConfigError("--record calibrates on good parts: use --rule frr")
     reader = RecordReader(args.record)
     info = recalibrate_from_record(detector, reader, args.target_frr, parse_time(args.since), args.last)
+    print("pseudo-defect escape rate: skipped (an inspection record holds the parts' scores, not the images "
+          "to seed pseudo-defects on; re-calibrate with --data for it)")
+    _print_operating_point(detector.threshold_record)
     out = detector.save(args.out or args.model)
     add_model(args.record, ModelRecord.from_detector(detector, str(out), info["parent_model_id"]))
     print(json.dumps({"model": str(out), "model_id": detector.model_id, "record": reader.database.describe(), **info}))

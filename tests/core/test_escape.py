@@ -1,0 +1,120 @@
+"""The pseudo-defect escape rate at calibration (model/escape.py): training scores seeded pseudo-defects of
+the held-out good parts as inference scores parts, stores the rate and the alternatives table in the threshold
+record (and the model file), and logs both expected rates; model files without them load unchanged."""
+import json
+
+import numpy as np
+import pytest
+
+from helpers import TINY_MODEL_CONFIG
+from mentor3ad.config import CalibrationConfig, Mentor3ADConfig
+from mentor3ad.io.datasets.pseudo_defects import KINDS, pseudo_defects
+from mentor3ad.io.datasets.synthetic import generate_sample
+from mentor3ad.model import escape
+from mentor3ad.model.calibration import calibrate_by_config
+
+pytest.importorskip("torch")
+
+
+def _parts(n_train=6, n_val=3):
+    return ([generate_sample(i, (64, 64), name=f"train/{i}") for i in range(n_train)],
+            [generate_sample(100 + i, (64, 64), name=f"val/{i}") for i in range(n_val)])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from mentor3ad.model.training import train_detector
+
+    train, val = _parts()
+    lines = []
+    detector = train_detector(train, Mentor3ADConfig.from_dict(TINY_MODEL_CONFIG), val, progress=False,
+                              log=lines.append)
+    path = tmp_path_factory.mktemp("escape") / "tiny.safetensors"
+    detector.save(path)
+    return detector, val, lines, path
+
+
+def test_training_stores_the_pseudo_defect_escape_rate_of_inference_scores(trained):
+    detector, val, _, _ = trained
+    record = detector.threshold_record
+    escape_rate = record.expected_escape_rate
+    assert (escape_rate["source"], escape_rate["n"], escape_rate["per_part_and_kind"]) == ("pseudo-defects", 18, 1)
+    assert list(escape_rate["per_kind"]) == list(KINDS) == list(escape_rate["scores"])
+    # the stored scores are what predict_samples gives the same seeded pseudo-defects
+    defects = pseudo_defects(val, KINDS, 1, seed=detector.config.train.seed)
+    predicted = [p.score for p in detector.predict_samples(defects)]
+    stored = np.concatenate([escape_rate["scores"][k] for k in KINDS])
+    expected = np.concatenate([sorted(s for d, s in zip(defects, predicted) if d.defect == k) for k in KINDS])
+    assert stored == pytest.approx(expected, rel=1e-5)
+    assert escape_rate["rate"] == pytest.approx(np.mean(np.asarray(predicted) <= record.value))
+    for kind in KINDS:
+        kind_scores = [s for d, s in zip(defects, predicted) if d.defect == kind]
+        assert escape_rate["per_kind"][kind] == pytest.approx(np.mean(np.asarray(kind_scores) <= record.value))
+
+
+def test_the_alternatives_table_and_the_chosen_row(trained):
+    detector, _, _, _ = trained
+    record = detector.threshold_record
+    rows = record.alternatives
+    assert [r["target_false_reject_rate"] for r in rows] == [0.005, 0.01, 0.02, 0.05, None]
+    assert rows[-1]["at"] == "max"
+    assert [r["chosen"] for r in rows] == [False, True, False, False, False] and rows[1]["threshold"] == record.value
+    scores = list(record.calibration_scores)
+    assert rows[3]["threshold"] == pytest.approx(calibrate_by_config(scores, detector.config.calibration, 0.05))
+    assert rows[-1]["threshold"] == max(scores)
+    by_threshold = sorted(rows, key=lambda r: r["threshold"])  # a lower threshold: more false rejects, fewer escapes
+    assert [r["pseudo_defect_escape_rate"] for r in by_threshold] == sorted(r["pseudo_defect_escape_rate"] for r in rows)
+    assert [r["expected_false_reject_rate"] for r in by_threshold] == \
+        sorted((r["expected_false_reject_rate"] for r in rows), reverse=True)
+    assert rows[1]["expected_false_reject_rate"] == pytest.approx(record.expected_false_reject_rate["expected"],
+                                                                  rel=1e-9)
+    assert rows[1]["pseudo_defect_escape_rate"] == record.expected_escape_rate["rate"]
+
+
+def test_the_training_log_says_both_rates_and_the_table(trained):
+    _, _, lines, _ = trained
+    text = "\n".join(lines)
+    assert "pseudo-defect escape rate: 18 pseudo-defects of 3 calibration parts scored in" in text
+    summary = [line for line in lines if line.startswith("at threshold ")]
+    assert len(summary) == 1 and "expected false-reject rate" in summary[0]
+    assert "pseudo-defect escape rate" in summary[0] and "pessimistic" in summary[0]
+    table = [line for line in lines
+             if line.startswith("  ") and ("target false-reject" in line or "max calibration" in line)]
+    assert len(table) == 5 and sum(line.lstrip().startswith("*") for line in table) == 1
+
+
+def test_the_record_travels_with_the_model_file_and_old_files_load_unchanged(trained, tmp_path):
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from mentor3ad.model.checkpoint import METADATA_KEY
+    from mentor3ad.model.detector import Detector
+
+    detector, _, _, path = trained
+    loaded = Detector.load(path)
+    assert loaded.threshold_record == detector.threshold_record and loaded.threshold_record.alternatives
+    with safe_open(str(path), "pt") as handle:
+        metadata = json.loads(handle.metadata()[METADATA_KEY])
+    for key in ("expected_escape_rate", "alternatives"):  # a model file from before them
+        del metadata["training_info"]["threshold"][key]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={METADATA_KEY: json.dumps(metadata)})
+    record = Detector.load(old).threshold_record
+    assert record.value == detector.threshold
+    assert record.calibration_scores == detector.threshold_record.calibration_scores
+    assert record.expected_escape_rate == {} and record.alternatives == ()
+    assert escape.summary(record).endswith("pseudo-defect escape rate not estimated") and escape.table(record) == []
+
+
+def test_skipped_when_switched_off_or_without_held_out_parts(trained):
+    from mentor3ad.model.training import train_detector
+
+    detector, val, _, _ = trained
+    lines = []
+    record = detector.threshold_record
+    off = escape.estimate(record, detector, val, CalibrationConfig(pseudo_defects_per_kind=0), log=lines.append)
+    assert off is record and lines == ["pseudo-defect escape rate: skipped (calibration.pseudo_defects_per_kind is 0)"]
+    train, _ = _parts(n_train=4)
+    lines = []
+    alone = train_detector(train, Mentor3ADConfig.from_dict(TINY_MODEL_CONFIG), None, progress=False, log=lines.append)
+    assert alone.threshold_record.expected_escape_rate == {}
+    assert any(line.startswith("pseudo-defect escape rate: skipped (no held-out good parts") for line in lines)
