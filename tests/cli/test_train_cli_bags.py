@@ -38,6 +38,8 @@ def test_train_from_a_depth_bag_holds_out_pairs_and_writes_a_model(setup):
                                   "--config", str(config), "--out", str(out))
     assert code == 0, output
     assert "training on 6 pairs, calibrating on 2 held-out pairs" in output, output  # the trainer node's job
+    said = [line for line in output.splitlines() if "at threshold" in line]  # both rates: 2 parts x 6 pseudo-defects
+    assert len(said) == 1 and "expected false-reject rate" in said[0] and "% of 12 (dent" in said[0], output
     detector = Detector.load(out)
     assert np.isfinite(detector.threshold)
     assert json.loads(stdout.strip().splitlines()[-1])["model_id"] == detector.model_id
