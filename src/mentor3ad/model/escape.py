@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..io.datasets.pseudo_defects import KINDS, pseudo_defects
 from .calibration import calibrate_by_config, false_reject_estimate
 from .threshold import ThresholdRecord, significant
@@ -84,13 +85,17 @@ def estimate(record: ThresholdRecord, scorer, good: Sequence, calibration, seed:
              log: Callable[[str], None] = lambda message: None) -> ThresholdRecord:
     """``record`` (set from the good parts' scores by ``calibration``) with ``expected_escape_rate`` and
     ``alternatives`` from pseudo-defects of ``good`` scored by ``scorer``; unchanged (and logged why) when
-    ``calibration.pseudo_defects_per_kind`` is 0 or no part can carry a defect."""
+    ``calibration.pseudo_defects_per_kind`` is 0, no part can carry a defect or one cannot be scored."""
     per_kind = int(calibration.pseudo_defects_per_kind)
     if per_kind <= 0:
         log("pseudo-defect escape rate: skipped (calibration.pseudo_defects_per_kind is 0)")
         return record
     started = time.perf_counter()
-    defect_scores = score_pseudo_defects(scorer, good, per_kind, seed)
+    try:
+        defect_scores = score_pseudo_defects(scorer, good, per_kind, seed)
+    except InputError as err:  # the threshold stands without the estimate
+        log(f"pseudo-defect escape rate: skipped (a pseudo-defect could not be scored: {err})")
+        return record
     count = sum(len(v) for v in defect_scores.values())
     if not count:
         log(f"pseudo-defect escape rate: skipped (none of the {len(good)} calibration parts is large enough "
