@@ -153,3 +153,26 @@ def test_a_model_file_from_before_the_setting_scores_in_fp32(head_models, monkey
     sample = generate_sample(902, (64, 64), defect=DEFECT_TYPES[0])
     same = Detector.load(source).predict(sample.rgb, sample.xyz)
     assert np.array_equal(detector.predict(sample.rgb, sample.xyz).anomaly_map, same.anomaly_map)
+
+
+def test_bf16_scoring_pads_the_patch_count_without_changing_the_scores(monkeypatch):
+    """bf16 heads run P valid patches as padded_count(P) rows (a few kernel shapes instead of one per part);
+    the padding changes no score and invalid patches stay 0."""
+    from mentor3ad.config import ModelConfig
+    from mentor3ad.model import heads as heads_module
+
+    torch.manual_seed(0)
+    heads = heads_module.Mentor3ADHeads(8, 5, ModelConfig(mentor_dim=8, mfm_hidden_dim=16, mgm_hidden_dim=16,
+                                                          mgm_mentor_dim=8, score_maps=["rgb", "xyz", "mtr"]))
+    heads.eval().precision = "bf16"
+    rgb, xyz = torch.randn(2, 8, 12, 12), torch.randn(2, 5, 12, 12)
+    valid = torch.rand(2, 12, 12) < 0.6
+    assert heads_module.padded_count(int(valid.sum()), "bf16") % heads_module.PATCH_BUCKET == 0
+    assert heads_module.padded_count(171, "fp32") == 171
+    with torch.no_grad():
+        padded = heads.score_maps(rgb, xyz, valid)
+        monkeypatch.setattr(heads_module, "PATCH_BUCKET", 1)
+        exact = heads.score_maps(rgb, xyz, valid)
+    for name in ("rgb", "xyz", "mtr"):
+        assert padded[name].dtype == torch.float32 and bool((padded[name][~valid] == 0).all())
+        assert torch.allclose(padded[name], exact[name], atol=1e-6), name
