@@ -45,7 +45,8 @@ def _nodes(context):
                      arguments=log + [item for override in reliable for item in ("-p", override)], output="screen")
     replay = Node(package="mentor3ad", executable="replay_node", name="replay",
                   arguments=[argument(context, "bag"), "--rate", str(number(context, "rate")), "--clock",
-                             "--wait-for-publisher", "/inspector/inspection", "--wait-timeout", "300",
+                             "--wait-for-publisher", "/inspector/inspection", "--wait-for-publisher",
+                             "/robot_cell/reject", "--wait-timeout", "300",
                              "--topics", *recorded.values(), *log], output="screen")
     robot = Node(package="mentor3ad", executable="robot_cell_example", name="robot_cell",
                  parameters=[{"parts": number(context, "parts", int), "part_prefix": argument(context, "part_prefix"),

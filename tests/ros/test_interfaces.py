@@ -110,10 +110,11 @@ def test_interface_files_are_all_generated_and_declared():
 # A peer process: publishes sample results (reliable) on /m3ad_if_test/results and serves InspectPart on
 # /m3ad_if_test/inspect (feedback QUEUED with the pair's stamp, then a FAIL result carrying the goal's part_id).
 PEER = r"""
-import sys, time
+import signal, sys, time
 import rclpy
 from rclpy.action import ActionServer
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/ros"]
 from test_interfaces import sample_result
 from mentor3ad_interfaces.action import InspectPart
@@ -121,7 +122,9 @@ from mentor3ad_interfaces.msg import InspectionResult
 from mentor3ad.ros import configure_local_discovery
 
 configure_local_discovery()
-rclpy.init()
+stop = []  # SIGTERM from the test ends the loop below (rclpy's own handler would shut the context down under it)
+signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
 node = rclpy.create_node("interfaces_peer", namespace="m3ad_if_test")
 pub = node.create_publisher(InspectionResult, "results", 10)
 
@@ -141,11 +144,10 @@ while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
 for i in range(3):
     pub.publish(sample_result(part_id=f"part-{i}", sec=1800 + i))
 end = time.monotonic() + float(sys.argv[2])
-try:
-    while time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.05)
-except ExternalShutdownException:  # SIGTERM from the test: rclpy's handler shut the context down
-    pass
+while time.monotonic() < end and not stop:
+    executor.spin_once(timeout_sec=0.05)
+node.destroy_node()
+rclpy.shutdown()
 """
 
 

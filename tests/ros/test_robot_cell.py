@@ -30,7 +30,7 @@ def test_the_robot_cell_example_inspects_and_sorts_every_part_it_asks_for(ros_no
 
     model = tmp_path / "tiny.safetensors"
     train_tiny_model(model)
-    n_recorded, parts, period_ns, start_ns = 16, 4, 100_000_000, 1_700_000_000 * 10**9
+    n_recorded, parts, period_ns, start_ns = 40, 4, 100_000_000, 1_700_000_000 * 10**9
     samples = [generate_sample(400 + i, (64, 64), defect="good" if i % 3 else "dent") for i in range(n_recorded)]
     bag = write_dataset_bag(samples, tmp_path / "cell", camera_info=camera_matrix((64, 64)), start_stamp_ns=start_ns,
                             period_ns=period_ns)

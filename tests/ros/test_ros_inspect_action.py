@@ -96,13 +96,16 @@ class Robot:
         self.node = rclpy.create_node(name, context=ros_node.context)
         self.client = ActionClient(self.node, action.InspectPart, server)
         self.feedback = []
+        self.server_process = None  # the inspector's NodeProcess, for failure messages
 
     def send(self, part_id, timeout_s=0.0, min_stamp_ns=0):
         goal = action.InspectPart.Goal(part_id=part_id, timeout_s=timeout_s)
         goal.min_stamp.sec, goal.min_stamp.nanosec = divmod(min_stamp_ns, SEC)
         sent = self.client.send_goal_async(goal, feedback_callback=lambda m: self.feedback.append(
             (part_id, m.feedback.stage, m.feedback.pair_stamp.sec * SEC + m.feedback.pair_stamp.nanosec)))
-        assert spin_until(self.node, sent.done, 10.0) and sent.result().accepted
+        assert spin_until(self.node, sent.done, 10.0) and sent.result().accepted, (
+            f"goal {part_id!r} not accepted within 10 s; inspector: "
+            + (self.server_process.output()[-4000:] if self.server_process else "(not ours)"))
         return sent.result()
 
     def answer(self, handle, timeout=30.0):
@@ -121,6 +124,7 @@ class Robot:
 @pytest.fixture
 def robot(ros_node, on_request):
     robot = Robot(ros_node)
+    robot.server_process = on_request
     assert spin_until(robot.node, robot.client.server_is_ready, 60.0), on_request.output()
     yield robot
     robot.close()
@@ -179,12 +183,13 @@ def test_a_goal_without_camera_data_gets_an_explicit_error_within_its_timeout(ro
 
 
 def test_pairs_older_than_min_stamp_are_not_taken_and_the_error_says_so(robot):
-    handle = robot.send("SN-later", timeout_s=2.0, min_stamp_ns=FUTURE_NS + 5000 * SEC)
+    # the goal outlives the camera process's start-up (a few seconds on a loaded machine)
+    handle = robot.send("SN-later", timeout_s=8.0, min_stamp_ns=FUTURE_NS + 5000 * SEC)
     with camera(2, FUTURE_NS + 3000 * SEC, seed=7) as driver:
         status, result, _ = robot.answer(handle)
         assert driver.wait(30.0) == 0
     assert status == ABORTED and result.verdict.value == "ERROR"
-    assert "stamped at or after 1950005000.000 s within 2 s: 2 older pair(s), the last stamped 1950003000.100 s" \
+    assert "stamped at or after 1950005000.000 s within 8 s: 2 older pair(s), the last stamped 1950003000.100 s" \
         in result.reason, result.reason
 
 
@@ -195,6 +200,19 @@ def test_a_cancelled_goal_ends_cancelled(robot):
     status, result, waited = robot.answer(handle, timeout=10.0)
     assert status == CANCELED and result.part_id == "SN-cancel" and result.reason == "cancelled by the client"
     assert waited < 5.0
+
+
+def test_a_goal_sent_again_for_a_waiting_part_supersedes_the_earlier_one(robot):
+    """A robot that never heard its goal's acceptance re-sends it: the part is judged once, for the newer goal."""
+    first = robot.send("SN-again", timeout_s=30.0)
+    second = robot.send("SN-again", timeout_s=30.0)
+    status, result, waited = robot.answer(first, timeout=10.0)
+    assert status == ABORTED and result.verdict.value == "ERROR" and waited < 5.0
+    assert result.reason == "superseded by a newer goal for the same part_id" and result.part_id == "SN-again"
+    with camera(1, FUTURE_NS + 3500 * SEC, seed=11) as driver:
+        status, result, _ = robot.answer(second)
+        assert driver.wait(30.0) == 0
+    assert status == SUCCEEDED and result.part_id == "SN-again" and result.stamp_ns == FUTURE_NS + 3500 * SEC
 
 
 @pytest.mark.parametrize("part_id, timeout_s, reason", [

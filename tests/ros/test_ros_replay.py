@@ -155,7 +155,7 @@ def test_replay_waits_for_a_slow_starting_inspector(tmp_path, ros_node):
     from mentor3ad.io.bags import write_dataset_bag
     from mentor3ad.io.datasets.synthetic import generate_sample
     from mentor3ad.io.inputs import TOPICS
-    from mentor3ad.ros.tooling.graph import ResultCollector, executable, inspector_command
+    from mentor3ad.ros.tooling.graph import executable, inspector_command
 
     model_path = tmp_path / "tiny.m3ad"
     train_tiny_model(model_path, n_train=4, n_val=2)
@@ -167,14 +167,13 @@ def test_replay_waits_for_a_slow_starting_inspector(tmp_path, ros_node):
     replay_cmd = [executable("replay_node"), str(bag), "--rate", "0", "--wait-for-subscribers", "--wait-for-publisher",
                   "inspector/result", "--wait-timeout", "150", "--topics", *recorded.values(), "--pace-on",
                   recorded["image"], "--pace-results", "inspector/result", "--pace-timeout", "30", "--linger", "0.2"]
-    collector = ResultCollector(ros_node, "/inspector/result")
+    # the replay counts the results it paced by (this test's own subscriber could match the late inspector only
+    # after its answers: they are counted where they are awaited)
     with NodeProcess(inspector) as node, NodeProcess(replay_cmd) as replay:
         assert spin_until(ros_node, lambda: replay.proc.poll() is not None, 200.0), replay.output() + node.output()
         assert replay.wait(10.0) == 0, replay.output()
-        spin_until(ros_node, lambda: len(collector.results) >= len(parts), 10.0)
     assert "inspector/result is advertised" in replay.output(), replay.output()
     assert "4 result(s) for 4 part(s)" in replay.output() and " 0 timeout(s)" in replay.output(), replay.output()
-    assert len(collector.results) == len(parts) and {r.verdict for r in collector.results} <= {"PASS", "FAIL"}
 
 
 def test_replay_fails_without_playing_when_nothing_gets_ready(tmp_path):

@@ -51,10 +51,11 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--clock-frequency", type=float, default=100.0, help="/clock messages per second")
     parser.add_argument("--wait-for-subscribers", action="store_true",
                         help="before playing, wait until every played topic has a subscriber (up to --wait-timeout)")
-    parser.add_argument("--wait-for-publisher", default="", metavar="TOPIC",
+    parser.add_argument("--wait-for-publisher", action="append", default=[], metavar="TOPIC",
                         help="before playing, wait until TOPIC has a publisher, e.g. the inspector's ~/result (its "
-                             "ready signal: advertised once the model is loaded, self-tested and warmed up); exit 1 "
-                             "without playing when it has none after --wait-timeout")
+                             "ready signal: advertised once the model is loaded, self-tested and warmed up); "
+                             "repeatable (every TOPIC, e.g. also a robot program's topic); exit 1 without playing "
+                             "when one has none after --wait-timeout")
     parser.add_argument("--wait-timeout", type=float, default=20.0,
                         help="seconds to wait for subscribers and for the --wait-for-publisher topic")
     parser.add_argument("--start-delay", type=float, default=0.2, help="seconds between discovery and the first message")
@@ -74,18 +75,18 @@ class NotReady(Mentor3ADError, RuntimeError):
 
 
 def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Namespace) -> None:
-    """Wait (up to ``args.wait_timeout`` seconds, graph changes need no spinning) for a publisher on
-    ``args.wait_for_publisher`` (NotReady when none comes), then for a subscriber on every played topic with
+    """Wait (up to ``args.wait_timeout`` seconds, graph changes need no spinning) for a publisher on each of
+    ``args.wait_for_publisher`` (NotReady when one does not come), then for a subscriber on every played topic with
     ``args.wait_for_subscribers`` (a warning when one is missing: other consumers may be late or absent)."""
     deadline = time.monotonic() + args.wait_timeout
-    if args.wait_for_publisher:
-        start = time.monotonic()
-        while node.count_publishers(args.wait_for_publisher) == 0:
+    start = time.monotonic()
+    for topic in args.wait_for_publisher:
+        while node.count_publishers(topic) == 0:
             if time.monotonic() > deadline:
-                raise NotReady(f"no publisher on {args.wait_for_publisher} after {args.wait_timeout:g} s: what "
-                               "should answer the replay is not ready (its log says why; --wait-timeout waits longer)")
+                raise NotReady(f"no publisher on {topic} after {args.wait_timeout:g} s: what should answer the "
+                               "replay is not ready (its log says why; --wait-timeout waits longer)")
             time.sleep(0.05)
-        node.get_logger().info(f"{args.wait_for_publisher} is advertised (after {time.monotonic() - start:.1f} s)")
+        node.get_logger().info(f"{topic} is advertised (after {time.monotonic() - start:.1f} s)")
     if args.wait_for_subscribers:
         while any(p.get_subscription_count() == 0 for p in publishers.values()):
             if time.monotonic() > deadline:

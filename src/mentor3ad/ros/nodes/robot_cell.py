@@ -3,7 +3,8 @@ it by the verdict, the integrator's starting point (README: Robot-cell integrati
 
 For each of ``parts`` parts (part_id ``part_prefix`` + number): "place" the part (wait ``place_s``), send an
 ``InspectPart`` goal to the inspector's ``~/inspect`` action, wait for its result (the goal's timeout plus
-``ANSWER_MARGIN_S``; a goal the inspector never answers is cancelled and counts as ERROR), then sort:
+``ANSWER_MARGIN_S``; a goal whose acceptance does not arrive is sent once more, a goal the inspector never
+answers is cancelled and counts as ERROR), then sort:
 
 * ``~/reject`` (std_msgs/Bool, reliable): the line to the PLC, true = reject this part; only a PASS is false
   (FAIL, ERROR and SKIPPED parts are rejected: a part is never passed without a PASS verdict);
@@ -31,6 +32,9 @@ from ..params import ParamSpec, declare_parameters, parse_node_help
 from . import run_node
 
 ANSWER_MARGIN_S = 10.0  # beyond the goal's timeout: the inspector answers every goal, this only guards a lost node
+ACCEPT_WAIT_S = 5.0  # per try: a goal's acceptance normally arrives in milliseconds
+SEND_TRIES = 2  # a lost acceptance (a DDS reply dropped during discovery) is re-sent once; the inspector lets
+# the newer goal for the same part_id supersede the earlier one, so the part is never judged twice
 MAX_TIMEOUT_S = 3600.0  # the longest timeout an inspector accepts
 STAGES = {1: "waiting for camera data", 2: "image captured (the part may move)", 3: "inspecting"}
 
@@ -69,8 +73,13 @@ class RobotCellExample(Node):
         goal = self.action.Goal(part_id=part_id, timeout_s=float(self.p["timeout_s"]))
         feedback = lambda msg: self.get_logger().info(  # noqa: E731
             f"{part_id}: {STAGES.get(msg.feedback.stage, msg.feedback.stage)}")
-        sent = self.client.send_goal_async(goal, feedback_callback=feedback)
-        if not _spin_until(executor, sent.done, ANSWER_MARGIN_S) or not sent.result().accepted:
+        for attempt in range(1, SEND_TRIES + 1):
+            sent = self.client.send_goal_async(goal, feedback_callback=feedback)
+            if _spin_until(executor, sent.done, ACCEPT_WAIT_S):
+                break
+            self.get_logger().warning(f"{part_id}: no acceptance of the goal within {ACCEPT_WAIT_S:g} s (try "
+                                      f"{attempt} of {SEND_TRIES})")
+        if not sent.done() or not sent.result().accepted:
             return InspectionResult.error("the inspector did not accept the goal", part_id=part_id)
         answer = sent.result().get_result_async()
         timeout = (float(self.p["timeout_s"]) or MAX_TIMEOUT_S) + ANSWER_MARGIN_S

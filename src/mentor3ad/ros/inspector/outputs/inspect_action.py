@@ -14,6 +14,11 @@ answer ``~/inspection`` and ``~/result`` carry). Every accepted goal ends with a
   waiting, the node shutting down;
 * CANCELED when the client cancels it (a pair it already claimed is still judged and published on the topics).
 
+A goal for a part_id that an earlier goal is still waiting for (no pair claimed yet) supersedes it: the earlier
+goal is ABORTED ("superseded by a newer goal for the same part_id"), so a robot program may re-send a goal whose
+acceptance it never heard (a DDS reply lost while the program was being discovered) without one part being
+judged twice.
+
 Feedback: WAITING_FOR_DATA on acceptance, QUEUED with the pair's stamp once a pair is claimed (the part may
 move), INSPECTING when the worker starts judging it. Goals are never rejected (a rejection carries no reason):
 bad goals get their ERROR at once. Goal handles are only touched on the executor thread: answers found on the
@@ -131,7 +136,13 @@ class InspectAction(Output):
         goal = Goal(handle, part_id, min_stamp_ns, timeout_s, time.monotonic() + timeout_s,
                     dict(intake.counts()) if intake is not None else {})
         with self._lock:
+            superseded = self._take(lambda g: g.part_id == part_id and g.pair is None)
             self._waiting.append(goal)
+        if superseded is not None:
+            self.counts["goals_superseded"] += 1
+            self.node.get_logger().warning(f"~/inspect goal {part_id!r} sent again: the earlier one is superseded")
+            self._conclude(superseded.handle, self._error("superseded by a newer goal for the same part_id",
+                                                          part_id), ok=False)
         self._feedback(goal, self.action.Feedback.WAITING_FOR_DATA)
         if self._timer.is_canceled():
             self._timer.reset()
@@ -243,7 +254,8 @@ class InspectAction(Output):
             waiting, claimed = len(self._waiting), len(self._claimed)
         values = {"trigger_mode": self.param("trigger_mode"), "goals_waiting": waiting + claimed,
                   **{key: self.counts[key] for key in ("goals_accepted", "goals_answered", "goals_timed_out",
-                                                       "goals_cancelled", "goals_refused", "unrequested_pairs")}}
+                                                       "goals_cancelled", "goals_refused", "goals_superseded",
+                                                       "unrequested_pairs")}}
         if self.last_timeout:
             return "WARN", f"last ~/inspect goal timed out ({self.last_timeout})", values
         return "OK", "", values
