@@ -68,4 +68,14 @@ def valid_point_mask(xyz: Any) -> Any:
     return np.isfinite(xyz).all(-1) & (xyz != 0).any(-1)
 
 
-__all__ = ["check_observation", "valid_point_mask"]
+def pixel_pitch_m(xyz: np.ndarray, mask: np.ndarray) -> float:
+    """(H, W, 3) metres, (H, W) bool -> median metric distance between horizontally neighbouring pixels of
+    ``mask`` (metres; 1e-3 when no two neighbours are in it): the spacing of an organized cloud's points."""
+    both = mask[:, 1:] & mask[:, :-1]
+    if not both.any():
+        return 1e-3
+    steps = np.linalg.norm(np.asarray(xyz[:, 1:] - xyz[:, :-1], np.float64)[both], axis=-1)
+    return float(np.median(steps)) if steps.size else 1e-3
+
+
+__all__ = ["check_observation", "pixel_pitch_m", "valid_point_mask"]

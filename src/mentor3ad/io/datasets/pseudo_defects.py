@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import InputError
-from ...geometry.observation import valid_point_mask
+from ...geometry.observation import pixel_pitch_m, valid_point_mask
 from ...types import Sample
 
 KINDS = ("dent", "bump", "hole", "cut", "stain", "texture")
@@ -58,15 +58,6 @@ def object_mask(xyz: np.ndarray) -> np.ndarray:
         sizes = ndimage.sum(obj, labels, range(1, count + 1))
         obj = labels == 1 + int(np.argmax(sizes))
     return obj
-
-
-def pixel_pitch_m(xyz: np.ndarray, mask: np.ndarray) -> float:
-    """Median metric distance between horizontally neighbouring pixels of ``mask`` (metres)."""
-    both = mask[:, 1:] & mask[:, :-1]
-    if not both.any():
-        return 1e-3
-    steps = np.linalg.norm(np.asarray(xyz[:, 1:] - xyz[:, :-1], np.float64)[both], axis=-1)
-    return float(np.median(steps)) if steps.size else 1e-3
 
 
 def _along_rays(xyz: np.ndarray, delta_m: np.ndarray, where: np.ndarray) -> np.ndarray:
