@@ -221,6 +221,10 @@ class TrainConfig(_Section):
     """Optimisation of the three stages (MFM -> MGM -> VM); all seeded.
 
     batch_size: samples (feature maps) per step in the MFM and MGM stages.
+    samples_per_epoch: samples an MFM / MGM epoch trains on, a fresh random subset each epoch (0: all), so
+        training time stops growing with the number of parts beyond it. Measured on cable_gland (100 parts,
+        bf16 heads, one thread): 50 per epoch trained in 532 s instead of 938 s, with test I-AUROC / AUPRO@1%
+        0.993 / 0.775 (all 100: 0.986 / 0.778) and dev-real 0.802 / 0.628 (0.770 / 0.623).
     vm_steps: full-batch Adam steps of the Voting Module + OC-SVM stage.
     vm_anchor_weight: L2 pull of the VM exponent logits / conv kernel logits to their initialisation
         (keeps the levels close to their initial meaning; the constrained parametrisation and the
@@ -232,6 +236,7 @@ class TrainConfig(_Section):
 
     seed: int = 0
     batch_size: int = 4
+    samples_per_epoch: int = 50
     mfm_epochs: int = 40
     mfm_lr: float = 1e-3
     mgm_epochs: int = 100
@@ -246,6 +251,8 @@ class TrainConfig(_Section):
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.samples_per_epoch < 0:
+            raise ConfigError(f"train.samples_per_epoch must be >= 0 (0: all), got {self.samples_per_epoch}")
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

@@ -77,6 +77,29 @@ def test_stages_reduce_their_losses(train_features):
     assert out["final"].shape == (2, 8, 8) and torch.isfinite(out["final"]).all()
 
 
+def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(train_features):
+    """train.samples_per_epoch bounds the steps per epoch (training time stops growing with the parts)."""
+    from mentor3ad.model import training
+
+    generator = torch.Generator().manual_seed(0)
+    epochs = [torch.cat(training._batches(10, 4, generator, 6)).tolist() for _ in range(5)]
+    assert all(len(seen) == len(set(seen)) == 6 for seen in epochs)  # 6 distinct parts, batches 4 + 2
+    assert len({tuple(sorted(seen)) for seen in epochs}) > 1  # another subset next epoch
+    assert sorted(torch.cat(training._batches(10, 4, generator, 0)).tolist()) == list(range(10))
+    seen_batches = []
+    original = training._batches
+    try:
+        training._batches = lambda *args: seen_batches.append(args) or original(*args)
+        capped = tiny_config(train={"samples_per_epoch": 2, "mfm_epochs": 2, "mgm_epochs": 3, "vm_steps": 5})
+        heads, info = training.train_heads(train_features, capped, progress=False, log=lambda msg: None)
+    finally:
+        training._batches = original
+    assert len(info["mfm_loss"]) == 2 and len(info["mgm_loss"]) == 3
+    assert seen_batches and all(args[3] == 2 for args in seen_batches) and len(train_features) > 2
+    with pytest.raises(ValueError, match="samples_per_epoch"):
+        tiny_config(train={"samples_per_epoch": -1})
+
+
 def test_training_is_deterministic(train_features):
     from mentor3ad.model.training import train_heads
 

@@ -37,9 +37,13 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def _batches(count: int, batch_size: int, generator: torch.Generator) -> List[torch.Tensor]:
+def _batches(count: int, batch_size: int, generator: torch.Generator, limit: int = 0) -> List[torch.Tensor]:
+    """One epoch's batches of sample indices: a random order of the ``count`` samples, cut to the first
+    ``limit`` (0: all; ``train.samples_per_epoch``, a fresh random subset every epoch)."""
     order = torch.randperm(count, generator=generator)
-    return [order[i:i + batch_size] for i in range(0, count, batch_size)]
+    if 0 < limit < count:
+        order = order[:limit]
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads] = None) -> Dict[str, torch.Tensor]:
@@ -95,7 +99,8 @@ def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
 
 
 def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
-                batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None]) -> List[float]:
+                batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None],
+                samples_per_epoch: int = 0) -> List[float]:
     from tqdm import tqdm
 
     parameters = [p for p in parameters if p.requires_grad]
@@ -104,7 +109,7 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
     bar = tqdm(range(epochs), desc=name, disable=not progress, leave=False)
     for epoch in bar:
         total, steps = 0.0, 0
-        for index in _batches(len(features), batch_size, generator):
+        for index in _batches(len(features), batch_size, generator, samples_per_epoch):
             loss = loss_fn(features.subset(index))
             if loss is None:
                 continue
@@ -198,12 +203,13 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
             info["mfm_loss"] = _run_epochs(
                 "MFM", heads.mfm.parameters(), lambda b: mfm_loss(heads, b, generator, device), train,
                 train_config.mfm_epochs, train_config.mfm_lr, train_config.weight_decay, train_config.batch_size,
-                generator, progress, log)
+                generator, progress, log, train_config.samples_per_epoch)
             heads.mfm.requires_grad_(False)
             heads.mfm.eval()
         info["mgm_loss"] = _run_epochs(
             "MGM", heads.mgm.parameters(), lambda b: mgm_loss(heads, b, device), train, train_config.mgm_epochs,
-            train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log)
+            train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log,
+            train_config.samples_per_epoch)
         heads.mgm.requires_grad_(False)
         heads.eval()
         if heads.voting is not None:
