@@ -9,6 +9,7 @@ inspector as its console script and every other party a real node over DDS:
 * stream mode: ~/part_id names the next pair stamped after it; a goal claims a pair of the stream; the typed
   ~/inspection and the legacy ~/result carry the same answers (regions included).
 """
+import itertools
 import json
 import math
 import sys
@@ -28,6 +29,7 @@ SEC = 1_000_000_000
 PERIOD_NS = 100_000_000
 FUTURE_NS = 1_950_000_000 * SEC  # camera stamps after any goal's acceptance time
 SUCCEEDED, CANCELED, ABORTED = 4, 5, 6  # action_msgs/GoalStatus
+ROBOT_NUMBERS = itertools.count()
 
 # A robot program: sends n goals (SN-00, SN-01, ...), each accepted before the next is sent, says so, then
 # prints every answer as a JSON line, in goal order.
@@ -53,8 +55,11 @@ def spin_until(done, timeout):
 assert spin_until(client.server_is_ready, 60), "no action server"
 handles = []
 for i in range(int(sys.argv[1])):
-    sent = client.send_goal_async(InspectPart.Goal(part_id=f"SN-{i:02d}", timeout_s=60.0))
-    assert spin_until(sent.done, 10) and sent.result().accepted
+    for _ in range(2):  # a goal whose acceptance never came is sent once more (it supersedes the first)
+        sent = client.send_goal_async(InspectPart.Goal(part_id=f"SN-{i:02d}", timeout_s=60.0))
+        if spin_until(sent.done, 5):
+            break
+    assert sent.done() and sent.result().accepted
     handles.append(sent.result())
 print("accepted", len(handles), flush=True)
 answers = [h.get_result_async() for h in handles]
@@ -90,10 +95,11 @@ def camera(count, start_ns, rate=5.0, seed=0, namespace=""):
 class Robot:
     """An in-test robot program: an ActionClient on its own node (the test's context, over DDS)."""
 
-    def __init__(self, ros_node, name="test_robot", server="/inspector/inspect"):
+    def __init__(self, ros_node, name="", server="/inspector/inspect"):
         from rclpy.action import ActionClient
 
-        self.node = rclpy.create_node(name, context=ros_node.context)
+        # a fresh node name per robot: no endpoint of an earlier test's robot is mistaken for this one's
+        self.node = rclpy.create_node(name or f"test_robot_{next(ROBOT_NUMBERS)}", context=ros_node.context)
         self.client = ActionClient(self.node, action.InspectPart, server)
         self.feedback = []
         self.server_process = None  # the inspector's NodeProcess, for failure messages
@@ -101,10 +107,13 @@ class Robot:
     def send(self, part_id, timeout_s=0.0, min_stamp_ns=0):
         goal = action.InspectPart.Goal(part_id=part_id, timeout_s=timeout_s)
         goal.min_stamp.sec, goal.min_stamp.nanosec = divmod(min_stamp_ns, SEC)
-        sent = self.client.send_goal_async(goal, feedback_callback=lambda m: self.feedback.append(
-            (part_id, m.feedback.stage, m.feedback.pair_stamp.sec * SEC + m.feedback.pair_stamp.nanosec)))
-        assert spin_until(self.node, sent.done, 10.0) and sent.result().accepted, (
-            f"goal {part_id!r} not accepted within 10 s; inspector: "
+        for _ in range(2):  # as robot_cell_example: a goal whose acceptance never came is sent once more
+            sent = self.client.send_goal_async(goal, feedback_callback=lambda m: self.feedback.append(
+                (part_id, m.feedback.stage, m.feedback.pair_stamp.sec * SEC + m.feedback.pair_stamp.nanosec)))
+            if spin_until(self.node, sent.done, 5.0):
+                break
+        assert sent.done() and sent.result().accepted, (
+            f"goal {part_id[:40]!r} not accepted within 2 x 5 s; inspector: "
             + (self.server_process.output()[-4000:] if self.server_process else "(not ours)"))
         return sent.result()
 
