@@ -124,3 +124,55 @@ def setup_executables() -> list:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "EXECUTABLES" for t in node.targets):
             return list(ast.literal_eval(node.value))
     raise AssertionError("setup.py has no EXECUTABLES dict")
+
+
+class InspectorCell:
+    """The test's side of a cell around a real /inspector: publishes parts on ``image`` + ``points``
+    (reliable), collects its ~/result (``results``) and its /diagnostics status (``statuses``), calls its
+    services and sets its parameters. Tests subclass it with their own ``send``."""
+
+    STATUS = "/inspector: inspector"
+    call_timeout_s = 60.0
+
+    def __init__(self, node):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image, PointCloud2
+
+        from mentor3ad.ros.tooling.graph import ResultCollector
+
+        self.node = node
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.publishers = {"image": node.create_publisher(Image, "image", qos),
+                           "points": node.create_publisher(PointCloud2, "points", qos)}
+        self.results = ResultCollector(node, "/inspector/result")
+        self.statuses = []
+        node.create_subscription(DiagnosticArray, "/diagnostics", lambda array: self.statuses.extend(
+            s for s in array.status if s.name == self.STATUS), 100)
+
+    def ready(self, process) -> None:
+        """Wait until the inspector process answers (its ~/result advertised) and listens to both inputs."""
+        from mentor3ad.ros.tooling.graph import spin_until
+
+        assert self.results.wait_for_publisher(90.0), process.output()
+        assert spin_until(self.node, lambda: all(p.get_subscription_count() for p in self.publishers.values()),
+                          20.0), process.output()
+
+    def call(self, service_type, name: str, request):
+        """The response of service ``name`` (fails after ``call_timeout_s``)."""
+        from mentor3ad.ros.tooling.graph import spin_until
+
+        client = self.node.create_client(service_type, name)
+        assert spin_until(self.node, client.service_is_ready, 20.0), name
+        future = client.call_async(request)
+        assert spin_until(self.node, future.done, self.call_timeout_s), name
+        return future.result()
+
+    def set_parameter(self, name: str, value):
+        """(successful, reason) of ``ros2 param set /inspector name value``."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        answer = self.call(SetParameters, "/inspector/set_parameters",
+                           SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        return answer.results[0].successful, answer.results[0].reason

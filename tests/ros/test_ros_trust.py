@@ -10,12 +10,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
-from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.tooling.graph import NodeProcess, ResultCollector, inspector_command, spin_until  # noqa: E402
+from helpers import InspectorCell, train_tiny_model  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, inspector_command, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 SEC = 1_000_000_000
-STATUS = "/inspector: inspector"
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +48,13 @@ def _parts(path):
     return metadata, {k[len(TENSOR_PREFIX):]: v for k, v in load_file(str(path)).items()}
 
 
-class Cell:
-    """The test's side: publishes parts (reliable), collects ~/result and /diagnostics, sets parameters and
-    calls services of /inspector."""
+class Cell(InspectorCell):
+    """The test's side (:class:`helpers.InspectorCell`): sends synthetic-cell parts, reloads models, reads
+    the newest /diagnostics values."""
 
     def __init__(self, node):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image, PointCloud2
-
-        self.node = node
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {"image": node.create_publisher(Image, "image", qos),
-                           "points": node.create_publisher(PointCloud2, "points", qos)}
-        self.results = ResultCollector(node, "/inspector/result")
-        self.statuses = []
-        node.create_subscription(DiagnosticArray, "/diagnostics", lambda array: self.statuses.extend(
-            s for s in array.status if s.name == STATUS), 100)
+        super().__init__(node)
         self.stamp = 1_950_000_000 * SEC
-
-    def ready(self, process) -> None:
-        assert self.results.wait_for_publisher(90.0), process.output()
-        assert spin_until(self.node, lambda: all(p.get_subscription_count() for p in self.publishers.values()),
-                          20.0), process.output()
 
     def send(self, seed: int = 0, defect: str = "good"):
         """Publish one 64x64 synthetic-cell part; its result."""
@@ -84,22 +67,6 @@ class Cell:
         count = len(self.results.results) + 1
         assert len(self.results.wait_for(count, 60.0)) == count, "no result"
         return self.results.results[-1]
-
-    def call(self, service_type, name: str, request):
-        client = self.node.create_client(service_type, name)
-        assert spin_until(self.node, client.service_is_ready, 20.0), name
-        future = client.call_async(request)
-        assert spin_until(self.node, future.done, 60.0), name
-        return future.result()
-
-    def set_parameter(self, name: str, value):
-        """(successful, reason) of ``ros2 param set /inspector name value``."""
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.parameter import Parameter
-
-        answer = self.call(SetParameters, "/inspector/set_parameters",
-                           SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        return answer.results[0].successful, answer.results[0].reason
 
     def reload(self, path):
         """(success, message) of model_path := path, then ~/reload_model."""

@@ -21,15 +21,13 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("torch")
 
-from helpers import train_tiny_model  # noqa: E402
-from mentor3ad.ros.tooling.graph import (NodeProcess, ResultCollector, executable, inspector_command,  # noqa: E402
-                                         spin_until)
+from helpers import InspectorCell, train_tiny_model  # noqa: E402
+from mentor3ad.ros.tooling.graph import NodeProcess, executable, inspector_command, spin_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 SEC = 1_000_000_000
 START_NS = 1_950_000_000 * SEC
 GREEN = np.array([40.0, 200.0, 40.0])
-STATUS = "/inspector: inspector"
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +52,15 @@ def part_messages(seed: int, stamp_ns: int, tint: float = 0.0, size=(64, 64)):
     return build_messages(fields, stamp_ns)
 
 
-class Cell:
-    """The test's side of a cell: publishes parts on image + points (reliable), collects the inspector's
-    ~/result and its /diagnostics status, calls its services."""
+class Cell(InspectorCell):
+    """The test's side of a cell (:class:`helpers.InspectorCell`): sends parts with increasing stamps, times
+    their results, waits for /diagnostics states; parameter changes must succeed."""
+
+    call_timeout_s = 20.0
 
     def __init__(self, node):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image, PointCloud2
-
-        self.node = node
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers = {"image": node.create_publisher(Image, "image", qos),
-                           "points": node.create_publisher(PointCloud2, "points", qos)}
-        self.results = ResultCollector(node, "/inspector/result")
-        self.statuses = []
-        node.create_subscription(DiagnosticArray, "/diagnostics", lambda array: self.statuses.extend(
-            s for s in array.status if s.name == STATUS), 100)
+        super().__init__(node)
         self.sent, self.stamp, self.sent_at = 0, START_NS, {}
-
-    def ready(self, process) -> None:
-        assert self.results.wait_for_publisher(90.0), process.output()
-        assert spin_until(self.node, lambda: all(p.get_subscription_count() for p in self.publishers.values()),
-                          20.0), process.output()
 
     def send(self, messages) -> None:
         """Publish one part (its stamp is the next one) and wait for its result."""
@@ -89,20 +73,9 @@ class Cell:
         self.sent += 1
         assert len(self.results.wait_for(self.sent, 60.0)) == self.sent, f"no result for part {self.sent}"
 
-    def call(self, service_type, name: str, request):
-        client = self.node.create_client(service_type, name)
-        assert spin_until(self.node, client.service_is_ready, 20.0), name
-        future = client.call_async(request)
-        assert spin_until(self.node, future.done, 20.0), name
-        return future.result()
-
     def set_parameter(self, name: str, value) -> None:
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.parameter import Parameter
-
-        answer = self.call(SetParameters, "/inspector/set_parameters",
-                           SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-        assert answer.results[0].successful, answer.results[0].reason
+        ok, reason = super().set_parameter(name, value)
+        assert ok, reason
 
     def status_where(self, predicate, timeout: float = 20.0):
         """The newest /diagnostics status once ``predicate(level, message, values)`` holds for it (else fails)."""
