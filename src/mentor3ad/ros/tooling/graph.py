@@ -36,6 +36,16 @@ def executable(name: str) -> str:
     return path
 
 
+def exit_status(code: int) -> str:
+    """'exit code 2' or 'killed by SIGBUS' for a Popen return code."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 class NodeProcess:
     """A node process with its output captured in a temporary file (read with ``output()``)."""
 
@@ -46,15 +56,21 @@ class NodeProcess:
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         self.cmd = list(cmd)
         self._log = tempfile.TemporaryFile(mode="w+b")
-        self._final_output = ""
+        self._final_output = self._printed = ""
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
-    def output(self) -> str:
+    def output(self, status: bool = True) -> str:
+        """Everything the process printed; once it has ended and ``status``, a last line with its exit status
+        (a node that died of a signal, e.g. SIGBUS on a full /dev/shm, prints nothing itself)."""
         if self._log.closed:
-            return self._final_output
+            return self._final_output if status else self._printed
         self._log.flush()
         self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+        text = self._log.read().decode("utf-8", "replace")
+        code = self.proc.poll()
+        if status and code is not None:
+            text += f"\n[{os.path.basename(self.cmd[0])}: {exit_status(code)}]"
+        return text
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
@@ -75,7 +91,7 @@ class NodeProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-        self._final_output = self.output()
+        self._final_output, self._printed = self.output(), self.output(status=False)
         self._log.close()
 
 
