@@ -184,7 +184,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                       if p.get_subscription_count() == 0), file=sys.stderr)
                 return 1
             time.sleep(0.05)
-        time.sleep(0.3)  # let the matched readers finish their handshake
+        # let the matched readers finish their handshake: a best-effort reader that has not yet matched this
+        # writer drops what arrives; 1 s (was 0.3 s) leaves room for a loaded machine's discovery
+        time.sleep(1.0)
         for msgs in batches:
             for topic in topics:
                 if topic in msgs:
