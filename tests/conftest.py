@@ -29,6 +29,19 @@ for _path in (str(TESTS.parent / "src"), str(TESTS)):
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS.parent / "src"), os.environ.get("PYTHONPATH")) if p)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that exchange messages between real processes over DDS (marker ``ros``) run once more when they
+    fail: on a loaded 2-core CI machine Fast DDS discovery has stalled now and then (a client that never saw
+    a live server within 60 s, a best-effort burst partly lost) in tests that pass alone and under a
+    busy-core load here. The rerun starts from fresh processes; a test that fails twice fails, and every
+    rerun is listed in the summary ("R", "N rerun")."""
+    if not config.pluginmanager.hasplugin("rerunfailures"):
+        return
+    for item in items:
+        if item.get_closest_marker("ros") and not item.get_closest_marker("flaky"):
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+
+
 @pytest.fixture
 def ros_node():
     """An rclpy node in its own context (local discovery, this session's domain), shut down afterwards."""
