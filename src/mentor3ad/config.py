@@ -232,6 +232,9 @@ class TrainConfig(_Section):
     vm_data: score maps the VM is fitted on: "train" (the MGM training samples, as in the paper) or
         "validation" (held-out normal samples; falls back to train when none are given).
     deterministic: torch.use_deterministic_algorithms during training.
+    view_augmentation: "rot90" trains on each good part and its 3 quarter turns (image and cloud turned
+        together, :mod:`mentor3ad.io.datasets.views`), "none" on the parts as given, "auto" = rot90 below
+        ``augment_below`` training parts (few good parts; 4x the feature extraction and up to 4x the epoch).
     """
 
     seed: int = 0
@@ -247,6 +250,8 @@ class TrainConfig(_Section):
     vm_anchor_weight: float = 1.0
     vm_data: str = "train"
     deterministic: bool = True
+    view_augmentation: str = "auto"
+    augment_below: int = 20
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -258,6 +263,11 @@ class TrainConfig(_Section):
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.vm_data not in ("train", "validation"):
             raise ConfigError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
+        if self.view_augmentation not in ("auto", "none", "rot90"):
+            raise ConfigError("train.view_augmentation must be 'auto', 'none' or 'rot90', got "
+                              f"{self.view_augmentation!r}")
+        if self.augment_below < 0:
+            raise ConfigError(f"train.augment_below must be >= 0, got {self.augment_below}")
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     extractor: an existing FeatureExtractor built from config.features (else one is created).
     """
     from ..features.cache import extract_features
+    from ..io.datasets.views import augmentation_for, training_views
     from .detector import Detector
 
     log = log or LOG.info
@@ -257,8 +258,14 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
         from ..features.extractor import FeatureExtractor
 
         extractor = FeatureExtractor(config.features, device)
-    log(f"extracting features of {len(train_samples)} training samples")
-    train = stack_features(extract_features(train_samples, extractor, cache_dir, progress=progress,
+    parts = list(train_samples)
+    augmentation = augmentation_for(config.train.view_augmentation, len(parts), config.train.augment_below)
+    train_views = training_views(parts, augmentation)
+    if augmentation != "none":
+        log(f"{len(parts)} training parts (fewer than train.augment_below={config.train.augment_below} or asked "
+            f"for): training on each and its 3 quarter turns ({len(train_views)} views, train.view_augmentation)")
+    log(f"extracting features of {len(train_views)} training samples")
+    train = stack_features(extract_features(train_views, extractor, cache_dir, progress=progress,
                                             desc="train features"))
     validation = None
     if val_samples:
@@ -266,26 +273,33 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
                                                      desc="validation features"))
     heads, info = train_heads(train, config, validation, device, progress, log)
     info["weights_sources"] = dict(getattr(extractor, "weights_sources", {}))
-    info[PROFILE_KEY] = InputProfile.of(list(train_samples) + list(val_samples or [])).to_dict()  # inputs' checks
+    info["num_train_samples"] = len(parts)  # parts, as given; their views in view_augmentation
+    info["view_augmentation"] = {"mode": augmentation, "parts": len(parts), "views": len(train_views)}
+    # the inputs' checks know the parts as the camera gives them (a quarter turn of a 4:3 image is 3:4)
+    info[PROFILE_KEY] = InputProfile.of(parts + list(val_samples or [])).to_dict()
     detector = Detector(config, heads, extractor, threshold=float("inf"), training_info=info, device=device)
-    calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_samples], validation,
-                       [s.rgb.shape[:2] for s in val_samples or []], device, log, val_samples)
+    calibrate_detector(detector, train, [s.rgb.shape[:2] for s in train_views], validation,
+                       [s.rgb.shape[:2] for s in val_samples or []], device, log, val_samples,
+                       views_per_part=len(train_views) // len(parts))
     return detector
 
 
 def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
-                           log: Callable[[str], None]) -> List[float]:
-    """Image scores of every training sample by heads trained without it (``calibration.cv_folds`` folds),
-    scored as inference scores them (:func:`mentor3ad.model.scoring.score_feature_set`)."""
+                           log: Callable[[str], None], views_per_part: int = 1) -> List[float]:
+    """Image scores of every training part by heads trained without it (``calibration.cv_folds`` folds),
+    scored as inference scores them (:func:`mentor3ad.model.scoring.score_feature_set`). With
+    ``views_per_part`` > 1 the samples are parts' views in groups (the part as given first): a part's views
+    are held out together and the part as given is scored."""
     from .scoring import PostProcessing, score_feature_set
 
     folds = config.calibration.cv_folds
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
+    parts = len(train) // views_per_part
+    order = torch.randperm(parts, generator=torch.Generator().manual_seed(config.train.seed)).tolist()
     scores: List[float] = []
     for fold in range(folds):
-        held = order[fold::folds]
-        held_set = set(held)
-        kept = [i for i in order if i not in held_set]
+        held_parts = set(order[fold::folds])
+        held = [p * views_per_part for p in order if p in held_parts]
+        kept = [p * views_per_part + v for p in order if p not in held_parts for v in range(views_per_part)]
         log(f"calibration: cross-validation fold {fold + 1}/{folds} ({len(kept)} training, {len(held)} scored)")
         heads, _ = train_heads(train.subset(kept), config, None, device, progress=False, log=lambda message: None)
         scores += score_feature_set(lambda batch: heads.final_maps(batch.rgb, batch.xyz, batch.valid),
@@ -295,12 +309,14 @@ def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3AD
 
 
 def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
-                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info, val_samples=None):
+                       val_sizes: Sequence, device="cpu", log: Callable[[str], None] = LOG.info, val_samples=None,
+                       views_per_part: int = 1):
     """Set the threshold from held-out good scores (and cross-validated training scores when
     ``calibration.cv_folds``; the training scores, optimistic, when there are neither), scored at the input
     resolution as inference scores them; returns the :class:`~mentor3ad.model.threshold.ThresholdRecord`
     the detector now carries (rule, sources, expected false-reject rate, scores, and the pseudo-defect escape
-    rate with its alternatives from pseudo-defects of ``val_samples``, the held-out good Samples)."""
+    rate with its alternatives from pseudo-defects of ``val_samples``, the held-out good Samples).
+    ``views_per_part``: the training samples are parts' views in groups (train.view_augmentation)."""
     from . import escape
     from .threshold import ThresholdSource, from_good_scores
 
@@ -310,8 +326,9 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         scores += detector.image_scores(validation, val_sizes, batch_size=8)
         sources.append(ThresholdSource("validation", len(validation)))
     if calibration.cv_folds:
-        scores += cross_validated_scores(train, train_sizes, detector.config, device, log)
-        sources.append(ThresholdSource("cv", len(train)))
+        cv_scores = cross_validated_scores(train, train_sizes, detector.config, device, log, views_per_part)
+        scores += cv_scores
+        sources.append(ThresholdSource("cv", len(cv_scores)))
     if not scores:
         log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
         scores = detector.image_scores(train, train_sizes, batch_size=8)
