@@ -33,7 +33,8 @@ TINY_FEATURES = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none"
 TINY_MODEL_CONFIG = {
     "features": TINY_FEATURES,
     "model": dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=16, vote_levels=2),
-    "train": dict(mfm_epochs=2, mgm_epochs=2, vm_steps=10),
+    # the node tests' tiny model: the parts as given (quarter-turn views for few parts are tests/core/test_views.py's)
+    "train": dict(mfm_epochs=2, mgm_epochs=2, vm_steps=10, view_augmentation="none"),
 }
 LEARNING_FEATURES = {**TINY_FEATURES, "plane_iterations": 64}
 LEARNING_MODEL = dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=8, infonce_max_patches=256,

@@ -51,8 +51,8 @@ def test_training_on_few_parts_adds_their_turns_and_records_it(tmp_path):
     from mentor3ad.io.datasets.synthetic import generate_sample
     from mentor3ad.model.training import train_detector
 
-    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "calibration": {"cv_folds": 2,
-                                                                             "pseudo_defects_per_kind": 0}})
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "calibration": {"cv_folds": 2, "pseudo_defects_per_kind": 0},
+                                        "train": {**TINY_MODEL_CONFIG["train"], "view_augmentation": "auto"}})
     train = [generate_sample(seed=i) for i in range(4)]
     val = [generate_sample(seed=100 + i) for i in range(2)]
     lines = []
@@ -68,5 +68,5 @@ def test_training_on_few_parts_adds_their_turns_and_records_it(tmp_path):
     sources = {s.kind: s.n for s in detector.threshold_record.sources}
     assert sources == {"validation": 2, "cv": 4}
     off = train_detector(train, Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "train": {
-        **TINY_MODEL_CONFIG.get("train", {}), "view_augmentation": "none"}}), val, progress=False, log=lambda m: None)
+        **TINY_MODEL_CONFIG["train"], "view_augmentation": "none"}}), val, progress=False, log=lambda m: None)
     assert off.training_info["view_augmentation"]["views"] == 4
