@@ -36,6 +36,11 @@ class Diagnostics:
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda array: self.statuses.extend(
             s for s in array.status if s.name == STATUS), 100)
 
+    def holds(self, predicate, timeout):
+        """Whether ``predicate(level, message, values)`` holds for the newest status within ``timeout`` s."""
+        return spin_until(self.node, lambda: bool(self.statuses) and predicate(*self.unpack(self.statuses[-1])),
+                          timeout)
+
     def where(self, predicate, timeout=20.0):
         """(level, message, values) of the newest status once ``predicate`` holds for it."""
         def holds():
@@ -71,6 +76,7 @@ def test_a_burst_the_node_cannot_take_is_counted_and_makes_diagnostics_error(ros
     with NodeProcess(inspector_command(tiny_model, params=params)) as inspector:  # best effort, history 1
         assert collector.wait_for_publisher(90.0), inspector.output()
         assert spin_until(ros_node, lambda: all(p.get_subscription_count() for p in driver.values()), 20.0)
+        spin_until(ros_node, lambda: False, 1.0)  # the readers' side of the match (a first pair lost there is no gap)
         for index in range(before):  # a driver publishing as usual
             send(index)
             spin_until(ros_node, lambda: False, 0.5)
@@ -81,13 +87,22 @@ def test_a_burst_the_node_cannot_take_is_counted_and_makes_diagnostics_error(ros
                 time.sleep(0.02)
         finally:
             os.kill(inspector.proc.pid, signal.SIGCONT)
-        for index in range(before + burst, before + burst + after):  # then as usual again
+        sent = before + burst
+
+        def accounted(level, message, values):  # every image sent so far received or counted as a gap
+            return (int(values["received_image"]) + int(values["seq_gaps_image"]) >= sent
+                    and values["waiting_images"] == "0" and int(values["received"]) == len(collector.results))
+
+        # then as usual again: at least `after` pairs, more while the last is unaccounted (a pair lost at the very
+        # end leaves no sequence gap behind it until another pair arrives; seen once in CI)
+        for index in range(before + burst, before + burst + after + 6):
             spin_until(ros_node, lambda: False, 0.5)
             send(index)
-        count = before + burst + after
-        level, message, values = diagnostics.where(lambda level, message, values: int(values["received_image"])
-                                                   + int(values["seq_gaps_image"]) >= count and values["waiting_images"]
-                                                   == "0" and int(values["received"]) == len(collector.results))
+            sent += 1
+            if sent >= before + burst + after and diagnostics.holds(accounted, 3.0):
+                break
+        count = sent
+        level, message, values = diagnostics.where(accounted)
         assert level == 2, (message, values)
         results = collector.results
         lost_images = max(int(values["lost_image"]), int(values["seq_gaps_image"])) + int(values["queue_overflow_image"])

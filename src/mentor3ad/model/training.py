@@ -262,8 +262,9 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     augmentation = augmentation_for(config.train.view_augmentation, len(parts), config.train.augment_below)
     train_views = training_views(parts, augmentation)
     if augmentation != "none":
-        log(f"{len(parts)} training parts (fewer than train.augment_below={config.train.augment_below} or asked "
-            f"for): training on each and its 3 quarter turns ({len(train_views)} views, train.view_augmentation)")
+        why = (f"fewer than train.augment_below={config.train.augment_below}"
+               if config.train.view_augmentation == "auto" else f"train.view_augmentation={augmentation}")
+        log(f"{len(parts)} training parts ({why}): training on each and its 3 quarter turns ({len(train_views)} views)")
     log(f"extracting features of {len(train_views)} training samples")
     train = stack_features(extract_features(train_views, extractor, cache_dir, progress=progress,
                                             desc="train features"))
