@@ -216,6 +216,9 @@ class ModelConfig(_Section):
         return self.use_mentor or "mtr" in self.score_maps
 
 
+VIEW_AUGMENTATIONS = ("auto", "none", "rot90")  # train.view_augmentation (:mod:`mentor3ad.io.datasets.views`)
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     """Optimisation of the three stages (MFM -> MGM -> VM); all seeded.
@@ -263,7 +266,7 @@ class TrainConfig(_Section):
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.vm_data not in ("train", "validation"):
             raise ConfigError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
-        if self.view_augmentation not in ("auto", "none", "rot90"):
+        if self.view_augmentation not in VIEW_AUGMENTATIONS:
             raise ConfigError("train.view_augmentation must be 'auto', 'none' or 'rot90', got "
                               f"{self.view_augmentation!r}")
         if self.augment_below < 0:

@@ -12,10 +12,9 @@ from typing import List, Sequence
 
 import numpy as np
 
+from ...config import VIEW_AUGMENTATIONS
 from ...errors import InputError
 from ...types import Sample
-
-VIEW_AUGMENTATIONS = ("auto", "none", "rot90")
 
 
 def quarter_turns(sample: Sample) -> List[Sample]:

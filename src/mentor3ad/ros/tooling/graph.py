@@ -56,21 +56,22 @@ class NodeProcess:
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         self.cmd = list(cmd)
         self._log = tempfile.TemporaryFile(mode="w+b")
-        self._final_output = self._printed = ""
+        self._printed = ""  # what it printed, kept once the log is closed
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def output(self, status: bool = True) -> str:
         """Everything the process printed; once it has ended and ``status``, a last line with its exit status
         (a node that died of a signal, e.g. SIGBUS on a full /dev/shm, prints nothing itself)."""
-        if self._log.closed:
-            return self._final_output if status else self._printed
-        self._log.flush()
-        self._log.seek(0)
-        text = self._log.read().decode("utf-8", "replace")
+        text = self._printed if self._log.closed else self._read_log()
         code = self.proc.poll()
         if status and code is not None:
             text += f"\n[{os.path.basename(self.cmd[0])}: {exit_status(code)}]"
         return text
+
+    def _read_log(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout=timeout)
@@ -91,7 +92,7 @@ class NodeProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-        self._final_output, self._printed = self.output(), self.output(status=False)
+        self._printed = self._read_log()
         self._log.close()
 
 
