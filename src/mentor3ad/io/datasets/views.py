@@ -4,7 +4,7 @@ A camera above the part sees it placed at any angle about the viewing axis; with
 see few of those. A quarter turn (``np.rot90`` of the H x W grids) keeps every 3D point where it is (only the
 pixel order changes, so geometric descriptors of a point do not change) and shows the RGB backbone the part
 as if it had been placed turned. Mirror images are not offered: a mirrored part (a left-hand thread) is not a
-good part. Chosen on dev-real at 10 cable_gland parts (README "Few good parts"); numpy only.
+good part. Chosen on dev-real at 10, 20 and 50 cable_gland parts (README "Few good parts"); numpy only.
 """
 from __future__ import annotations
 
