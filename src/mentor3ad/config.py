@@ -152,6 +152,10 @@ class ModelConfig(_Section):
     ocsvm_include_raw: also feed the raw score maps (not only the N level maps) to the OC-SVM.
     score_eps: floor of score maps before powers / logs.
     smoothing_sigma: Gaussian sigma (pixels of the features.image_size grid) applied to the upsampled map.
+    level_percentile: the part's own level is this percentile of its upsampled map's positive pixels; the
+        map is reported relative to it (minus the level, capped at the largest level of the held-out good
+        parts the threshold was calibrated on), so the image score is the peak above the part's level.
+        0 = the raw map (image score = its maximum, the paper's rule; what model files without the key use).
     head_precision: the heads' arithmetic (MFM / MGM training losses and forward passes; the Voting Module,
         OC-SVM and statistics stay float32): "auto" = "bf16" on a CPU with AVX512-BF16 or AMX or a CUDA GPU
         with bf16, "fp32" elsewhere; "fp32"; "bf16". Model files without the key score in fp32.
@@ -180,6 +184,7 @@ class ModelConfig(_Section):
     ocsvm_include_raw: bool = False
     score_eps: float = 1e-6
     smoothing_sigma: float = 8.0
+    level_percentile: float = 90.0
     head_precision: str = "auto"
 
     def validate(self) -> None:
@@ -207,6 +212,8 @@ class ModelConfig(_Section):
                 raise ConfigError(f"model.{key} must be >= 1, got {getattr(self, key)}")
         if self.infonce_temperature <= 0 or self.smoothing_sigma < 0 or self.score_eps <= 0:
             raise ConfigError("model.infonce_temperature, model.score_eps must be > 0, model.smoothing_sigma >= 0")
+        if not 0.0 <= self.level_percentile < 100.0:
+            raise ConfigError(f"model.level_percentile must be in [0, 100), got {self.level_percentile}")
         if self.head_precision not in HEAD_PRECISIONS:
             raise ConfigError(f"model.head_precision must be one of {HEAD_PRECISIONS}, got {self.head_precision!r}")
 

@@ -39,6 +39,8 @@ from .threshold import manual as manual_threshold
 from .threshold_bounds import plausible_range, threshold_problem
 from .voting import OCSVM_SCORE_CLAMP
 
+LEVEL_CAP_KEY = "part_level_cap"
+
 LOG = logging.getLogger(__name__)
 HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
 
@@ -101,7 +103,27 @@ class Detector(FeatureScorer):
 
     @property
     def post(self) -> PostProcessing:
-        return PostProcessing.of(self.config)
+        return PostProcessing.of(self.config, self.level_cap)
+
+    @property
+    def level_cap(self) -> float:
+        """The largest part level subtracted from a map (``training_info["part_level_cap"]``, set at
+        calibration from the held-out good parts; inf before). ModelLoadError for a stored value that is not
+        a finite number >= 0."""
+        if LEVEL_CAP_KEY not in self.training_info:
+            return float("inf")
+        cap = self.training_info[LEVEL_CAP_KEY]
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not np.isfinite(cap) or cap < 0:
+            raise ModelLoadError(f"training_info {LEVEL_CAP_KEY} must be a finite number >= 0, got {cap!r}")
+        return float(cap)
+
+    def set_level_cap(self, cap: Optional[float]) -> None:
+        """Set (None: remove) the cap on the part level :attr:`post` subtracts (model.level_percentile)."""
+        if cap is None:
+            self.training_info.pop(LEVEL_CAP_KEY, None)
+        else:
+            self.training_info[LEVEL_CAP_KEY] = float(cap)
+        self._model_id = None
 
     @property
     def extractor(self):
@@ -128,14 +150,15 @@ class Detector(FeatureScorer):
 
     @property
     def model_id(self) -> str:
-        """12 hex digits: SHA-256 of the head weights, config, backbone identity and threshold."""
+        """12 hex digits: SHA-256 of the head weights, config, backbone identity, threshold and part-level cap."""
         if self._model_id is None or self._model_id[0] != self.threshold:
             digest = hashlib.sha256()
             for name, tensor in sorted(self.state_tensors().items()):
                 digest.update((checkpoint.TENSOR_PREFIX + name).encode())
                 digest.update(tensor.numpy().tobytes())
-            digest.update(checkpoint.canonical_json([self.config.to_dict(), self.backbone_identity,
-                                                     self.threshold]).encode())
+            cap = self.training_info.get(LEVEL_CAP_KEY)
+            digest.update(checkpoint.canonical_json([self.config.to_dict(), self.backbone_identity, self.threshold]
+                                                    + ([cap] if cap is not None else [])).encode())
             self._model_id = (self.threshold, digest.hexdigest()[:12])
         return self._model_id[1]
 
@@ -293,8 +316,11 @@ class Detector(FeatureScorer):
         config, stored_identity = checked.config, checked.backbone_identity
         if precision is not None:
             config = config.replace(features={"precision": precision})
-        if "head_precision" not in (checked.metadata["config"].get("model") or {}):  # a file from before the key
+        stored_model = checked.metadata["config"].get("model") or {}
+        if "head_precision" not in stored_model:  # a file from before the key
             config = config.replace(model={"head_precision": "fp32"})
+        if "level_percentile" not in stored_model:  # a file from before the key: the raw map, as calibrated
+            config = config.replace(model={"level_percentile": 0.0})
         if extractor is None:
             from ..features.extractor import FeatureExtractor
 
@@ -343,7 +369,8 @@ class Detector(FeatureScorer):
 def check_plausible(path: Path, detector: Detector, stored_info) -> None:
     """A loaded model's threshold within the plausible range of its calibration scores
     (:mod:`mentor3ad.model.threshold_bounds`; without scores a warning), its threshold record naming its
-    threshold, its input profile well-formed; ModelLoadError naming the file otherwise."""
+    threshold, its input profile well-formed, its part-level cap a finite number >= 0 when its maps are
+    relative to the part level; ModelLoadError naming the file otherwise."""
     stored = stored_info.get("threshold") if isinstance(stored_info, dict) else None
     if isinstance(stored, dict) and stored.get("value") != detector.threshold:
         raise ModelLoadError(f"{path}: the threshold {detector.threshold:.6g} is not the one its threshold record "
@@ -358,8 +385,13 @@ def check_plausible(path: Path, detector: Detector, stored_info) -> None:
                     record.set_by if record is not None else "nobody")
     try:
         detector.input_profile
+        cap = detector.level_cap
     except ModelLoadError as err:
         raise ModelLoadError(f"{path}: {err}") from None
+    if detector.config.model.level_percentile > 0 and not np.isfinite(cap):
+        raise ModelLoadError(f"{path}: its maps are relative to the part level (model.level_percentile "
+                             f"{detector.config.model.level_percentile:g}) but it has no calibrated cap "
+                             f"(training_info {LEVEL_CAP_KEY}): a whole-part anomaly could hide; re-train it")
 
 
 def _flatten(value, prefix: str = "") -> Dict[str, str]:

@@ -4,7 +4,8 @@ The Detector, the PatchCore yardsticks and the naive baseline (:mod:`mentor3ad.e
 :class:`PartScorer` s, and cross-validation scores its fold heads with the same :func:`score_feature_set`:
 
 * ``score_samples(samples, cache_dir=None, progress=False, batch_size=8) -> ScoredParts``: the (H, W)
-  float32 anomaly map of each part at its input resolution (image score = the map's maximum) and the
+  float32 anomaly map of each part at its input resolution (image score = the map's maximum; with
+  ``model.level_percentile`` the map is relative to the part's own level, :class:`PostProcessing`) and the
   cloud its regions are measured on;
 * ``predict_samples(samples, cache_dir=None, progress=False, batch_size=8, threshold=None)``:
   :func:`judge` of the scored parts, the one loop that turns maps into answers
@@ -39,10 +40,12 @@ from .threshold import ThresholdRecord
 @dataclass
 class ScoredParts:
     """maps: one (H, W) float32 anomaly map per part at its input resolution; xyzs: the (H, W, 3) cloud each
-    part's regions are measured on (None: regions in pixels only)."""
+    part's regions are measured on (None: regions in pixels only); levels: each part's own level before it
+    was subtracted (:func:`part_level`; 0 without ``model.level_percentile``)."""
 
     maps: List[np.ndarray] = field(default_factory=list)
     xyzs: List[Optional[np.ndarray]] = field(default_factory=list)
+    levels: List[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.maps)
@@ -55,24 +58,48 @@ class ScoredParts:
     def extend(self, other: "ScoredParts") -> None:
         self.maps.extend(other.maps)
         self.xyzs.extend(other.xyzs)
+        self.levels.extend(other.levels)
+
+
+def part_level(amap: np.ndarray, percentile: float) -> float:
+    """A part's own level: the ``percentile`` (0-100) of its map's positive pixels (the part; the background
+    is 0), 0.0 when none is positive or the map is not finite (then :func:`decide` answers ERROR)."""
+    positive = amap[amap > 0]
+    if not positive.size or not np.isfinite(positive).all():
+        return 0.0
+    return float(np.percentile(positive, percentile))
 
 
 @dataclass(frozen=True)
 class PostProcessing:
     """Grid maps -> maps at the input resolution: bilinear to ``image_size``, Gaussian ``smoothing_sigma``
-    (pixels of that grid), bilinear to the part's size."""
+    (pixels of that grid), bilinear to the part's size; then, with ``level_percentile`` > 0, minus the
+    part's own level (:func:`part_level`) capped at ``level_cap``.
+
+    Why: held-out good parts differ from each other mostly by a level over the whole part (pose, light), and
+    the maximum inherits it; the peak above the part's level separates defects better (README, "Image
+    score"). The cap (the largest level of the held-out good parts, set at calibration) keeps a part whose
+    whole map is high - a wrong part, a broken model - from subtracting its own anomaly: its score is at
+    least the map's maximum minus the cap."""
 
     image_size: int
     smoothing_sigma: float
+    level_percentile: float = 0.0
+    level_cap: float = math.inf
 
     @classmethod
-    def of(cls, config) -> "PostProcessing":
-        """The post-processing a Mentor3ADConfig describes."""
-        return cls(int(config.features.image_size), float(config.model.smoothing_sigma))
+    def of(cls, config, level_cap: float = math.inf) -> "PostProcessing":
+        """The post-processing a Mentor3ADConfig describes, with the calibrated ``level_cap``."""
+        return cls(int(config.features.image_size), float(config.model.smoothing_sigma),
+                   float(config.model.level_percentile), float(level_cap))
 
-    def upsample(self, grid, size: Tuple[int, int]) -> np.ndarray:
-        """(1, R, R) tensor -> (H, W) float32 array, (H, W) = ``size``."""
-        return upsample_maps(grid, self.image_size, self.smoothing_sigma, size)[0].cpu().numpy().astype(np.float32)
+    def upsample(self, grid, size: Tuple[int, int]) -> Tuple[np.ndarray, float]:
+        """(1, R, R) tensor -> ((H, W) float32 array, (H, W) = ``size``; the part's level before the shift)."""
+        amap = upsample_maps(grid, self.image_size, self.smoothing_sigma, size)[0].cpu().numpy().astype(np.float32)
+        if self.level_percentile <= 0:
+            return amap, 0.0
+        level = part_level(amap, self.level_percentile)
+        return amap - np.float32(min(level, self.level_cap)), level
 
     def sizes(self, count: int, sizes: Optional[Sequence[Tuple[int, int]]]) -> List[Tuple[int, int]]:
         """``count`` output sizes (default image_size x image_size); InputError when the count differs."""
@@ -94,6 +121,7 @@ def score_feature_set(grid_maps: Callable, features, sizes: Optional[Sequence[Tu
         raise InputError(f"{count} feature samples but {len(xyzs)} point clouds")
     step = max(1, batch_size or count)
     maps: List[np.ndarray] = []
+    levels: List[float] = []
     for start in range(0, count, step):
         started = timer.now()
         batch = features.subset(slice(start, start + step))
@@ -103,9 +131,11 @@ def score_feature_set(grid_maps: Callable, features, sizes: Optional[Sequence[Tu
             raise ModelError(f"{len(batch)} parts scored but {int(grid.shape[0])} maps came back")
         for index in range(len(batch)):
             started = timer.now()
-            maps.append(post.upsample(grid[index:index + 1], sizes[start + index]))
+            amap, level = post.upsample(grid[index:index + 1], sizes[start + index])
+            maps.append(amap)
+            levels.append(level)
             timer.add("postprocess", timer.tick("post_upsample", started) - started)
-    return ScoredParts(maps, xyzs)
+    return ScoredParts(maps, xyzs, levels)
 
 
 def judge(scored: ScoredParts, threshold: float, model_id: str = "", timer: StageTimer = NO_TIMER) -> List[InspectionResult]:
@@ -217,4 +247,4 @@ class FeatureScorer(PartScorer):
         return scored
 
 
-__all__ = ["ScoredParts", "PostProcessing", "score_feature_set", "judge", "PartScorer", "FeatureScorer"]
+__all__ = ["ScoredParts", "part_level", "PostProcessing", "score_feature_set", "judge", "PartScorer", "FeatureScorer"]

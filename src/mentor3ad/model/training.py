@@ -285,28 +285,42 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     return detector
 
 
-def cross_validated_scores(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
-                           log: Callable[[str], None], views_per_part: int = 1) -> List[float]:
-    """Image scores of every training part by heads trained without it (``calibration.cv_folds`` folds),
-    scored as inference scores them (:func:`mentor3ad.model.scoring.score_feature_set`). With
+def cross_validated_parts(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
+                           log: Callable[[str], None], views_per_part: int = 1):
+    """Maps (:class:`~mentor3ad.model.scoring.ScoredParts`, each map relative to its whole part level) of
+    every training part by heads trained without it (``calibration.cv_folds`` folds), scored as inference
+    scores them (:func:`mentor3ad.model.scoring.score_feature_set`). With
     ``views_per_part`` > 1 the samples are parts' views in groups (the part as given first): a part's views
     are held out together and the part as given is scored."""
-    from .scoring import PostProcessing, score_feature_set
+    from .scoring import PostProcessing, ScoredParts, score_feature_set
 
     folds = config.calibration.cv_folds
     parts = len(train) // views_per_part
     order = torch.randperm(parts, generator=torch.Generator().manual_seed(config.train.seed)).tolist()
-    scores: List[float] = []
+    scored = ScoredParts()
     for fold in range(folds):
         held_parts = set(order[fold::folds])
         held = [p * views_per_part for p in order if p in held_parts]
         kept = [p * views_per_part + v for p in order if p not in held_parts for v in range(views_per_part)]
         log(f"calibration: cross-validation fold {fold + 1}/{folds} ({len(kept)} training, {len(held)} scored)")
         heads, _ = train_heads(train.subset(kept), config, None, device, progress=False, log=lambda message: None)
-        scores += score_feature_set(lambda batch: heads.final_maps(batch.rgb, batch.xyz, batch.valid),
-                                    train.subset(held), [sizes[i] for i in held], PostProcessing.of(config),
-                                    batch_size=8).image_scores
-    return scores
+        scored.extend(score_feature_set(lambda batch: heads.final_maps(batch.rgb, batch.xyz, batch.valid),
+                                        train.subset(held), [sizes[i] for i in held], PostProcessing.of(config),
+                                        batch_size=8))
+    return scored
+
+
+def set_level_cap(detector, calibration_parts, log: Callable[[str], None] = LOG.info) -> None:
+    """Cap the part level the detector subtracts (``model.level_percentile``) at the largest level of its
+    calibration parts (ScoredParts scored without a cap): their maps, hence their scores, stay as scored, and
+    a part whose whole map lies above every good part's level keeps the excess in its score."""
+    if detector.config.model.level_percentile <= 0 or not calibration_parts.levels:
+        detector.set_level_cap(None)
+        return
+    levels = calibration_parts.levels
+    detector.set_level_cap(max(levels))
+    log(f"part level (the {detector.config.model.level_percentile:g}th percentile of a map): calibration parts "
+        f"{min(levels):.4g} - {max(levels):.4g}; maps are relative to it, capped at {max(levels):.4g}")
 
 
 def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, validation: Optional[FeatureSet],
@@ -321,19 +335,24 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     from . import escape
     from .threshold import ThresholdSource, from_good_scores
 
+    from .scoring import ScoredParts
+
     calibration = detector.config.calibration
-    scores, sources = [], []
+    detector.set_level_cap(None)  # the calibration parts' maps relative to their whole level; the cap below
+    scored, sources = ScoredParts(), []
     if validation is not None and len(validation):
-        scores += detector.image_scores(validation, val_sizes, batch_size=8)
+        scored.extend(detector.score_features(validation, val_sizes, batch_size=8))
         sources.append(ThresholdSource("validation", len(validation)))
     if calibration.cv_folds:
-        cv_scores = cross_validated_scores(train, train_sizes, detector.config, device, log, views_per_part)
-        scores += cv_scores
-        sources.append(ThresholdSource("cv", len(cv_scores)))
-    if not scores:
+        cv_scored = cross_validated_parts(train, train_sizes, detector.config, device, log, views_per_part)
+        scored.extend(cv_scored)
+        sources.append(ThresholdSource("cv", len(cv_scored)))
+    if not len(scored):
         log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
-        scores = detector.image_scores(train, train_sizes, batch_size=8)
+        scored = detector.score_features(train, train_sizes, batch_size=8)
         sources.append(ThresholdSource("train", len(train)))
+    set_level_cap(detector, scored, log)
+    scores = scored.image_scores
     record = from_good_scores(scores, calibration, sources, set_by="train")
     if val_samples:
         record = escape.estimate(record, detector, val_samples, calibration, detector.config.train.seed, log)

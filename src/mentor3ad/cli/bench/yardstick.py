@@ -86,8 +86,8 @@ def time_scorers(detector, cores: Dict[str, Any], samples: Sequence, warmup: int
             begin = now()
             grid = scorer.grid_maps(features)
             scored = now()
-            judge(ScoredParts([scorer.post.upsample(grid[0:1], rgb.shape[:2])], [xyz]), scorer.threshold,
-                  scorer.model_id)
+            amap, level = scorer.post.upsample(grid[0:1], rgb.shape[:2])
+            judge(ScoredParts([amap], [xyz], [level]), scorer.threshold, scorer.model_id)
             done = now()
             if i >= warmup:
                 timing = series[key]

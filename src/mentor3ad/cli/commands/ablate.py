@@ -99,12 +99,16 @@ class Split:
 
 
 def calibrate_derived(detector, calibration: "Split", log=LOG.info):
-    """The training rule (the config's false-reject target, margin, rule) on this model's own image
-    scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models);
+    """The training rule (the config's false-reject target, margin, rule; the part-level cap) on this model's
+    own image scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models);
     returns the new ThresholdRecord (``replaced``: the inherited threshold)."""
     from ...model.threshold import ThresholdSource, from_good_scores
+    from ...model.training import set_level_cap
 
-    scores = detector.image_scores(calibration.features, calibration.sizes, batch_size=8)
+    detector.set_level_cap(None)
+    scored = detector.score_features(calibration.features, calibration.sizes, batch_size=8)
+    set_level_cap(detector, scored, log)
+    scores = scored.image_scores
     inherited = detector.threshold
     record = from_good_scores(scores, detector.config.calibration, [ThresholdSource(calibration.name, len(scores))],
                               set_by="ablate", replaced=inherited)
