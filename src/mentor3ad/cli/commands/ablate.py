@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def without_voting(detector):
-    """Same MFM + MGM weights, final map = plain product of the used score maps (threshold: the parent's
-    until :func:`calibrate_derived` sets this model's own)."""
+    """Same MFM + MGM weights, final map = plain product of the used score maps (threshold and part-level
+    cap: the parent's until :func:`calibrate_derived` sets this model's own)."""
     from ...model.detector import Detector
     from ...model.heads import Mentor3ADHeads
 
