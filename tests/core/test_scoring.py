@@ -66,6 +66,7 @@ def test_post_processing_subtracts_the_capped_part_level():
     assert got == pytest.approx(level) and np.allclose(shifted, raw - level)
     capped, got = PostProcessing(32, 0.0, 90.0, level_cap=0.25).upsample(grid, (32, 32))
     assert got == pytest.approx(level) and np.allclose(capped, raw - 0.25)  # never more than the cap
+    assert (raw <= 0).any() and np.all(capped[raw <= 0] == np.float32(-0.25))  # no part: -cap for every part
 
 
 def test_calibration_caps_the_level_at_the_largest_held_out_level(detector, tmp_path):
