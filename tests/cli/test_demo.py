@@ -27,7 +27,7 @@ def test_demo_runs_every_stage_and_ros_replay_matches_offline(tmp_path):
     assert re.search(r"\| Mentor3AD \| [0-9.]+ \|", out) and "| naive baseline |" in out, out
     n_test = sum(1 for p in (tmp_path / "data" / "test").glob("*/rgb/*.png"))
     assert f"{n_test} results for {n_test} parts" in out, out
-    assert "ROS replay metrics match the offline evaluation" in out, out
+    assert "ROS replay verdicts and metrics match the offline evaluation" in out, out
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
     ros_report = json.loads((tmp_path / "run" / "ros_report" / "report.json").read_text())
     assert ros_report["metrics"]["i_auroc"] == pytest.approx(report["metrics"]["i_auroc"], abs=1e-6)

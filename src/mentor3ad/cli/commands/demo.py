@@ -25,6 +25,9 @@ LOG = logging.getLogger("mentor3ad.demo")
 DEMO_DATASET = dict(n_train=20, n_val=20, n_test_good=10, n_test_per_defect=4, resolution=(224, 224), seed=0)
 
 
+
+METRIC_TOLERANCE = 1e-4  # ROS replay vs offline metrics (see _replay_stage)
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded synthetic inspection cell")
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"), help="outputs (model, report, bags)")
@@ -157,11 +160,16 @@ def _replay_stage(model_path: Path, test: list, data: Path, work_dir: Path, offl
     print(f"      {len(verdicts)} results for {len(test)} parts: " +
           ", ".join(f"{v} {verdicts.count(v)}" for v in ("PASS", "FAIL", "ERROR", "SKIPPED")))
     ros_metrics = out["report"]["metrics"]
-    same = all(abs(ros_metrics[k] - offline_report["metrics"][k]) < 1e-5
-               for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1")
-               if isinstance(ros_metrics.get(k), float) and math.isfinite(ros_metrics[k]))
-    print(f"      ROS replay metrics {'match' if same else 'DIFFER FROM'} the offline evaluation "
-          f"(I-AUROC {ros_metrics['i_auroc']:.3f}); report in {work_dir / 'ros_report'}")
+    # the inspector runs its heads with its own thread count: bf16 sums in another order move scores by
+    # ~1e-3 relative (README, "Quick start"), so verdicts must be equal and metrics equal to METRIC_TOLERANCE
+    offline_verdicts = {p["name"]: p["is_anomalous"] for p in offline_report["samples"]}
+    ros_verdicts = {p["name"]: p["is_anomalous"] for p in out["report"]["samples"]}
+    differences = [abs(ros_metrics[k] - offline_report["metrics"][k]) for k in ("i_auroc", "p_auroc", "aupro_30", "aupro_1")
+                   if isinstance(ros_metrics.get(k), float) and math.isfinite(ros_metrics[k])]
+    same = ros_verdicts == offline_verdicts and all(d < METRIC_TOLERANCE for d in differences)
+    print(f"      ROS replay verdicts and metrics {'match' if same else 'DIFFER FROM'} the offline evaluation "
+          f"(I-AUROC {ros_metrics['i_auroc']:.3f}, largest metric difference {max(differences, default=0.0):.1e}); "
+          f"report in {work_dir / 'ros_report'}")
     recorded = _recorded_parts(record)
     print(f"      inspection record: {recorded} of {len(test)} parts in {record} (evidence in {record}.evidence); "
           f"the operator dashboard on them:\n        ./run.sh mentor3ad dashboard --record {record}   "
