@@ -25,6 +25,7 @@ from .package_files import packaged_file
 SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 PRECISIONS = ("fp32", "bf16", "fp16")  # features.precision: the backbones' arithmetic
 HEAD_PRECISIONS = ("auto", "fp32", "bf16")  # model.head_precision: the heads' arithmetic
+IMAGE_SCORES = ("auto", "level", "max")
 PLANE_METHODS = ("ransac", "open3d", "none")
 # (min, max) of the options that set compute and memory (image_size 4480: 8.7 GB), checked before anything is built
 FEATURE_BOUNDS = {"image_size": (8, 1024), "point_image_size": (0, 1024), "feature_resolution": (1, 256),
@@ -293,6 +294,11 @@ class CalibrationConfig(_Section):
     pseudo_defects_per_kind: seeded pseudo-defects of each kind per held-out good part, scored at
         calibration for the pseudo-defect escape rate and the alternatives table (:mod:`mentor3ad.model.escape`);
         0 = off.
+    image_score: with model.level_percentile > 0, which image score the model keeps: "level" (the peak
+        above the part's level), "max" (the raw map's maximum: the model is stored with level_percentile 0)
+        or "auto" (default): the one whose threshold, set by this section's rule from the held-out good
+        parts, lets fewer of their pseudo-defects PASS ("level" on a tie; "level" without held-out parts or
+        pseudo-defects).
     """
 
     target_false_reject_rate: float = 0.01
@@ -300,6 +306,7 @@ class CalibrationConfig(_Section):
     cv_folds: int = 0
     margin: float = 0.0
     pseudo_defects_per_kind: int = 1
+    image_score: str = "auto"
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
@@ -312,6 +319,9 @@ class CalibrationConfig(_Section):
         if self.pseudo_defects_per_kind < 0:
             raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got "
                               f"{self.pseudo_defects_per_kind}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ConfigError(f"calibration.image_score must be one of {', '.join(IMAGE_SCORES)}, got "
+                              f"{self.image_score!r}")
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,47 @@ def test_skipped_when_switched_off_or_without_held_out_parts(trained):
     alone = train_detector(train, Mentor3ADConfig.from_dict(TINY_MODEL_CONFIG), None, progress=False, log=lines.append)
     assert alone.threshold_record.expected_escape_rate == {}
     assert any(line.startswith("pseudo-defect escape rate: skipped (no held-out good parts") for line in lines)
+
+
+def test_auto_keeps_the_image_score_that_lets_fewer_pseudo_defects_pass(trained):
+    """calibration.image_score auto (default): the peak above the part level and the map's maximum are compared on
+    one scoring of the held-out parts' pseudo-defects, each at its own threshold by the configured rule; the
+    model keeps the one letting fewer pass (the level on a tie), and the record's rates are those of that one."""
+    from mentor3ad.model.detector import Detector
+
+    detector, _, lines, path = trained
+    info = detector.training_info["image_score"]
+    rates = {name: c["pseudo_defect_escape_rate"] for name, c in info["candidates"].items()}
+    assert set(rates) == {"level", "max"} and info["n"] == 18
+    assert info["chosen"] == ("max" if rates["max"] < rates["level"] else "level")
+    assert detector.config.model.level_percentile == (0.0 if info["chosen"] == "max" else 90.0)
+    assert detector.threshold == pytest.approx(info["candidates"][info["chosen"]]["threshold"])
+    assert detector.threshold_record.expected_escape_rate["rate"] == pytest.approx(rates[info["chosen"]])
+    assert any(line.startswith("image score: level: threshold") for line in lines), lines
+    loaded = Detector.load(path)
+    assert loaded.config.model.level_percentile == detector.config.model.level_percentile
+    assert loaded.level_cap == detector.level_cap and loaded.model_id == detector.model_id
+
+
+@pytest.mark.parametrize("choice", ["level", "max"])
+def test_image_score_level_or_max_is_kept_as_configured(choice):
+    import math
+
+    from mentor3ad.model.training import train_detector
+
+    train, val = _parts(4, 2)
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "calibration": {"image_score": choice}})
+    detector = train_detector(train, config, val, progress=False, log=lambda message: None)
+    if choice == "max":  # stored as the raw map: level_percentile 0, no cap
+        assert detector.config.model.level_percentile == 0.0 and math.isinf(detector.level_cap)
+    else:
+        assert detector.config.model.level_percentile == 90.0 and math.isfinite(detector.level_cap)
+    assert "image_score" not in detector.training_info  # nothing compared
+    assert detector.threshold_record.expected_escape_rate["n"] == 12  # the estimate of the kept score
+
+
+def test_image_score_must_be_known():
+    from mentor3ad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="calibration.image_score must be one of auto, level, max"):
+        CalibrationConfig(image_score="mean")

@@ -47,10 +47,19 @@ def score_pseudo_defects(scorer, good: Sequence, per_kind: int, seed: int = 0,
     """kind -> image scores of ``per_kind`` pseudo-defects of that kind on each good sample (rgb (H, W, 3)
     uint8, xyz (H, W, 3) metres), scored by ``scorer`` as inference scores parts; parts too small to carry a
     defect are skipped."""
+    defects, scored = score_pseudo_defect_parts(scorer, good, per_kind, seed, batch_size)
+    return by_kind(defects, scored.image_scores) if defects else {}
+
+
+def score_pseudo_defect_parts(scorer, good: Sequence, per_kind: int, seed: int = 0, batch_size: int = 8):
+    """(the pseudo-defect Samples, their :class:`~mentor3ad.model.scoring.ScoredParts`) as
+    :func:`score_pseudo_defects` makes and scores them."""
     defects = pseudo_defects(list(good), KINDS, per_kind, seed)
-    if not defects:
-        return {}
-    scores = scorer.score_samples(defects, batch_size=batch_size).image_scores
+    return defects, (scorer.score_samples(defects, batch_size=batch_size) if defects else None)
+
+
+def by_kind(defects: Sequence, scores: Sequence[float]) -> Dict[str, List[float]]:
+    """kind -> the scores of the pseudo-defect Samples ``defects`` (in their order)."""
     out: Dict[str, List[float]] = {}
     for sample, score in zip(defects, scores):
         out.setdefault(sample.defect, []).append(float(score))
@@ -82,17 +91,20 @@ def alternatives(good_scores: Sequence[float], defect_scores: Dict[str, Sequence
 
 
 def estimate(record: ThresholdRecord, scorer, good: Sequence, calibration, seed: int = 0,
-             log: Callable[[str], None] = lambda message: None) -> ThresholdRecord:
+             log: Callable[[str], None] = lambda message: None,
+             defect_scores: Optional[Dict[str, List[float]]] = None) -> ThresholdRecord:
     """``record`` (set from the good parts' scores by ``calibration``) with ``expected_escape_rate`` and
-    ``alternatives`` from pseudo-defects of ``good`` scored by ``scorer``; unchanged (and logged why) when
-    ``calibration.pseudo_defects_per_kind`` is 0, no part can carry a defect or one cannot be scored."""
+    ``alternatives`` from pseudo-defects of ``good`` scored by ``scorer`` (or their ``defect_scores``, already
+    scored as ``scorer`` scores parts); unchanged (and logged why) when ``calibration.pseudo_defects_per_kind``
+    is 0, no part can carry a defect or one cannot be scored."""
     per_kind = int(calibration.pseudo_defects_per_kind)
     if per_kind <= 0:
         log("pseudo-defect escape rate: skipped (calibration.pseudo_defects_per_kind is 0)")
         return record
     started = time.perf_counter()
     try:
-        defect_scores = score_pseudo_defects(scorer, good, per_kind, seed)
+        if defect_scores is None:
+            defect_scores = score_pseudo_defects(scorer, good, per_kind, seed)
     except InputError as err:  # the threshold stands without the estimate
         log(f"pseudo-defect escape rate: skipped (a pseudo-defect could not be scored: {err})")
         return record
