@@ -137,3 +137,18 @@ def test_a_model_with_part_levels_but_no_cap_is_refused(detector, tmp_path):
     path = checkpoint.write_checkpoint(tmp_path / "uncapped.safetensors", detector.state_tensors(), metadata)
     with pytest.raises(ModelLoadError, match="no calibrated cap"):
         Detector.load(path)
+
+
+def test_a_minus_infinite_pixel_is_not_replaced_by_the_background_value():
+    """Pixels without the part get -cap; a -inf pixel (a broken model) must stay, so decide() answers ERROR."""
+    import torch
+
+    from mentor3ad.model.postprocess import decide
+    from mentor3ad.model.scoring import PostProcessing
+    from mentor3ad.types import Verdict
+
+    grid = torch.zeros(1, 8, 8)
+    grid[0, 2:6, 2:6] = 1.0
+    grid[0, 4, 4] = float("-inf")
+    amap, _ = PostProcessing(32, 0.0, 90.0, level_cap=0.5).upsample(grid, (32, 32))
+    assert np.isneginf(amap).any() and decide(amap, 1.0).verdict is Verdict.ERROR

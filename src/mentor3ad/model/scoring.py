@@ -75,7 +75,7 @@ class PostProcessing:
     """Grid maps -> maps at the input resolution: bilinear to ``image_size``, Gaussian ``smoothing_sigma``
     (pixels of that grid), bilinear to the part's size; then, with ``level_percentile`` > 0, minus the
     part's own level (:func:`part_level`) capped at ``level_cap``; pixels without the part (raw map 0) get
-    ``-level_cap``, the same value for every part and below every part pixel.
+    ``-level_cap``, the same value for every part and below every part pixel (non-finite pixels stay: ERROR).
 
     Why: held-out good parts differ from each other mostly by a level over the whole part (pose, light), and
     the maximum inherits it; the peak above the part's level separates defects better (README, "Image
@@ -102,7 +102,7 @@ class PostProcessing:
         level = part_level(amap, self.level_percentile)
         shifted = amap - np.float32(min(level, self.level_cap))
         if math.isfinite(self.level_cap):  # no part there: one value below every part pixel, for every part
-            shifted[amap <= 0] = -np.float32(self.level_cap)
+            shifted[amap == 0] = -np.float32(self.level_cap)  # (not <= 0: a -inf pixel must stay, for ERROR)
         return shifted, level
 
     def sizes(self, count: int, sizes: Optional[Sequence[Tuple[int, int]]]) -> List[Tuple[int, int]]:

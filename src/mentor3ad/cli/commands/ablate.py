@@ -103,7 +103,7 @@ def calibrate_derived(detector, calibration: "Split", log=LOG.info):
     own image scores of ``calibration``'s good parts (cross-validation folds are not repeated for derived models);
     returns the new ThresholdRecord (``replaced``: the inherited threshold)."""
     from ...model.threshold import ThresholdSource, from_good_scores
-    from ...model.training import set_level_cap
+    from ...model.image_score import set_level_cap
 
     detector.set_level_cap(None)
     scored = detector.score_features(calibration.features, calibration.sizes, batch_size=8)
