@@ -95,14 +95,15 @@ def synthetic_set(count: int, start: int = 0, defects=("good",)):
     return [synthetic_sample(start + i, defect=defects[i % len(defects)]) for i in range(count)]
 
 
-def train_tiny_model(path, n_train: int = 6, n_val: int = 3, resolution=(64, 64), model=None):
-    """Train TINY_MODEL_CONFIG (its ``model`` section updated by ``model``) on synthetic-cell good samples and
-    save it to ``path``; returns the Detector."""
+def train_tiny_model(path, n_train: int = 6, n_val: int = 3, resolution=(64, 64), model=None, calibration=None):
+    """Train TINY_MODEL_CONFIG (its ``model`` / ``calibration`` sections updated by ``model`` / ``calibration``)
+    on synthetic-cell good samples and save it to ``path``; returns the Detector."""
     from mentor3ad.config import Mentor3ADConfig
     from mentor3ad.io.datasets.synthetic import generate_sample
     from mentor3ad.model.training import train_detector
 
-    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "model": {**TINY_MODEL_CONFIG["model"], **(model or {})}})
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "model": {**TINY_MODEL_CONFIG["model"], **(model or {})},
+                                        "calibration": dict(calibration or {})})
     train = [generate_sample(i, resolution, name=f"train/{i}") for i in range(n_train)]
     val = [generate_sample(100 + i, resolution, name=f"val/{i}") for i in range(n_val)]
     detector = train_detector(train, config, val, progress=False)

@@ -162,3 +162,22 @@ def test_image_score_must_be_known():
 
     with pytest.raises(ConfigError, match="calibration.image_score must be one of auto, level, max"):
         CalibrationConfig(image_score="mean")
+
+
+def test_auto_without_scorable_pseudo_defects_keeps_the_level_and_trains(monkeypatch):
+    """A pseudo-defect that cannot be scored (InputError) leaves the choice to the level, as it leaves the
+    threshold without the escape estimate: training goes on."""
+    from mentor3ad.errors import InputError
+    from mentor3ad.model.training import train_detector
+
+    def unscorable(*args, **kwargs):
+        raise InputError("no valid 3D points")
+
+    monkeypatch.setattr(escape, "score_pseudo_defect_parts", unscorable)
+    monkeypatch.setattr(escape, "score_pseudo_defects", unscorable)
+    train, val = _parts(4, 2)
+    lines = []
+    detector = train_detector(train, Mentor3ADConfig.from_dict(TINY_MODEL_CONFIG), val, progress=False, log=lines.append)
+    assert detector.config.model.level_percentile == 90.0 and "image_score" not in detector.training_info
+    assert "image score: the peak above the part level (a pseudo-defect could not be scored: no valid 3D points)" in lines
+    assert detector.threshold_record.expected_escape_rate == {}

@@ -14,7 +14,8 @@ from mentor3ad.types import Verdict
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    return train_tiny_model(tmp_path_factory.mktemp("scoring") / "tiny.safetensors")
+    # the peak above the part level, as configured (not left to calibration.image_score auto's choice)
+    return train_tiny_model(tmp_path_factory.mktemp("scoring") / "tiny.safetensors", calibration={"image_score": "level"})
 
 
 def test_detector_patchcore_and_naive_answer_through_one_protocol(detector, tmp_path):
@@ -94,7 +95,8 @@ def test_calibration_caps_the_level_at_the_largest_held_out_level(detector, tmp_
     assert all(s >= 10.0 * detector.threshold - detector.level_cap for s in scored.image_scores)
     uncapped_raised = score_feature_set(raised, features, None, PostProcessing.of(detector.config), 8)
     assert max(uncapped_raised.image_scores) < 10.0 * detector.threshold  # without the cap it would hide
-    loaded = Detector.load(tmp_path / "saved.safetensors") if detector.save(tmp_path / "saved.safetensors") else None
+    detector.save(tmp_path / "saved.safetensors")
+    loaded = Detector.load(tmp_path / "saved.safetensors")
     assert loaded.level_cap == detector.level_cap and loaded.model_id == detector.model_id
 
 

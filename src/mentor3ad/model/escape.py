@@ -92,11 +92,12 @@ def alternatives(good_scores: Sequence[float], defect_scores: Dict[str, Sequence
 
 def estimate(record: ThresholdRecord, scorer, good: Sequence, calibration, seed: int = 0,
              log: Callable[[str], None] = lambda message: None,
-             defect_scores: Optional[Dict[str, List[float]]] = None) -> ThresholdRecord:
+             defect_scores: Optional[Dict[str, List[float]]] = None,
+             scoring_seconds: Optional[float] = None) -> ThresholdRecord:
     """``record`` (set from the good parts' scores by ``calibration``) with ``expected_escape_rate`` and
     ``alternatives`` from pseudo-defects of ``good`` scored by ``scorer`` (or their ``defect_scores``, already
-    scored as ``scorer`` scores parts); unchanged (and logged why) when ``calibration.pseudo_defects_per_kind``
-    is 0, no part can carry a defect or one cannot be scored."""
+    scored as ``scorer`` scores parts, in ``scoring_seconds``); unchanged (and logged why) when
+    ``calibration.pseudo_defects_per_kind`` is 0, no part can carry a defect or one cannot be scored."""
     per_kind = int(calibration.pseudo_defects_per_kind)
     if per_kind <= 0:
         log("pseudo-defect escape rate: skipped (calibration.pseudo_defects_per_kind is 0)")
@@ -105,6 +106,7 @@ def estimate(record: ThresholdRecord, scorer, good: Sequence, calibration, seed:
     try:
         if defect_scores is None:
             defect_scores = score_pseudo_defects(scorer, good, per_kind, seed)
+            scoring_seconds = time.perf_counter() - started
     except InputError as err:  # the threshold stands without the estimate
         log(f"pseudo-defect escape rate: skipped (a pseudo-defect could not be scored: {err})")
         return record
@@ -114,7 +116,7 @@ def estimate(record: ThresholdRecord, scorer, good: Sequence, calibration, seed:
             "above its background to carry a pseudo-defect)")
         return record
     log(f"pseudo-defect escape rate: {count} pseudo-defects of {len(good)} calibration parts scored in "
-        f"{time.perf_counter() - started:.1f} s")
+        f"{scoring_seconds or 0.0:.1f} s")
     escape = {"rate": escape_rate(defect_scores, record.value), "n": count,
               "per_kind": {k: escape_rate({k: v}, record.value) for k, v in defect_scores.items()},
               "source": SOURCE, "per_part_and_kind": per_kind, "seed": int(seed),

@@ -4,6 +4,7 @@ held-out good parts), or the raw map's maximum (README, "Image score: the peak a
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 LOG = logging.getLogger(__name__)
@@ -28,9 +29,11 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
 
     scored: the calibration parts' ScoredParts, scored relative to their whole level (no cap); val_samples: the
     held-out good Samples pseudo-defects are seeded on. Returns (the calibration parts' scores under the kept
-    score, their pseudo-defects' scores by kind under it, or None when not scored). With "auto" both scores
+    score, their pseudo-defects' scores by kind under it or None when not scored, the seconds that scoring
+    took or None). With "auto" both scores
     come from one scoring of the pseudo-defects (max of the map + its level = the raw maximum) and
     ``training_info["image_score"]`` keeps the comparison."""
+    from ..errors import InputError
     from . import escape
     from .calibration import calibrate_by_config
 
@@ -38,19 +41,24 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
     calibration = config.calibration
     if config.model.level_percentile <= 0 or not scored.levels:
         detector.set_level_cap(None)
-        return scored.image_scores, None
+        return scored.image_scores, None, None
     cap = max(scored.levels)
     level_scores = scored.image_scores  # the cap is their largest level: unchanged by it
     raw_scores = [score + level for score, level in zip(level_scores, scored.levels)]
-    choice, defect_scores = calibration.image_score, None
+    choice, defect_scores, seconds = calibration.image_score, None, None
     if choice == "auto" and not (val_samples and calibration.pseudo_defects_per_kind > 0):
         log("image score: the peak above the part level (calibration.image_score auto compares on pseudo-defects "
             "of held-out good parts; there are none)")
         choice = "level"
     if choice == "auto":
-        detector.set_level_cap(None)
-        defects, parts = escape.score_pseudo_defect_parts(detector, val_samples, calibration.pseudo_defects_per_kind,
-                                                          config.train.seed)
+        detector.set_level_cap(None)  # the pseudo-defects' maps relative to their whole level, as ``scored``
+        started = time.perf_counter()
+        try:
+            defects, parts = escape.score_pseudo_defect_parts(detector, val_samples,
+                                                              calibration.pseudo_defects_per_kind, config.train.seed)
+        except InputError as err:  # as escape.estimate: calibration stands without the comparison
+            log(f"image score: the peak above the part level (a pseudo-defect could not be scored: {err})")
+            defects = []
         if not defects:
             choice = "level"
         else:
@@ -62,15 +70,16 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
                 threshold = calibrate_by_config(good, calibration)
                 compared[name] = {"threshold": float(threshold), "pseudo_defect_escape_rate":
                                   escape.escape_rate({"all": bad}, threshold)}
-            choice = "max" if compared["max"]["pseudo_defect_escape_rate"] < compared["level"]["pseudo_defect_escape_rate"] else "level"
+            passed = {name: c["pseudo_defect_escape_rate"] for name, c in compared.items()}
+            choice = "max" if passed["max"] < passed["level"] else "level"
             detector.training_info["image_score"] = {"chosen": choice, "candidates": compared, "n": len(defects)}
-            log("image score: " + "; ".join(f"{name}: threshold {c['threshold']:.4g}, {c['pseudo_defect_escape_rate']:.0%} of "
+            log("image score: " + "; ".join(f"{name}: threshold {c['threshold']:.4g}, {passed[name]:.0%} of "
                                              f"{len(defects)} pseudo-defects pass" for name, c in compared.items())
                 + f" -> {'the peak above the part level' if choice == 'level' else 'the maximum of the map'}")
-            defect_scores = escape.by_kind(defects, candidates[choice][1])
+            defect_scores, seconds = escape.by_kind(defects, candidates[choice][1]), time.perf_counter() - started
     if choice == "max":
         detector.config = config.replace(model={"level_percentile": 0.0})
         detector.set_level_cap(None)
-        return raw_scores, defect_scores
+        return raw_scores, defect_scores, seconds
     set_level_cap(detector, scored, log)
-    return level_scores, defect_scores
+    return level_scores, defect_scores, seconds

@@ -286,7 +286,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
 
 
 def cross_validated_parts(train: FeatureSet, sizes: Sequence, config: Mentor3ADConfig, device,
-                           log: Callable[[str], None], views_per_part: int = 1):
+                          log: Callable[[str], None], views_per_part: int = 1):
     """Maps (:class:`~mentor3ad.model.scoring.ScoredParts`, each map relative to its whole part level) of
     every training part by heads trained without it (``calibration.cv_folds`` folds), scored as inference
     scores them (:func:`mentor3ad.model.scoring.score_feature_set`). With
@@ -321,9 +321,8 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     ``views_per_part``: the training samples are parts' views in groups (train.view_augmentation)."""
     from . import escape
     from .image_score import choose_image_score
-    from .threshold import ThresholdSource, from_good_scores
-
     from .scoring import ScoredParts
+    from .threshold import ThresholdSource, from_good_scores
 
     calibration = detector.config.calibration
     detector.set_level_cap(None)  # the calibration parts' maps relative to their whole level; the cap below
@@ -339,11 +338,11 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
         scored = detector.score_features(train, train_sizes, batch_size=8)
         sources.append(ThresholdSource("train", len(train)))
-    scores, defect_scores = choose_image_score(detector, scored, val_samples, log)  # sets the part-level cap
+    scores, defect_scores, seconds = choose_image_score(detector, scored, val_samples, log)  # sets the cap
     record = from_good_scores(scores, calibration, sources, set_by="train")
     if val_samples:
         record = escape.estimate(record, detector, val_samples, calibration, detector.config.train.seed, log,
-                                 defect_scores)
+                                 defect_scores, seconds)
     else:
         log("pseudo-defect escape rate: skipped (no held-out good parts to seed pseudo-defects on; train with "
             "held-out good parts for it)")

@@ -23,10 +23,8 @@ LOG = logging.getLogger("mentor3ad.demo")
 # dataset sizes of the embedded default data
 # 20 held-out good parts: enough for the threshold rule (a tail model of the good scores) to mean something
 DEMO_DATASET = dict(n_train=20, n_val=20, n_test_good=10, n_test_per_defect=4, resolution=(224, 224), seed=0)
-
-
-
 METRIC_TOLERANCE = 1e-4  # ROS replay vs offline metrics (see _replay_stage)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded synthetic inspection cell")
