@@ -1,6 +1,7 @@
 """Mentor3AD heads: shapes, losses, ablation wiring, OC-SVM (random tensors, no backbones)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mentor3ad.config import ModelConfig
 from mentor3ad.errors import ModelError
@@ -38,6 +39,15 @@ def test_full_model_shapes_and_invalid_patches_zero():
     assert heads.mfm(rgb, xyz).shape == (2, 16, RES, RES)
     rgb_rec, xyz_rec = heads.mgm(rgb, xyz, heads.mfm(rgb, xyz))
     assert rgb_rec.shape == rgb.shape and xyz_rec.shape == xyz.shape
+
+
+def test_info_nce_is_the_symmetric_cross_entropy():
+    generator = torch.Generator().manual_seed(1)
+    query, key = torch.randn(40, 8, generator=generator), torch.randn(40, 8, generator=generator)
+    logits = F.normalize(query, dim=1) @ F.normalize(key, dim=1).t() / 0.07
+    targets = torch.arange(40)
+    expected = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    assert torch.allclose(info_nce(query, key, 0.07), expected, rtol=1e-5)
 
 
 def test_info_nce_lower_for_aligned_than_shuffled_pairs():
@@ -119,6 +129,32 @@ def test_voting_initialisation_is_plain_product_at_level_one():
     assert torch.allclose(refine(smooth), smooth, rtol=2e-3)
     lower, upper = refine.kernels()
     assert torch.allclose(lower.sum(dim=(1, 2, 3)), torch.ones(4)) and torch.isclose(upper.sum(), torch.tensor(1.0))
+
+
+def test_voting_levels_are_each_levels_own_refinement():
+    """levels() runs the N refinements as grouped convolutions: the same values (and gradients) as each
+    RefinementConv on its own level's product, also with trained (non-identity) kernels."""
+    config = tiny_config(vote_levels=4)
+    voting = VotingModule(2, config)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for refine in voting.refinements:
+            refine.lower_logits.copy_(torch.randn(refine.lower_logits.shape, generator=generator))
+            refine.upper_logits.copy_(torch.randn(refine.upper_logits.shape, generator=generator))
+        voting.exponent_logits.copy_(torch.randn(voting.exponent_logits.shape, generator=generator))
+    scores = torch.rand(3, 2, RES, RES, generator=generator) * 0.5 + 0.01
+    products = torch.exp(torch.einsum("nm,bmhw->bnhw", voting.exponents, torch.log(scores)))
+    expected = torch.cat([refine(products[:, n:n + 1]) for n, refine in enumerate(voting.refinements)], dim=1)
+    levels = voting.levels(scores)
+    assert levels.is_contiguous()
+    assert torch.allclose(levels, expected.clamp_min(config.score_eps), rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(levels, products, atol=1e-3)  # the kernels do work: not the identity
+    levels.log().sum().backward()
+    grouped_grads = [refine.lower_logits.grad.clone() for refine in voting.refinements]
+    voting.zero_grad()
+    expected.clamp_min(config.score_eps).log().sum().backward()
+    for grouped, single in zip(grouped_grads, (refine.lower_logits.grad for refine in voting.refinements)):
+        assert torch.allclose(grouped, single, rtol=1e-4, atol=1e-4 * float(single.abs().max()))  # summation order
 
 
 def test_trained_voting_keeps_level_maps_informative():

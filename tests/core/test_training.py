@@ -223,3 +223,33 @@ def test_config_is_validated_once_when_built_and_frozen(train_features, monkeypa
     heads, _ = train_heads(train_features, config, progress=False, log=lambda msg: None)
     Detector(config, heads, threshold=1.0)
     assert calls == []  # built once, validated then: training and the detector do not validate again
+
+
+def test_bf16_losses_pad_the_patches_and_use_only_the_real_ones(train_features):
+    """In bf16 the MLPs run on patches zero-padded to a multiple of PATCH_BUCKET rows (few shapes for
+    oneDNN); the loss must be the one of the real patches alone, not of the padding."""
+    from mentor3ad.backbones import autocast
+    from mentor3ad.model.heads import Mentor3ADHeads, PATCH_BUCKET, cosine_loss
+    from mentor3ad.model.training import _padded, _valid_patches, mgm_loss
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    heads = Mentor3ADHeads(train_features.rgb.shape[1], train_features.xyz.shape[1], config.model)
+    statistics = _valid_patches(train_features, "cpu")
+    heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
+    heads.precision = "bf16"
+    batch = train_features.subset(slice(0, 2))
+    patches = _valid_patches(batch, "cpu", heads)
+    count = patches["rgb"].shape[0]
+    assert count % PATCH_BUCKET  # the batch does get padded
+    assert _padded(patches, "bf16")["rgb"].shape[0] == -(-count // PATCH_BUCKET) * PATCH_BUCKET
+    assert _padded(patches, "fp32")["rgb"].shape[0] == count
+    with torch.no_grad(), autocast("cpu", "bf16"):
+        mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]), heads.mfm.xyz_projection(patches["xyz"]))
+        xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
+        rgb_rec = heads.mgm.xyz_to_rgb.map_patches(patches["xyz"], mentor)
+    ones = torch.ones(count, dtype=torch.bool)
+    expected = cosine_loss(rgb_rec.float(), patches["rgb"], ones) + cosine_loss(xyz_rec.float(), patches["xyz"], ones)
+    with torch.no_grad():
+        loss = mgm_loss(heads, batch, "cpu")
+    assert torch.allclose(loss, expected, rtol=2e-2)

@@ -13,12 +13,13 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..backbones import autocast, resolve_precision
 from ..config import Mentor3ADConfig
 from ..errors import InputError
 from ..features.extractor import FeatureSet, stack_features
-from .heads import Mentor3ADHeads, cosine_loss, info_nce, to_patches
+from .heads import Mentor3ADHeads, cosine_loss, info_nce, padded_count, to_patches
 from .input_profile import PROFILE_KEY, InputProfile
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +56,15 @@ def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads]
     return patches
 
 
+def _padded(patches: Dict[str, torch.Tensor], precision: str) -> Dict[str, torch.Tensor]:
+    """Patches (P, C) per modality zero-padded to :func:`padded_count` rows: in bf16 the MLPs see a few
+    shapes instead of a new one per batch (oneDNN builds its kernels per shape: an MGM step measured 2x
+    slower with a new row count every batch). Rows are independent through the MLPs; callers slice [:P]."""
+    count = next(iter(patches.values())).shape[0]
+    extra = padded_count(count, precision) - count
+    return patches if extra == 0 else {name: F.pad(value, (0, 0, 0, extra)) for name, value in patches.items()}
+
+
 def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generator, device) -> torch.Tensor:
     """InfoNCE over the valid patches of a batch: RGB vs XYZ projections of the same patch are positives;
     plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP.
@@ -67,9 +77,11 @@ def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generato
     if count > config.infonce_max_patches:
         keep = torch.randperm(count, generator=generator)[:config.infonce_max_patches].to(device)
         patches = {name: value[keep] for name, value in patches.items()}
+    count = patches["rgb"].shape[0]
+    padded = _padded(patches, heads.precision)
     with autocast(device, heads.precision):
-        rgb_projected = heads.mfm.rgb_projection(patches["rgb"])
-        xyz_projected = heads.mfm.xyz_projection(patches["xyz"])
+        rgb_projected = heads.mfm.rgb_projection(padded["rgb"])[:count]
+        xyz_projected = heads.mfm.xyz_projection(padded["xyz"])[:count]
         loss = info_nce(rgb_projected, xyz_projected, config.infonce_temperature)
         if config.mfm_fused_contrast_weight > 0:
             mentor = heads.mfm.fuse(rgb_projected, xyz_projected)
@@ -83,16 +95,18 @@ def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
     """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch; the
     MLPs run in ``heads.precision`` (autocast), the cosine and the loss in float32."""
     patches = _valid_patches(batch, device, heads)
-    if patches["rgb"].shape[0] == 0:
+    count = patches["rgb"].shape[0]
+    if count == 0:
         return None
+    padded = _padded(patches, heads.precision)
     mentor = None
     with autocast(device, heads.precision):
         if heads.config.use_mentor:
             with torch.no_grad():
-                mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]),
-                                        heads.mfm.xyz_projection(patches["xyz"]))
-        xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
-        rgb_rec = heads.mgm.xyz_to_rgb.map_patches(patches["xyz"], mentor)
+                mentor = heads.mfm.fuse(heads.mfm.rgb_projection(padded["rgb"]),
+                                        heads.mfm.xyz_projection(padded["xyz"]))
+        xyz_rec = heads.mgm.rgb_to_xyz.map_patches(padded["rgb"], mentor)[:count]
+        rgb_rec = heads.mgm.xyz_to_rgb.map_patches(padded["xyz"], mentor)[:count]
     ones = torch.ones(patches["rgb"].shape[0], dtype=torch.bool, device=device)
     # patches are rows here: cosine over the channel dim = dim 1 of (P, C)
     return cosine_loss(rgb_rec.float(), patches["rgb"], ones) + cosine_loss(xyz_rec.float(), patches["xyz"], ones)

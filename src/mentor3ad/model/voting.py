@@ -166,11 +166,22 @@ class VotingModule(nn.Module):
         return self.exponent_totals[:, None] * torch.softmax(self.exponent_logits, dim=1)
 
     def levels(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B, M, R, R) -> level maps (B, N, R, R), each >= eps."""
+        """(B, M, R, R) -> level maps (B, N, R, R), each >= eps: f_n of level n's product, all N refinements
+        as two grouped channels-last convolutions (the same arithmetic as each :class:`RefinementConv` on
+        its own level; 3x faster to train than N separate ones, whose weight gradients dominated a VM step)."""
         log_scores = torch.log(scores.clamp_min(self.eps))
-        weighted = torch.einsum("nm,bmhw->bnhw", self.exponents, log_scores)
-        outputs = [refine(torch.exp(weighted[:, n:n + 1])) for n, refine in enumerate(self.refinements)]
-        return torch.cat(outputs, dim=1).clamp_min(self.eps)
+        weighted = torch.exp(torch.einsum("nm,bmhw->bnhw", self.exponents, log_scores))
+        kernels = [refine.kernels() for refine in self.refinements]
+        levels = len(kernels)
+        lower = torch.cat([k[0] for k in kernels]).contiguous(memory_format=torch.channels_last)  # (N C, 1, k, k)
+        upper = torch.cat([k[1] for k in kernels]).contiguous(memory_format=torch.channels_last)  # (N, C, k, k)
+        pad = (self.refinements[0].padding,) * 4
+        channels_last = torch.channels_last
+        hidden = F.conv2d(F.pad(weighted, pad, mode="replicate").contiguous(memory_format=channels_last), lower,
+                          groups=levels)
+        refined = F.conv2d(F.pad(hidden, pad, mode="replicate").contiguous(memory_format=channels_last), upper,
+                           groups=levels)
+        return refined.contiguous().clamp_min(self.eps)
 
     def pixel_features(self, scores: torch.Tensor) -> torch.Tensor:
         """(B, M, R, R) -> OC-SVM inputs (B, R, R, K) = -log of the level maps [and raw maps]."""
