@@ -100,6 +100,37 @@ def test_samples_per_epoch_trains_each_epoch_on_a_fresh_subset(train_features):
         tiny_config(train={"samples_per_epoch": -1})
 
 
+def test_patches_per_epoch_cuts_the_epoch_after_the_part_that_reaches_it(train_features):
+    """train.patches_per_epoch bounds an epoch by valid patches: parts that cover more of the image make
+    shorter epochs, so the cost of an epoch does not grow with the parts' size."""
+    from mentor3ad.model import training
+
+    counts = torch.tensor([100, 300, 200, 400, 100, 250])
+    for budget in (1, 350, 600, 5000):
+        generator, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        order = torch.randperm(6, generator=reference)
+        seen = torch.cat(training._batches(6, 4, generator, 0, counts, budget))
+        reached = torch.cumsum(counts[order], 0)
+        expected = min(6, int((reached < budget).sum()) + 1)
+        assert seen.tolist() == order[:expected].tolist()  # the random order, cut after the part reaching it
+    assert torch.cat(training._batches(6, 4, torch.Generator().manual_seed(3), 0, counts, 0)).numel() == 6
+    assert torch.cat(training._batches(6, 4, torch.Generator().manual_seed(3), 2, counts, 5000)).numel() == 2
+    seen_batches = []
+    original = training._batches
+    try:
+        training._batches = lambda *args: seen_batches.append(args) or original(*args)
+        budget = int(train_features.valid[0].sum()) + 1  # two parts per epoch
+        capped = tiny_config(train={"patches_per_epoch": budget, "samples_per_epoch": 0, "mfm_epochs": 1,
+                                    "mgm_epochs": 2, "vm_steps": 5})
+        training.train_heads(train_features, capped, progress=False, log=lambda msg: None)
+    finally:
+        training._batches = original
+    assert seen_batches and all(args[5] == budget for args in seen_batches)
+    assert torch.equal(seen_batches[0][4], train_features.valid.flatten(1).sum(1))
+    with pytest.raises(ValueError, match="patches_per_epoch"):
+        tiny_config(train={"patches_per_epoch": -1})
+
+
 def test_training_is_deterministic(train_features):
     from mentor3ad.model.training import train_heads
 

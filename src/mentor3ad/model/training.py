@@ -38,12 +38,18 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def _batches(count: int, batch_size: int, generator: torch.Generator, limit: int = 0) -> List[torch.Tensor]:
+def _batches(count: int, batch_size: int, generator: torch.Generator, limit: int = 0,
+             patch_counts: Optional[torch.Tensor] = None, patch_limit: int = 0) -> List[torch.Tensor]:
     """One epoch's batches of sample indices: a random order of the ``count`` samples, cut to the first
-    ``limit`` (0: all; ``train.samples_per_epoch``, a fresh random subset every epoch)."""
+    ``limit`` (0: all; ``train.samples_per_epoch``, a fresh random subset every epoch) and after the sample
+    whose valid patches (``patch_counts`` (count,)) bring the total to ``patch_limit`` (0: no bound;
+    ``train.patches_per_epoch``)."""
     order = torch.randperm(count, generator=generator)
     if 0 < limit < count:
         order = order[:limit]
+    if patch_limit > 0 and patch_counts is not None:
+        below = int((torch.cumsum(patch_counts[order], 0) < patch_limit).sum())
+        order = order[:below + 1]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
@@ -114,16 +120,18 @@ def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
 
 def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
                 batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None],
-                samples_per_epoch: int = 0) -> List[float]:
+                samples_per_epoch: int = 0, patches_per_epoch: int = 0) -> List[float]:
     from tqdm import tqdm
 
     parameters = [p for p in parameters if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     history = []
+    patch_counts = features.valid.flatten(1).sum(1)
     bar = tqdm(range(epochs), desc=name, disable=not progress, leave=False)
     for epoch in bar:
         total, steps = 0.0, 0
-        for index in _batches(len(features), batch_size, generator, samples_per_epoch):
+        for index in _batches(len(features), batch_size, generator, samples_per_epoch, patch_counts,
+                              patches_per_epoch):
             loss = loss_fn(features.subset(index))
             if loss is None:
                 continue
@@ -217,13 +225,13 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
             info["mfm_loss"] = _run_epochs(
                 "MFM", heads.mfm.parameters(), lambda b: mfm_loss(heads, b, generator, device), train,
                 train_config.mfm_epochs, train_config.mfm_lr, train_config.weight_decay, train_config.batch_size,
-                generator, progress, log, train_config.samples_per_epoch)
+                generator, progress, log, train_config.samples_per_epoch, train_config.patches_per_epoch)
             heads.mfm.requires_grad_(False)
             heads.mfm.eval()
         info["mgm_loss"] = _run_epochs(
             "MGM", heads.mgm.parameters(), lambda b: mgm_loss(heads, b, device), train, train_config.mgm_epochs,
             train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log,
-            train_config.samples_per_epoch)
+            train_config.samples_per_epoch, train_config.patches_per_epoch)
         heads.mgm.requires_grad_(False)
         heads.eval()
         if heads.voting is not None:
