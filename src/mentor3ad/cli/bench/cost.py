@@ -7,9 +7,7 @@
 * Training time at numbers of good parts (``--cost-parts``; default 25, 50, 100, 220) of the cell at
   ``--cost-part-size`` (default 400x400, the cable_gland size): the features of the largest set are
   extracted once first (timed: the cold cost per part), then each row trains from the feature cache, so
-  the rows show what the heads' training and the calibration cost; each row trains in a fresh process, as
-  ``mentor3ad train`` does (in the bench's own process, after its frames, the same training measured 2.1x
-  slower: 226 s instead of 108 s for 25 parts; cause not found). ``cold`` = cached + the parts' measured
+  the rows show what the heads' training and the calibration cost. ``cold`` = cached + the parts' measured
   extraction time (an estimate, not a second run). Each row also times scoring one held-out part: the
   trained heads, and a PatchCore RGB+3D bank of ``--coreset-ratio`` of that many parts' patches (random
   rows instead of the k-center coreset, which would take hours at 220 parts: the nearest-neighbour search
@@ -96,8 +94,9 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     """Feature extraction once for the largest set, then one cached training per --cost-parts count, each
     with the scoring time of the heads and of a PatchCore bank of that training set's size."""
     from ...features.cache import extract_features
-    from ...features.extractor import FeatureExtractor
+    from ...features.extractor import FeatureExtractor, stack_features
     from ...io.datasets.synthetic import cell_sample
+    from ...model.training import train_detector
 
     counts = parse_counts(args.cost_parts)
     size = parse_size(args.cost_part_size)
@@ -106,53 +105,25 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     extractor = FeatureExtractor(config.features, str(device))
     cache = work_dir / "cost_features"
     started = time.perf_counter()
-    extract_features(parts + val, extractor, cache)  # into the cache the rows train from
+    features = stack_features(extract_features(parts + val, extractor, cache))
     per_part = (time.perf_counter() - started) / (len(parts) + len(val))
     log(f"features of {len(parts) + len(val)} parts ({size[1]}x{size[0]}): {per_part:.2f} s per part")
-    import multiprocessing
-
-    import torch
-
+    query = features.subset(slice(len(parts), len(parts) + 1))  # a held-out part
     rows = []
-    context = multiprocessing.get_context("spawn")
     for count in counts:
-        with context.Pool(1) as pool:  # a fresh process per row (module docstring)
-            row = pool.apply(training_row, (config.to_dict(), count, size, len(val), str(cache), str(device),
-                                            args.coreset_ratio, torch.get_num_threads()))
-        row["cold_s_estimate"] = row["cached_s"] + per_part * (count + len(val))
-        rows.append(row)
-        log(f"{count} parts: {row['cached_s']:.1f} s with cached features ({row['heads_s']:.1f} s head training); "
-            f"scoring a part: heads {row['heads_scoring_ms']:.1f} ms, PatchCore bank of {row['bank_patches']} "
-            f"{row['patchcore_scoring_ms']:.1f} ms")
+        started = time.perf_counter()
+        detector = train_detector(parts[:count], config, val_samples=val, cache_dir=cache, device=str(device),
+                                  progress=False, log=lambda message: None, extractor=extractor)
+        wall = time.perf_counter() - started
+        heads = float(detector.training_info.get("train_seconds") or float("nan"))
+        scoring = scoring_times(detector, features.subset(slice(0, count)), query, args.coreset_ratio, device)
+        rows.append({"parts": count, "cached_s": wall, "heads_s": heads, "cached_s_per_part": wall / count,
+                     "cold_s_estimate": wall + per_part * (count + len(val)), **scoring})
+        log(f"{count} parts: {wall:.1f} s with cached features ({heads:.1f} s head training); scoring a part: "
+            f"heads {scoring['heads_scoring_ms']:.1f} ms, PatchCore bank of {scoring['bank_patches']} "
+            f"{scoring['patchcore_scoring_ms']:.1f} ms")
     return {"part_width": size[1], "part_height": size[0], "val_parts": len(val), "features_s_per_part": per_part,
             "coreset_ratio": args.coreset_ratio, "rows": rows}
-
-
-def training_row(config_dict: Dict[str, Any], count: int, size: Tuple[int, int], val_count: int, cache: str,
-                 device: str, coreset_ratio: float, threads: int) -> Dict[str, Any]:
-    """One training row, run in its own process: train on the first ``count`` cell parts of ``size`` with
-    ``val_count`` held-out ones from the feature cache, then time scoring a held-out part."""
-    import torch
-
-    torch.set_num_threads(threads)
-    from ...config import Mentor3ADConfig
-    from ...features.cache import extract_features
-    from ...features.extractor import stack_features
-    from ...io.datasets.synthetic import cell_sample
-    from ...model.training import train_detector
-
-    config = Mentor3ADConfig.from_dict(config_dict)
-    parts = [cell_sample("train", "good", i, size) for i in range(count)]
-    val = [cell_sample("validation", "good", i, size) for i in range(val_count)]
-    started = time.perf_counter()
-    detector = train_detector(parts, config, val_samples=val, cache_dir=cache, device=device, progress=False,
-                              log=lambda message: None)
-    wall = time.perf_counter() - started
-    heads = float(detector.training_info.get("train_seconds") or float("nan"))
-    features = stack_features(extract_features(parts + val[:1], detector.extractor, cache))
-    scoring = scoring_times(detector, features.subset(slice(0, count)), features.subset(slice(count, count + 1)),
-                            coreset_ratio, torch.device(device))
-    return {"parts": count, "cached_s": wall, "heads_s": heads, "cached_s_per_part": wall / count, **scoring}
 
 
 def scoring_times(detector, train, query, ratio: float, device, repeats: int = 3) -> Dict[str, Any]:
@@ -205,6 +176,5 @@ def format_cost(latency: List[Dict[str, Any]], training: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["add_arguments", "check_arguments", "latency_rows", "training_rows", "training_row", "format_cost",
-           "parse_size",
+__all__ = ["add_arguments", "check_arguments", "latency_rows", "training_rows", "format_cost", "parse_size",
            "DEFAULT_SIZES", "DEFAULT_PARTS"]
