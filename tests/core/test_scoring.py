@@ -147,7 +147,6 @@ def test_a_minus_infinite_pixel_is_not_replaced_by_the_background_value():
 
     from mentor3ad.model.postprocess import decide
     from mentor3ad.model.scoring import PostProcessing
-    from mentor3ad.types import Verdict
 
     grid = torch.zeros(1, 8, 8)
     grid[0, 2:6, 2:6] = 1.0

@@ -113,7 +113,7 @@ def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
                                         heads.mfm.xyz_projection(padded["xyz"]))
         xyz_rec = heads.mgm.rgb_to_xyz.map_patches(padded["rgb"], mentor)[:count]
         rgb_rec = heads.mgm.xyz_to_rgb.map_patches(padded["xyz"], mentor)[:count]
-    ones = torch.ones(patches["rgb"].shape[0], dtype=torch.bool, device=device)
+    ones = torch.ones(count, dtype=torch.bool, device=device)
     # patches are rows here: cosine over the channel dim = dim 1 of (P, C)
     return cosine_loss(rgb_rec.float(), patches["rgb"], ones) + cosine_loss(xyz_rec.float(), patches["xyz"], ones)
 

@@ -173,10 +173,10 @@ class VotingModule(nn.Module):
         weighted = torch.exp(torch.einsum("nm,bmhw->bnhw", self.exponents, log_scores))
         kernels = [refine.kernels() for refine in self.refinements]
         levels = len(kernels)
-        lower = torch.cat([k[0] for k in kernels]).contiguous(memory_format=torch.channels_last)  # (N C, 1, k, k)
-        upper = torch.cat([k[1] for k in kernels]).contiguous(memory_format=torch.channels_last)  # (N, C, k, k)
-        pad = (self.refinements[0].padding,) * 4
         channels_last = torch.channels_last
+        lower = torch.cat([k[0] for k in kernels]).contiguous(memory_format=channels_last)  # (N C, 1, k, k)
+        upper = torch.cat([k[1] for k in kernels]).contiguous(memory_format=channels_last)  # (N, C, k, k)
+        pad = (self.refinements[0].padding,) * 4
         hidden = F.conv2d(F.pad(weighted, pad, mode="replicate").contiguous(memory_format=channels_last), lower,
                           groups=levels)
         refined = F.conv2d(F.pad(hidden, pad, mode="replicate").contiguous(memory_format=channels_last), upper,
