@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..geometry.projection import pool_pixel_features
+from ..geometry.window_fpfh import window_fpfh_image
 from ..timing import NO_TIMER, StageTimer
 from . import options_dict, register
 
@@ -30,12 +31,19 @@ FPFH_DIM = 33
 MIN_POINTS = 16
 # neighbourhood bounds: feature_max_nn 5000 made one part's descriptors take 115 s (100: ~2 s, 256: ~7 s at 224 x 224)
 MAX_NN, MAX_RADIUS_MM, MAX_SMOOTHING = 256, 1000.0, 15
+NEIGHBOURHOODS = ("knn", "window")
+MAX_WINDOW_PX = 16
+WINDOW_FIELDS = ("neighbourhood", "normal_radius_px", "feature_radius_px", "feature_step_px")
 
 
 @dataclass
 class FPFHOptions:
     """Neighbourhoods in millimetres (radius) and points (max_nn); smoothing_kernel: box filter in pixels
-    of the point image before the cell means (odd); orient_normals: orient the normals toward the camera."""
+    of the point image before the cell means (odd); orient_normals: orient the normals toward the camera.
+    neighbourhood: ``knn`` (open3d, k-nearest / radius search, the fields above) or ``window`` (pixel windows
+    of the organized cloud in torch, :mod:`mentor3ad.geometry.window_fpfh`: normals from a (2 r + 1)^2 window
+    of ``normal_radius_px`` r, always oriented toward the camera; FPFH from a disk of ``feature_radius_px``
+    sampled every ``feature_step_px`` pixels)."""
 
     normal_radius_mm: float = 100.0
     normal_max_nn: int = 30
@@ -43,8 +51,19 @@ class FPFHOptions:
     feature_max_nn: int = 100
     orient_normals: bool = False
     smoothing_kernel: int = 3
+    neighbourhood: str = "knn"
+    normal_radius_px: int = 3
+    feature_radius_px: float = 6.0
+    feature_step_px: int = 2
 
     def __post_init__(self):
+        if self.neighbourhood not in NEIGHBOURHOODS:
+            raise ConfigError(f"point_options.neighbourhood must be one of {NEIGHBOURHOODS}, got {self.neighbourhood!r}")
+        if not (1 <= self.normal_radius_px <= MAX_WINDOW_PX and 1 <= self.feature_step_px <= self.feature_radius_px
+                <= MAX_WINDOW_PX):
+            raise ConfigError(f"point_options: window radii must be in [1, {MAX_WINDOW_PX}] px and feature_step_px in "
+                              f"[1, feature_radius_px], got normal_radius_px {self.normal_radius_px}, "
+                              f"feature_radius_px {self.feature_radius_px}, feature_step_px {self.feature_step_px}")
         radii, counts = (self.normal_radius_mm, self.feature_radius_mm), (self.normal_max_nn, self.feature_max_nn)
         if not (0 < min(radii) and max(radii) <= MAX_RADIUS_MM and 3 <= min(counts) and max(counts) <= MAX_NN):
             raise ConfigError(f"point_options: FPFH radii must be in (0, {MAX_RADIUS_MM:g}] mm and max_nn in [3, {MAX_NN}], "
@@ -63,6 +82,9 @@ def fpfh_image(grid: torch.Tensor, valid: torch.Tensor, options: FPFHOptions) ->
     if index.size < MIN_POINTS:
         raise InputError(f"only {index.size} valid 3D points after preprocessing (plane removal, cluster filter); "
                          f"FPFH needs at least {MIN_POINTS}")
+    if options.neighbourhood == "window":
+        return window_fpfh_image(grid.cpu(), valid.cpu(), options.normal_radius_px, options.feature_radius_px,
+                                 options.feature_step_px)
     points = grid.reshape(-1, 3).cpu().numpy()[index].astype(np.float64)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=options.normal_radius_mm / 1000.0,
@@ -87,7 +109,10 @@ class FPFHBackbone:
         self.device = torch.device(device)
 
     def identity(self) -> dict:
-        return {"name": "fpfh", "weights": "weight-free", "options": options_dict(self.options), "out_dim": FPFH_DIM}
+        options = options_dict(self.options)
+        if self.options.neighbourhood == "knn":  # the identity of every k-NN model from before the window option
+            options = {k: v for k, v in options.items() if k not in WINDOW_FIELDS}
+        return {"name": "fpfh", "weights": "weight-free", "options": options, "out_dim": FPFH_DIM}
 
     @torch.no_grad()
     def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int,

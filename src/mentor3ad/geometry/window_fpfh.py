@@ -1,0 +1,130 @@
+"""FPFH on an organized cloud with pixel-window neighbourhoods: plain torch, no KD-tree.
+
+The cloud is organized, so a point's neighbours are the valid pixels of a window around it. The same
+descriptor as open3d's ``compute_fpfh_feature`` (Rusu et al. 2009: per pair of points the angles alpha,
+phi, theta of the Darboux frame, 11 bins each; SPFH = the histograms of a point's pairs, in percent; FPFH =
+the point's SPFH + its neighbours' SPFH weighted by 1 / squared distance, each 11-bin group rescaled to 100),
+with three differences:
+
+* neighbours: the valid pixels of a disk of ``feature_radius_px`` pixels, every ``feature_step_px``-th
+  pixel (a 6-pixel disk at step 2 = 28 neighbours), instead of the k nearest points in 3D;
+* normals: the smallest eigenvector of the covariance of the valid pixels in a (2 r + 1)^2 window
+  (``normal_radius_px`` r), computed with box filters, **oriented toward the camera** (open3d's are
+  unoriented: their signs are arbitrary, and the angles depend on them);
+* a pair's features are symmetric (the pair's source point is chosen by the angle rule), so each pair is
+  computed once for the half of the disk's offsets and counted for both of its points.
+
+Measured on cable_gland parts at 224 x 224 (~7400 valid points, 2 threads): 95 ms for open3d's k-NN FPFH
+against about 30 ms here; 20000 points (the synthetic cell) 220 ms against about 60 ms.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+BINS = 11
+FPFH_DIM = 3 * BINS
+
+
+def half_disk_offsets(radius_px: float, step_px: int) -> torch.Tensor:
+    """Pixel offsets (dy, dx) on a ``step_px`` lattice inside a disk of ``radius_px``, one of each +-pair:
+    -> (K, 2) long (the full disk is these and their negatives)."""
+    r = int(math.floor(radius_px))
+    out = [(dy, dx) for dy in range(0, r + 1, step_px) for dx in range(-(r // step_px) * step_px, r + 1, step_px)
+           if (dy > 0 or dx > 0) and dy * dy + dx * dx <= radius_px * radius_px]
+    return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
+
+
+def window_normals(grid: torch.Tensor, valid: torch.Tensor, radius_px: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """grid (S, S, 3) metres, valid (S, S) bool -> (normals (N, 3) float32 unit, oriented toward the camera
+    at the origin; index (N,) long flat pixel index of the N valid pixels)."""
+    index = torch.nonzero(valid.reshape(-1)).squeeze(1)
+    mask = valid.to(torch.float64)
+    grid64 = grid.to(torch.float64)
+    points = grid64.reshape(-1, 3)[index]
+    centred = (grid64 - points.mean(0)) * mask[..., None]  # centred: the covariance below loses no digits
+    x, y, z = centred.unbind(-1)
+    moments = torch.stack([mask, x, y, z, x * x, x * y, x * z, y * y, y * z, z * z])
+    size = 2 * radius_px + 1
+    sums = F.avg_pool2d(moments[None], size, 1, radius_px)[0].reshape(10, -1)[:, index]  # (10, N)
+    count = sums[0].clamp_min(1e-12)
+    mean = sums[1:4] / count
+    second = sums[4:] / count
+    xx, xy, xz = second[0] - mean[0] * mean[0], second[1] - mean[0] * mean[1], second[2] - mean[0] * mean[2]
+    yy, yz, zz = second[3] - mean[1] * mean[1], second[4] - mean[1] * mean[2], second[5] - mean[2] * mean[2]
+    covariance = torch.stack([xx, xy, xz, xy, yy, yz, xz, yz, zz], 1).reshape(-1, 3, 3)
+    normals = torch.linalg.eigh(covariance)[1][:, :, 0]
+    normals = torch.where(((normals * points).sum(1) > 0)[:, None], -normals, normals)
+    return normals.to(torch.float32), index
+
+
+def _pair_bins(p1, n1, p2, n2) -> torch.Tensor:
+    """Pairs of points / unit normals (..., 3) -> (3, ...) long bins of alpha, phi, theta (open3d's
+    ComputePairFeatures; a degenerate pair has all three features 0, as there)."""
+    d = p2 - p1
+    dist = d.norm(dim=-1)
+    inv = 1.0 / dist.clamp_min(1e-30)
+    a1 = (n1 * d).sum(-1) * inv
+    a2 = (n2 * d).sum(-1) * inv
+    swap = (a1.abs() < a2.abs())[..., None]
+    source, target = torch.where(swap, n2, n1), torch.where(swap, n1, n2)
+    d = torch.where(swap, -d, d)
+    theta = torch.where(swap[..., 0], -a2, a1)
+    v = torch.linalg.cross(d, source, dim=-1)
+    v_norm = v.norm(dim=-1)
+    v = v / v_norm.clamp_min(1e-30)[..., None]
+    w = torch.linalg.cross(source, v, dim=-1)
+    phi = (v * target).sum(-1)
+    alpha = torch.atan2((w * target).sum(-1), (source * target).sum(-1))
+    degenerate = (dist == 0) | (v_norm == 0)
+    alpha = torch.where(degenerate, 0.0, alpha)
+    phi = torch.where(degenerate, 0.0, phi)
+    theta = torch.where(degenerate, 0.0, theta)
+    return torch.stack([torch.floor(BINS * (alpha + math.pi) / (2 * math.pi)),
+                        torch.floor(BINS * (phi + 1) * 0.5),
+                        torch.floor(BINS * (theta + 1) * 0.5)]).long().clamp_(0, BINS - 1)
+
+
+def window_fpfh_image(grid: torch.Tensor, valid: torch.Tensor, normal_radius_px: int = 3,
+                      feature_radius_px: float = 6.0, feature_step_px: int = 2) -> torch.Tensor:
+    """FPFH of every valid pixel: grid (S, S, 3) metres, valid (S, S) bool -> (33, S, S) float32 (0 elsewhere)."""
+    size = grid.shape[0]
+    normals, index = window_normals(grid, valid, normal_radius_px)
+    count = index.numel()
+    offsets = half_disk_offsets(feature_radius_px, feature_step_px)
+    pad = int(math.floor(feature_radius_px))
+    side = size + 2 * pad
+    padded = (index // size + pad) * side + index % size + pad
+    slot = torch.full((side * side,), -1, dtype=torch.long)
+    slot[padded] = torch.arange(count)
+    # the half disk's pairs (i, j), both valid: one row per pair
+    partner = slot[padded[:, None] + (offsets[:, 0] * side + offsets[:, 1])[None]]  # (N, K)
+    first, second = torch.nonzero(partner >= 0, as_tuple=True)
+    second = partner[first, second]
+    points = grid.reshape(-1, 3)[index].to(torch.float32)
+    bins = _pair_bins(points[first], normals[first], points[second], normals[second])  # (3, pairs)
+    # SPFH: each point's histogram over all its pairs (the pair counts for both points), in percent
+    ends = torch.cat([first, second])
+    pairs_per_point = torch.bincount(ends, minlength=count).to(torch.float32)
+    group = torch.arange(3)[:, None] * BINS
+    cells = (ends[None] * FPFH_DIM + group + bins.repeat(1, 2)).reshape(-1)
+    spfh = torch.bincount(cells, minlength=count * FPFH_DIM).to(torch.float32).reshape(count, FPFH_DIM)
+    spfh *= torch.where(pairs_per_point > 0, 100.0 / pairs_per_point.clamp_min(1), 0.0)[:, None]
+    # FPFH: the neighbours' SPFH weighted by 1 / squared distance, each group rescaled to 100, + own SPFH
+    squared = (points[first] - points[second]).square().sum(-1)
+    weight = torch.where(squared > 0, 1.0 / squared.clamp_min(1e-30), 0.0)
+    gathered = torch.zeros(count, FPFH_DIM)
+    gathered.index_add_(0, first, spfh[second] * weight[:, None])
+    gathered.index_add_(0, second, spfh[first] * weight[:, None])
+    grouped = gathered.reshape(count, 3, BINS)
+    totals = grouped.sum(-1, keepdim=True)
+    fpfh = (grouped * torch.where(totals > 0, 100.0 / totals.clamp_min(1e-30), 0.0)).reshape(count, FPFH_DIM) + spfh
+    image = torch.zeros(size * size, FPFH_DIM)
+    image[index] = fpfh
+    return image.T.reshape(FPFH_DIM, size, size).contiguous()
+
+
+__all__ = ["window_fpfh_image", "window_normals", "half_disk_offsets", "FPFH_DIM"]
