@@ -11,7 +11,8 @@ from mentor3ad.backbones.fpfh import FPFHOptions
 from mentor3ad.config import FeatureConfig
 from mentor3ad.errors import ConfigError
 from mentor3ad.features.extractor import FeatureExtractor
-from mentor3ad.geometry.window_fpfh import _pair_bins, half_disk_offsets, window_fpfh_image, window_normals
+from mentor3ad.geometry.window_fpfh import (_pair_bins, half_disk_offsets, smallest_eigenvector, window_fpfh_image,
+                                            window_normals)
 
 from test_fpfh import FPFH
 
@@ -106,16 +107,18 @@ def test_half_disk_and_its_mirror_are_the_disk():
         assert len(half) * 2 == len(full) and half | {(-a, -b) for a, b in half} == full
 
 
-def test_plane_normals_face_the_camera_and_give_the_flat_histogram():
+def test_plane_normals_face_the_camera_when_oriented_and_give_the_flat_histogram():
     v, u = np.mgrid[0:16, 0:16].astype(np.float32)
     tilted = np.stack([u * 0.001, v * 0.001, 0.4 + 0.3 * u * 0.001], -1)  # a plane seen from the origin
     grid, valid = torch.from_numpy(tilted), torch.ones(16, 16, dtype=torch.bool)
-    normals, index = window_normals(grid, valid, 3)
+    normals, index = window_normals(grid, valid, 3, orient=True)
     points = grid.reshape(-1, 3)[index]
     assert ((normals * points).sum(1) < 0).all()
     expected = torch.tensor([0.3, 0.0, -1.0]) / math.sqrt(1.09)
     assert torch.allclose(normals, expected.expand_as(normals), atol=1e-4)
-    image = window_fpfh_image(grid, valid)
+    unoriented, _ = window_normals(grid, valid, 3)
+    assert torch.allclose(unoriented.abs(), normals.abs(), atol=1e-5)
+    image = window_fpfh_image(grid, valid, orient=True)  # normals of one sign: every pair is the flat pair
     flat = torch.zeros(33)
     flat[[5, 16, 27]] = 200.0  # every pair: alpha = phi = theta = 0 -> the middle bins, SPFH + neighbours
     assert torch.allclose(image.permute(1, 2, 0).reshape(-1, 33), flat.expand(256, 33), atol=1e-3)
@@ -134,3 +137,29 @@ def test_window_option_in_the_extractor_and_its_identity():
         FPFHOptions(neighbourhood="kdtree")
     with pytest.raises(ConfigError, match="window radii"):
         FPFHOptions(neighbourhood="window", feature_radius_px=40)
+
+
+def test_normals_are_open3d_normals_sign_included():
+    """open3d's normals are unoriented: their sign comes from its closed-form 3x3 eigensolver, and the
+    descriptors depend on it; on the same neighbourhoods ours are the same vectors."""
+    o3d = pytest.importorskip("open3d")
+    grid, valid = bumpy_cloud(size=24, seed=3)
+    points = grid.reshape(-1, 3)[valid.reshape(-1)].double().numpy()
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(12))
+    tree = o3d.geometry.KDTreeFlann(cloud)
+    covariances = []
+    for point in points:
+        near = points[np.asarray(tree.search_knn_vector_3d(point, 12)[1])]
+        mean = near.mean(0)
+        covariances.append((near[:, :, None] * near[:, None, :]).mean(0) - mean[:, None] * mean[None, :])
+    ours = smallest_eigenvector(torch.from_numpy(np.stack(covariances))).numpy()
+    agree = (ours * np.asarray(cloud.normals)).sum(1)
+    assert (agree > 0.9999).mean() > 0.995  # same vector and sign (a near-degenerate neighbourhood may differ)
+    rng = np.random.default_rng(0)
+    matrices = torch.from_numpy(rng.normal(size=(200, 3, 3)))
+    matrices = matrices @ matrices.transpose(1, 2)
+    values, vectors = torch.linalg.eigh(matrices)
+    assert torch.allclose(smallest_eigenvector(matrices).abs(), vectors[:, :, 0].abs(), atol=1e-6)
+    diagonal = torch.diag_embed(torch.tensor([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0]], dtype=torch.float64))
+    assert torch.equal(smallest_eigenvector(diagonal), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64))

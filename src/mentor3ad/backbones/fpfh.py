@@ -84,7 +84,7 @@ def fpfh_image(grid: torch.Tensor, valid: torch.Tensor, options: FPFHOptions) ->
                          f"FPFH needs at least {MIN_POINTS}")
     if options.neighbourhood == "window":
         return window_fpfh_image(grid.cpu(), valid.cpu(), options.normal_radius_px, options.feature_radius_px,
-                                 options.feature_step_px)
+                                 options.feature_step_px, options.orient_normals)
     points = grid.reshape(-1, 3).cpu().numpy()[index].astype(np.float64)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=options.normal_radius_mm / 1000.0,

@@ -38,9 +38,10 @@ def half_disk_offsets(radius_px: float, step_px: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
 
 
-def window_normals(grid: torch.Tensor, valid: torch.Tensor, radius_px: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """grid (S, S, 3) metres, valid (S, S) bool -> (normals (N, 3) float32 unit, oriented toward the camera
-    at the origin; index (N,) long flat pixel index of the N valid pixels)."""
+def window_normals(grid: torch.Tensor, valid: torch.Tensor, radius_px: int,
+                   orient: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """grid (S, S, 3) metres, valid (S, S) bool -> (normals (N, 3) float32 unit, with open3d's sign or, with
+    ``orient``, toward the camera at the origin; index (N,) long flat pixel index of the N valid pixels)."""
     index = torch.nonzero(valid.reshape(-1)).squeeze(1)
     mask = valid.to(torch.float64)
     grid64 = grid.to(torch.float64)
@@ -56,9 +57,91 @@ def window_normals(grid: torch.Tensor, valid: torch.Tensor, radius_px: int) -> T
     xx, xy, xz = second[0] - mean[0] * mean[0], second[1] - mean[0] * mean[1], second[2] - mean[0] * mean[2]
     yy, yz, zz = second[3] - mean[1] * mean[1], second[4] - mean[1] * mean[2], second[5] - mean[2] * mean[2]
     covariance = torch.stack([xx, xy, xz, xy, yy, yz, xz, yz, zz], 1).reshape(-1, 3, 3)
-    normals = torch.linalg.eigh(covariance)[1][:, :, 0]
-    normals = torch.where(((normals * points).sum(1) > 0)[:, None], -normals, normals)
+    normals = smallest_eigenvector(covariance)
+    if orient:
+        normals = torch.where(((normals * points).sum(1) > 0)[:, None], -normals, normals)
     return normals.to(torch.float32), index
+
+
+def _eigenvector_of(a: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Eigenvector of the simple eigenvalue ``value`` (N,) of symmetric a (N, 3, 3): the largest cross product
+    of two rows of a - value I, normalised (the first of equally large ones)."""
+    rows = a - value[:, None, None] * torch.eye(3, dtype=a.dtype)
+    crosses = torch.stack([torch.linalg.cross(rows[:, 0], rows[:, 1], dim=-1),
+                           torch.linalg.cross(rows[:, 0], rows[:, 2], dim=-1),
+                           torch.linalg.cross(rows[:, 1], rows[:, 2], dim=-1)], 1)
+    lengths = crosses.square().sum(-1)
+    best = lengths.argmax(1)
+    arange = torch.arange(a.shape[0])
+    return crosses[arange, best] / lengths[arange, best].clamp_min(1e-300).sqrt()[:, None]
+
+
+def _second_eigenvector(a: torch.Tensor, first: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Eigenvector of ``value`` orthogonal to the unit eigenvector ``first`` (N, 3): solved in the plane
+    orthogonal to ``first`` (Eberly's robust 3x3 method, open3d's ComputeEigenvector1)."""
+    x, y, z = first.unbind(-1)
+    use_x = x.abs() > y.abs()
+    inv_x = 1.0 / (x * x + z * z).clamp_min(1e-300).sqrt()
+    inv_y = 1.0 / (y * y + z * z).clamp_min(1e-300).sqrt()
+    zero = torch.zeros_like(x)
+    u = torch.where(use_x[:, None], torch.stack([-z * inv_x, zero, x * inv_x], -1),
+                    torch.stack([zero, z * inv_y, -y * inv_y], -1))
+    v = torch.linalg.cross(first, u, dim=-1)
+    au, av = (a @ u[..., None])[..., 0], (a @ v[..., None])[..., 0]
+    m00 = (u * au).sum(-1) - value
+    m01 = (u * av).sum(-1)
+    m11 = (v * av).sum(-1) - value
+    a00, a01, a11 = m00.abs(), m01.abs(), m11.abs()
+
+    def rotate(big, small, big_first):
+        """(cos, sin)-like pair normalised as in the reference: big_first -> small / big scaled, else swapped."""
+        ratio = torch.where(big_first, small / big.where(big != 0, 1.0), big / small.where(small != 0, 1.0))
+        norm = 1.0 / (1.0 + ratio * ratio).sqrt()
+        return torch.where(big_first, norm, ratio * norm), torch.where(big_first, ratio * norm, norm)
+
+    c00, c01 = rotate(m00, m01, a00 >= a01)  # m00 >= m11 branch: returns m01 * u - m00 * v
+    c11, c01b = rotate(m11, m01, a11 >= a01)  # else: returns m11 * u - m01 * v
+    first_branch = a00 >= a11
+    nonzero = torch.where(first_branch, torch.maximum(a00, a01), torch.maximum(a11, a01)) > 0
+    from_first = c01[:, None] * u - c00[:, None] * v
+    from_second = c11[:, None] * u - c01b[:, None] * v
+    out = torch.where(first_branch[:, None], from_first, from_second)
+    return torch.where(nonzero[:, None], out, u)
+
+
+def smallest_eigenvector(covariance: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) symmetric float64 -> (N, 3) unit eigenvector of the smallest eigenvalue, with open3d's sign
+    (its FastEigen3x3, Eberly's closed form): open3d's normals are unoriented, and that sign matters for the
+    descriptors (camera-oriented normals lost on cable_gland: dev-real I-AUROC 0.828 -> 0.782)."""
+    scale = covariance.amax((1, 2))
+    a = covariance / scale.where(scale != 0, 1.0)[:, None, None]
+    a00, a11, a22 = a[:, 0, 0], a[:, 1, 1], a[:, 2, 2]
+    a01, a02, a12 = a[:, 0, 1], a[:, 0, 2], a[:, 1, 2]
+    off = a01 * a01 + a02 * a02 + a12 * a12
+    q = (a00 + a11 + a22) / 3
+    b00, b11, b22 = a00 - q, a11 - q, a22 - q
+    p = ((b00 * b00 + b11 * b11 + b22 * b22 + off * 2) / 6).sqrt()
+    c00 = b11 * b22 - a12 * a12
+    c01 = a01 * b22 - a12 * a02
+    c02 = a01 * a12 - b11 * a02
+    half_det = ((b00 * c00 - a01 * c01 + a02 * c02) / p.where(p > 0, 1.0).pow(3) * 0.5).clamp(-1.0, 1.0)
+    angle = torch.acos(half_det) / 3
+    beta2 = torch.cos(angle) * 2
+    beta0 = torch.cos(angle + 2.09439510239319549) * 2
+    beta1 = -(beta0 + beta2)
+    low, mid, high = q + p * beta0, q + p * beta1, q + p * beta2
+    # half_det >= 0: the largest eigenvalue is the simple one: its vector, the middle one, their cross product
+    largest = _eigenvector_of(a, high)
+    middle = _second_eigenvector(a, largest, mid)
+    from_largest = torch.linalg.cross(middle, largest, dim=-1)
+    from_smallest = _eigenvector_of(a, low)
+    general = torch.where((half_det >= 0)[:, None], from_largest, from_smallest)
+    # a diagonal matrix: the axis of the smallest diagonal entry (z on ties)
+    axes = torch.eye(3, dtype=a.dtype)
+    diagonal = torch.where(((a00 < a11) & (a00 < a22))[:, None], axes[0],
+                           torch.where(((a11 < a00) & (a11 < a22))[:, None], axes[1], axes[2]))
+    out = torch.where((off > 0)[:, None], general, diagonal)
+    return torch.where((scale != 0)[:, None], out, torch.zeros_like(out))
 
 
 def _pair_bins(p1, n1, p2, n2) -> torch.Tensor:
@@ -89,10 +172,10 @@ def _pair_bins(p1, n1, p2, n2) -> torch.Tensor:
 
 
 def window_fpfh_image(grid: torch.Tensor, valid: torch.Tensor, normal_radius_px: int = 3,
-                      feature_radius_px: float = 6.0, feature_step_px: int = 2) -> torch.Tensor:
+                      feature_radius_px: float = 6.0, feature_step_px: int = 2, orient: bool = False) -> torch.Tensor:
     """FPFH of every valid pixel: grid (S, S, 3) metres, valid (S, S) bool -> (33, S, S) float32 (0 elsewhere)."""
     size = grid.shape[0]
-    normals, index = window_normals(grid, valid, normal_radius_px)
+    normals, index = window_normals(grid, valid, normal_radius_px, orient)
     count = index.numel()
     offsets = half_disk_offsets(feature_radius_px, feature_step_px)
     pad = int(math.floor(feature_radius_px))
