@@ -64,6 +64,38 @@ def test_inspector_node_applies_its_threads_and_nice_to_every_thread():
         line = wait_for_line(inspector, "CPU budget:", 60.0)
         assert f"torch threads 1, interop threads 1, nice {min(base + 3, 19)}" in line, line
         assert thread_niceness(inspector.proc.pid) == {min(base + 3, 19)}  # DDS and executor threads too
+        # the inference thread owns the torch threads; the executor thread runs torch serially
+        assert "inference thread: torch threads 1 " in wait_for_line(inspector, "inference thread:", 60.0)
+    cmd[cmd.index("threads:=1")] = "threads:=2"
+    with NodeProcess(cmd) as inspector:
+        assert "inference thread: torch threads 2 " in wait_for_line(inspector, "inference thread:", 60.0)
+
+
+def test_one_thread_owns_the_torch_threads():
+    """serial_torch_thread / parallel_torch_thread act on the calling thread only (libgomp keeps one team per
+    thread that ran parallel work: the inspector keeps a single one, see mentor3ad.cpu_budget)."""
+    import threading
+
+    import torch
+
+    from mentor3ad.cpu_budget import parallel_torch_thread, serial_torch_thread
+
+    seen, both_set, checked = {}, threading.Barrier(2), threading.Barrier(2)
+
+    def run(name, setup):
+        setup()
+        both_set.wait(10)
+        torch.ones(100_000).sum()  # parallel work (or not) after both threads chose
+        seen[name] = torch.get_num_threads()
+        checked.wait(10)
+
+    threads = [threading.Thread(target=run, args=("inference", lambda: parallel_torch_thread(2))),
+               threading.Thread(target=run, args=("executor", serial_torch_thread))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen == {"inference": 2, "executor": 1}
 
 
 def test_trainer_node_yields_to_the_inspector_by_default(good_bag):

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
+from ..cpu_budget import serial_torch_thread
 from ..errors import Mentor3ADError
 
 
@@ -131,6 +132,7 @@ class ModelSlot:
                 return False
 
             def run() -> None:
+                serial_torch_thread()  # a background load never starts a second OpenMP team beside inference
                 done(self.load(path))
 
             self._loading = threading.Thread(target=run, name="model-load", daemon=True)

@@ -159,3 +159,17 @@ def test_batch_seat_through_a_real_inspector(tmp_path):
         listener.destroy_node()
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def test_setup_runs_first_on_the_inference_thread():
+    recorder, calls = Recorder(), []
+    worker = recorder.worker(setup=lambda: calls.append((threading.current_thread().name, list(recorder.batches))))
+    recorder.gate.set()
+    worker.start("inference-test")
+    for pair in pairs("a", "b"):
+        worker.submit(pair)
+    deadline = time.monotonic() + 10
+    while len(recorder.judged()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    assert calls == [("inference-test", [])] and recorder.judged() == ["a", "b"]

@@ -18,9 +18,11 @@ queue full) or ERROR (lone image, internal error). ``trigger_mode: request``: on
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, List, Optional
 
+from ...cpu_budget import parallel_torch_thread
 from ...errors import ConfigError
 from ...io.inputs import InputChecks, WorkingVolume, input_mode
 from ...types import InspectionResult
@@ -51,7 +53,8 @@ class Inspector:
         self.pipeline = InspectionPipeline(self.mode, int(self.p["min_valid_points"]))
         self.worker = Worker(self.judge, self._refuse, self.p["queue_policy"], int(self.p["queue_size"]),
                              int(self.p["batch_size"]), drop=self._dropped,
-                             ready=lambda: not self.model.waiting_for_first(), on_crash=self._crashed)
+                             ready=lambda: not self.model.waiting_for_first(), on_crash=self._crashed,
+                             setup=self._own_torch_threads)
         self.health = Health(self)
         self.outputs: Optional[Outputs] = None
         self.intake = None
@@ -172,6 +175,16 @@ class Inspector:
                                      override if override >= 0.0 else None, model_error)
         for pair, (result, rgb) in zip(batch, judged):
             self.answer(pair, result.replace(model_id=result.model_id or model_id), rgb)
+
+    def _own_torch_threads(self) -> None:
+        """First thing on the inference thread: it runs torch with the node's CPU budget, the only OpenMP team
+        of the process (the executor and model-loading threads run torch serially:
+        :func:`mentor3ad.cpu_budget.serial_torch_thread`)."""
+        budget = getattr(self.node, "cpu_budget", None)
+        threads = budget.threads if budget is not None else (os.cpu_count() or 1)
+        parallel_torch_thread(threads)
+        self.node.get_logger().info(f"inference thread: torch threads {threads} (the executor and model loading "
+                                    "run torch on 1: one OpenMP team in the process)")
 
     def _crashed(self, batch: List[Pair], exc: Exception) -> None:
         self.node.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}")

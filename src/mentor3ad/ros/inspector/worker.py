@@ -26,7 +26,8 @@ class Worker:
     def __init__(self, judge: Callable[[List[Pair]], None], refuse: Callable[[Pair, str], None],
                  policy: str = "all", queue_size: int = 8, batch_size: int = 1,
                  drop: Optional[Callable[[Pair], None]] = None, ready: Callable[[], bool] = lambda: True,
-                 on_crash: Optional[Callable[[List[Pair], Exception], None]] = None) -> None:
+                 on_crash: Optional[Callable[[List[Pair], Exception], None]] = None,
+                 setup: Callable[[], None] = lambda: None) -> None:
         if policy not in ("all", "latest"):
             raise ValueError(f"queue policy must be all or latest, got {policy!r}")
         self.policy = policy
@@ -35,6 +36,7 @@ class Worker:
         self.dropped_stale = 0
         self._judge, self._refuse, self._drop, self._ready = judge, refuse, drop, ready
         self._on_crash = on_crash
+        self._setup = setup  # runs first on the inference thread (its torch threads: the process's budget)
         self._queue: Deque[Pair] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -82,6 +84,7 @@ class Worker:
             return [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
 
     def _run(self) -> None:
+        self._setup()
         while True:
             batch = self._take()
             if batch is None:
