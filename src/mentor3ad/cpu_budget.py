@@ -9,7 +9,7 @@ running (one measurement: a head-training epoch went from 1.7 s to 20 s), and pa
 
 * ``threads``: torch intra-op threads (``torch.set_num_threads``: ATen's OpenMP pool, MKL, oneDNN; every
   Python thread follows it unless it chose otherwise: the inspector's inference thread owns them and its
-  other threads run torch serially, :func:`serial_torch_thread`), and ``OMP_NUM_THREADS`` /
+  other threads run torch serially, :func:`serial_torch`), and ``OMP_NUM_THREADS`` /
   ``MKL_NUM_THREADS`` for child processes and for OpenMP runtimes not loaded yet; 0 = torch's default (one
   per core);
 * ``interop_threads``: ``torch.set_num_interop_threads`` (possible only before the first inter-op work;
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 NICE_RANGE = (-20, 19)
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -131,33 +132,36 @@ def apply_budget(budget: CpuBudget) -> AppliedBudget:
                          omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""), notes=notes)
 
 
-def serial_torch_thread() -> None:
-    """The calling thread's torch work runs on it alone, without an OpenMP team of its own.
+@contextmanager
+def serial_torch() -> Iterator[None]:
+    """Within the block, the calling thread's torch work runs on it alone, without an OpenMP team of its own
+    (its thread count is restored afterwards).
 
     libgomp keeps a team of threads for every thread that has run parallel work; once a process holds more
     OpenMP threads than cores it throttles their spin-waits, and every small parallel operation then waits for
     a sleeping thread. Measured on 2 cores: the cluster filter took 6 ms per part on the thread that owns the
     only team and 24-27 ms on an inference thread after the start-up thread had loaded and self-tested the
     model with 2 threads; the inspector answered 80-90 ms later than the same pipeline in one thread. The
-    inspector's executor thread and the model-loading thread call this, so the inference thread's team is the
-    process's only one (:func:`parallel_torch_thread`)."""
-    _set_torch_threads_of_this_thread(1)
+    inspector loads models (start-up, lifecycle configure, background reloads) inside this block, so the
+    inference thread's team is the process's only one (:func:`parallel_torch_thread`)."""
+    import torch
+
+    before = torch.get_num_threads()  # torch reads the process-wide count lazily, once per thread: read it now
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def parallel_torch_thread(threads: int) -> None:
     """The calling thread runs torch's parallel work with ``threads`` (>= 1) threads: the thread that owns the
     process's CPU budget (the inspector's inference thread). Threads started later follow the last call."""
-    _set_torch_threads_of_this_thread(max(1, int(threads)))
-
-
-def _set_torch_threads_of_this_thread(threads: int) -> None:
-    """torch reads the process-wide count once per thread, lazily, at the thread's first parallel operation:
-    read it now, so that a later call on another thread cannot change this one's."""
     import torch
 
-    torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.get_num_threads()  # torch reads the process-wide count lazily, once per thread: read it now, so that
+    torch.set_num_threads(max(1, int(threads)))  # a later call on another thread cannot change this one's
 
 
-__all__ = ["CpuBudget", "AppliedBudget", "apply_budget", "thread_ids", "NICE_RANGE", "serial_torch_thread",
+__all__ = ["CpuBudget", "AppliedBudget", "apply_budget", "thread_ids", "NICE_RANGE", "serial_torch",
            "parallel_torch_thread"]

@@ -72,30 +72,38 @@ def test_inspector_node_applies_its_threads_and_nice_to_every_thread():
 
 
 def test_one_thread_owns_the_torch_threads():
-    """serial_torch_thread / parallel_torch_thread act on the calling thread only (libgomp keeps one team per
-    thread that ran parallel work: the inspector keeps a single one, see mentor3ad.cpu_budget)."""
+    """parallel_torch_thread / serial_torch act on the calling thread only (libgomp keeps one team per thread
+    that ran parallel work: the inspector keeps a single one, see mentor3ad.cpu_budget); serial_torch restores."""
     import threading
 
     import torch
 
-    from mentor3ad.cpu_budget import parallel_torch_thread, serial_torch_thread
+    from mentor3ad.cpu_budget import parallel_torch_thread, serial_torch
 
     seen, both_set, checked = {}, threading.Barrier(2), threading.Barrier(2)
 
-    def run(name, setup):
-        setup()
+    def inference():
+        parallel_torch_thread(2)
         both_set.wait(10)
-        torch.ones(100_000).sum()  # parallel work (or not) after both threads chose
-        seen[name] = torch.get_num_threads()
+        torch.ones(100_000).sum()
+        seen["inference"] = torch.get_num_threads()
         checked.wait(10)
 
-    threads = [threading.Thread(target=run, args=("inference", lambda: parallel_torch_thread(2))),
-               threading.Thread(target=run, args=("executor", serial_torch_thread))]
+    def loader():
+        parallel_torch_thread(3)
+        with serial_torch():
+            both_set.wait(10)
+            torch.ones(100_000).sum()
+            seen["loading"] = torch.get_num_threads()
+            checked.wait(10)
+        seen["after loading"] = torch.get_num_threads()
+
+    threads = [threading.Thread(target=inference), threading.Thread(target=loader)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(20)
-    assert seen == {"inference": 2, "executor": 1}
+    assert seen == {"inference": 2, "loading": 1, "after loading": 3}
 
 
 def test_trainer_node_yields_to_the_inspector_by_default(good_bag):

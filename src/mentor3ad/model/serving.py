@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-from ..cpu_budget import serial_torch_thread
+from ..cpu_budget import serial_torch
 from ..errors import Mentor3ADError
 
 
@@ -132,8 +132,9 @@ class ModelSlot:
                 return False
 
             def run() -> None:
-                serial_torch_thread()  # a background load never starts a second OpenMP team beside inference
-                done(self.load(path))
+                with serial_torch():  # a background load never starts a second OpenMP team beside inference
+                    outcome = self.load(path)
+                done(outcome)
 
             self._loading = threading.Thread(target=run, name="model-load", daemon=True)
             self._loading.start()

@@ -178,13 +178,12 @@ class Inspector:
 
     def _own_torch_threads(self) -> None:
         """First thing on the inference thread: it runs torch with the node's CPU budget, the only OpenMP team
-        of the process (the executor and model-loading threads run torch serially:
-        :func:`mentor3ad.cpu_budget.serial_torch_thread`)."""
+        of the process (model loads run torch serially: :func:`mentor3ad.cpu_budget.serial_torch`)."""
         budget = getattr(self.node, "cpu_budget", None)
         threads = budget.threads if budget is not None else (os.cpu_count() or 1)
         parallel_torch_thread(threads)
-        self.node.get_logger().info(f"inference thread: torch threads {threads} (the executor and model loading "
-                                    "run torch on 1: one OpenMP team in the process)")
+        self.node.get_logger().info(f"inference thread: torch threads {threads} (model loads run torch on 1: "
+                                    "one OpenMP team in the process)")
 
     def _crashed(self, batch: List[Pair], exc: Exception) -> None:
         self.node.get_logger().error(f"processing failed: {type(exc).__name__}: {exc}")

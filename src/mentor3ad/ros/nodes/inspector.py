@@ -22,7 +22,6 @@ from typing import Any, List, Optional
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 
-from ...cpu_budget import serial_torch_thread
 from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
@@ -45,7 +44,6 @@ class InspectorNode(Node):
         super().__init__("inspector", **kwargs)
         self.inspector = inspector = Inspector(self)
         self.cpu_budget = apply_cpu_budget(self, inspector.p)  # before the model's first inference
-        serial_torch_thread()  # the executor thread: the inference thread owns the torch threads
         inspector.model.load_now(inspector.p["model_path"], "start-up (parameter model_path)")  # before the outputs:
         # a matched ~/result means "ready"
         inspector.create_outputs()
@@ -68,7 +66,6 @@ class LifecycleInspectorNode(LifecycleNode):
         super().__init__("inspector", **kwargs)
         self.inspector = Inspector(self)
         self.cpu_budget = apply_cpu_budget(self, self.inspector.p)
-        serial_torch_thread()  # the executor thread: the inference thread owns the torch threads
         self.autostart = declare_parameters(self, LIFECYCLE_PARAMETERS)["autostart"]
         self.inspector.unconfigured = True
         if self.autostart:
