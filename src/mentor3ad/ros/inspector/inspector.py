@@ -181,7 +181,12 @@ class Inspector:
         of the process (model loads run torch serially: :func:`mentor3ad.cpu_budget.serial_torch`)."""
         budget = getattr(self.node, "cpu_budget", None)
         threads = budget.threads if budget is not None else (os.cpu_count() or 1)
-        parallel_torch_thread(threads)
+        try:
+            parallel_torch_thread(threads)
+        except Exception as exc:  # noqa: BLE001 - a thread setting must never stop the inference thread
+            self.node.get_logger().warning(f"inference thread: torch threads not set ({exc}); parts are judged "
+                                           "with torch's default")
+            return
         self.node.get_logger().info(f"inference thread: torch threads {threads} (model loads run torch on 1: "
                                     "one OpenMP team in the process)")
 
