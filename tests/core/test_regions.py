@@ -49,3 +49,21 @@ def test_eight_connectivity_and_no_regions_below_threshold():
     assert extract_regions(amap, 1.0) == []
     r = extract_regions(amap, 0.5)[0]
     assert np.isnan(r.area_mm2) and all(np.isnan(r.centroid_xyz))
+
+
+def test_region_areas_equal_the_whole_image_footprint():
+    """Areas come from the footprint of the regions' box only; it must equal the whole image's there, also for
+    regions at the image border and next to holes."""
+    rng = np.random.default_rng(3)
+    v, u = np.mgrid[0:60, 0:80].astype(np.float64)
+    xyz = np.dstack([u * 0.001, v * 0.0012, 0.5 + 0.01 * np.sin(u / 7) * np.cos(v / 5)]).astype(np.float32)
+    xyz[rng.random((60, 80)) < 0.1] = 0.0  # holes
+    amap = np.zeros((60, 80), np.float32)
+    amap[0:6, 0:5] = 2.0  # the top-left corner
+    amap[30:40, 70:80] = 3.0  # the right edge
+    amap[50:52, 20:26] = 4.0
+    regions = extract_regions(amap, 1.0, xyz)
+    full = pixel_footprint_m2(xyz)
+    expected = {(0, 0, 4, 5): full[0:6, 0:5].sum(), (70, 30, 79, 39): full[30:40, 70:80].sum(),
+                (20, 50, 25, 51): full[50:52, 20:26].sum()}
+    assert {r.bbox: r.area_mm2 for r in regions} == {box: float(area * 1e6) for box, area in expected.items()}

@@ -112,6 +112,17 @@ def pixel_footprint_m2(xyz: np.ndarray) -> np.ndarray:
     return np.where(valid, area, 0.0)
 
 
+def _footprint_around(xyz: np.ndarray, objects) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """:func:`pixel_footprint_m2` of the regions' bounding box grown by the one pixel its differences read
+    (the same values as on the whole image; at 1280x720 the whole image took ~150 ms per FAIL part):
+    -> (footprint of the box, (row, column) of its origin)."""
+    boxes = [sl for sl in objects if sl is not None]
+    height, width = xyz.shape[:2]
+    top, left = max(min(b[0].start for b in boxes) - 1, 0), max(min(b[1].start for b in boxes) - 1, 0)
+    bottom, right = min(max(b[0].stop for b in boxes) + 1, height), min(max(b[1].stop for b in boxes) + 1, width)
+    return pixel_footprint_m2(np.asarray(xyz)[top:bottom, left:right]), (top, left)
+
+
 def extract_regions(
     anomaly_map: np.ndarray,
     threshold: float,
@@ -128,9 +139,10 @@ def extract_regions(
     labels, n = ndimage.label(amap > threshold, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
         return []
-    footprint = pixel_footprint_m2(xyz) if xyz is not None else None
+    objects = ndimage.find_objects(labels)
+    footprint, origin = (_footprint_around(xyz, objects) if xyz is not None else (None, (0, 0)))
     regions: List[Region] = []
-    for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
+    for idx, sl in enumerate(objects, start=1):
         if sl is None:
             continue
         inside = labels[sl] == idx
@@ -140,7 +152,9 @@ def extract_regions(
         area_mm2 = float("nan")
         centroid = extent = (float("nan"),) * 3
         if footprint is not None:
-            area_mm2 = float(footprint[sl][inside].sum() * 1e6)
+            local = (slice(sl[0].start - origin[0], sl[0].stop - origin[0]),
+                     slice(sl[1].start - origin[1], sl[1].stop - origin[1]))
+            area_mm2 = float(footprint[local][inside].sum() * 1e6)
             pts = np.asarray(xyz[sl][inside], dtype=np.float64)
             ok = valid_point_mask(pts)
             if ok.any():
