@@ -1,5 +1,6 @@
 """Defect regions: connected components, pixel boxes, area on the cloud, 3D centroid."""
 import numpy as np
+import pytest
 
 from mentor3ad.model.postprocess import extract_regions, pixel_footprint_m2
 
@@ -52,8 +53,8 @@ def test_eight_connectivity_and_no_regions_below_threshold():
 
 
 def test_region_areas_equal_the_whole_image_footprint():
-    """Areas come from the footprint of the regions' box only; it must equal the whole image's there, also for
-    regions at the image border and next to holes."""
+    """Areas come from the footprints of the region pixels only; they must equal the whole image's there, also
+    for regions at the image border and next to holes (summed in another order: equal to 1e-12)."""
     rng = np.random.default_rng(3)
     v, u = np.mgrid[0:60, 0:80].astype(np.float64)
     xyz = np.dstack([u * 0.001, v * 0.0012, 0.5 + 0.01 * np.sin(u / 7) * np.cos(v / 5)]).astype(np.float32)
@@ -66,4 +67,18 @@ def test_region_areas_equal_the_whole_image_footprint():
     full = pixel_footprint_m2(xyz)
     expected = {(0, 0, 4, 5): full[0:6, 0:5].sum(), (70, 30, 79, 39): full[30:40, 70:80].sum(),
                 (20, 50, 25, 51): full[50:52, 20:26].sum()}
-    assert {r.bbox: r.area_mm2 for r in regions} == {box: float(area * 1e6) for box, area in expected.items()}
+    got = {r.bbox: r.area_mm2 for r in regions}
+    assert set(got) == set(expected)
+    for box, area in expected.items():
+        assert got[box] == pytest.approx(area * 1e6, rel=1e-12) and area > 0
+
+
+def test_footprint_at_some_pixels_is_the_whole_image_footprint_there():
+    from mentor3ad.model.postprocess import _footprint_at
+
+    rng = np.random.default_rng(5)
+    xyz = rng.normal(0.0, 0.01, (30, 40, 3)).astype(np.float32) + np.float32([0.0, 0.0, 0.5])
+    xyz[rng.random((30, 40)) < 0.15] = 0.0
+    xyz[3, 7] = np.nan
+    rows, cols = np.nonzero(np.ones((30, 40), bool))
+    assert np.array_equal(_footprint_at(xyz, rows, cols), pixel_footprint_m2(xyz).ravel())  # bit-identical
