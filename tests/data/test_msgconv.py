@@ -85,6 +85,21 @@ def test_cloud_custom_offsets_row_padding_big_endian():
     assert np.array_equal(msgconv.cloud_to_xyz(msg), xyz)
 
 
+def test_cloud_unaligned_fields_take_the_byte_path():
+    """Fields at offsets that are not multiples of 4 (a packed custom layout) decode like aligned ones."""
+    h, w = 3, 5
+    xyz = np.random.default_rng(4).normal(size=(h, w, 3)).astype(np.float32)
+    point_step = 13  # intensity byte at 0, x at 1, y at 5, z at 9
+    buf = np.zeros((h, w, point_step), np.uint8)
+    for c, off in enumerate((1, 5, 9)):
+        buf[:, :, off:off + 4] = np.ascontiguousarray(xyz[..., c]).astype("<f4").view(np.uint8).reshape(h, w, 4)
+    fields = _field_objs([("intensity", 0, 2, 1), ("x", 1, 7, 1), ("y", 5, 7, 1), ("z", 9, 7, 1)])
+    msg = NS(height=h, width=w, fields=fields, is_bigendian=False, point_step=point_step, row_step=w * point_step,
+             data=buf.tobytes(), is_dense=True)
+    out = msgconv.cloud_to_xyz(msg)
+    assert np.array_equal(out, xyz) and out.flags["C_CONTIGUOUS"]
+
+
 def test_cloud_errors_name_the_problem():
     xyz = np.ones((3, 4, 3), np.float32)
     f = msgconv.xyz_to_cloud_fields(xyz)

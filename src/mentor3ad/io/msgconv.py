@@ -279,10 +279,16 @@ def cloud_to_xyz(msg: Any, require_organized: bool = True) -> np.ndarray:
     rows = _rows(msg, height, row_step, "point cloud", "row_step")[:, : width * point_step]
     rows = rows.reshape(height, width, point_step)
     bigendian = bool(int(getattr(msg, "is_bigendian", False)))
-    raw = np.empty((height, width, 3), np.uint32)
-    for channel, name in enumerate(("x", "y", "z")):
-        off = offsets[name]
-        raw[..., channel] = np.ascontiguousarray(rows[:, :, off : off + 4]).view(">u4" if bigendian else "<u4")[..., 0]
+    if point_step % 4 == 0 and all(off % 4 == 0 for off in offsets.values()):
+        # 4-byte aligned fields (every common driver): one gather of the three words per point
+        words = rows.view(">u4" if bigendian else "<u4")  # (H, W, point_step / 4)
+        raw = words[..., [offsets["x"] // 4, offsets["y"] // 4, offsets["z"] // 4]].astype(np.uint32, order="C")
+    else:
+        raw = np.empty((height, width, 3), np.uint32)
+        for channel, name in enumerate(("x", "y", "z")):
+            off = offsets[name]
+            raw[..., channel] = np.ascontiguousarray(rows[:, :, off : off + 4]).view(
+                ">u4" if bigendian else "<u4")[..., 0]
     xyz = raw.view(np.float32)
     sample = raw.reshape(-1, 3)[:: max(1, raw.size // 3 // BYTE_ORDER_SAMPLE)]  # evenly spread points
     _check_byte_order(sample.view(np.float32), sample.byteswap().view(np.float32), bigendian)
