@@ -142,8 +142,8 @@ def serial_torch() -> Iterator[None]:
     a sleeping thread. Measured on 2 cores: the cluster filter took 6 ms per part on the thread that owns the
     only team and 24-27 ms on an inference thread after the start-up thread had loaded and self-tested the
     model with 2 threads; the inspector answered 80-90 ms later than the same pipeline in one thread. The
-    inspector loads models (start-up, lifecycle configure, background reloads) inside this block, so the
-    inference thread's team is the process's only one (:func:`parallel_torch_thread`)."""
+    inspector's model loads (``ModelSlot.load``: start-up, lifecycle configure, background reloads) run inside
+    this block, so the inference thread's team is the process's only one (:func:`parallel_torch_thread`)."""
     import torch
 
     before = torch.get_num_threads()  # torch reads the process-wide count lazily, once per thread: read it now

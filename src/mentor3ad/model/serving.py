@@ -90,7 +90,8 @@ class ModelSlot:
                 self._error = reason
 
     def load(self, path: str) -> LoadOutcome:
-        """Load ``path`` on this thread; swap it in when it passed validation and its self-test."""
+        """Load ``path`` on this thread; swap it in when it passed validation and its self-test. The load runs
+        torch on this thread alone (:func:`mentor3ad.cpu_budget.serial_torch`)."""
         started = time.perf_counter()
         collector = _Collect()
         package_logger = logging.getLogger("mentor3ad")
@@ -102,7 +103,8 @@ class ModelSlot:
                 from .detector import Detector
 
                 loader = Detector.load
-            detector = loader(path, self.device)
+            with serial_torch():  # a load never starts a second OpenMP team beside the inference thread's
+                detector = loader(path, self.device)
         except Exception as exc:  # noqa: BLE001 - a bad file must never take the caller down
             reason = str(exc) if isinstance(exc, Mentor3ADError) else f"{type(exc).__name__}: {exc}"
             message = f"cannot load model {path!r}: {reason}"
@@ -132,9 +134,7 @@ class ModelSlot:
                 return False
 
             def run() -> None:
-                with serial_torch():  # a background load never starts a second OpenMP team beside inference
-                    outcome = self.load(path)
-                done(outcome)
+                done(self.load(path))
 
             self._loading = threading.Thread(target=run, name="model-load", daemon=True)
             self._loading.start()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional
 
-from ...cpu_budget import serial_torch
 from ...errors import ModelLoadError
 from ...model.checkpoint import check_model_location
 from ...model.integrity import check_pin, file_sha256, parse_pins
@@ -157,8 +156,7 @@ class ModelService:
             outcome = LoadOutcome(False, EMPTY_PATH)
         else:
             before = self.slot.current()[1]
-            with serial_torch():  # the executor thread: the inference thread owns the torch threads
-                outcome = self.slot.load(path)
+            outcome = self.slot.load(path)
             self._report(outcome, path, before, source)
             return outcome
         self._report(outcome, path)
