@@ -64,7 +64,7 @@ def test_region_areas_equal_the_whole_image_footprint():
     amap[30:40, 70:80] = 3.0  # the right edge
     amap[50:52, 20:26] = 4.0
     regions = extract_regions(amap, 1.0, xyz)
-    full = pixel_footprint_m2(xyz)
+    full = reference_footprint(xyz)
     expected = {(0, 0, 4, 5): full[0:6, 0:5].sum(), (70, 30, 79, 39): full[30:40, 70:80].sum(),
                 (20, 50, 25, 51): full[50:52, 20:26].sum()}
     got = {r.bbox: r.area_mm2 for r in regions}
@@ -73,12 +73,36 @@ def test_region_areas_equal_the_whole_image_footprint():
         assert got[box] == pytest.approx(area * 1e6, rel=1e-12) and area > 0
 
 
-def test_footprint_at_some_pixels_is_the_whole_image_footprint_there():
-    from mentor3ad.model.postprocess import _footprint_at
+def reference_footprint(xyz):
+    """The whole-image footprint written with array shifts (the implementation before per-pixel areas)."""
+    p = np.asarray(xyz, dtype=np.float64)
+    valid = np.isfinite(p).all(-1) & (p != 0).any(-1)
+    p = np.where(valid[..., None], p, 0.0)
 
+    def shifted(a, offset, axis, fill):
+        out = np.full_like(a, fill)
+        src, dst = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+        src[axis], dst[axis] = (slice(offset, None), slice(None, -offset)) if offset > 0 else \
+            (slice(None, offset), slice(-offset, None))
+        out[tuple(dst)] = a[tuple(src)]
+        return out
+
+    def step(axis):
+        fwd_ok = valid & shifted(valid, 1, axis, False)
+        bwd_ok = valid & shifted(valid, -1, axis, False)
+        fwd = np.where(fwd_ok[..., None], shifted(p, 1, axis, 0.0) - p, 0.0)
+        bwd = np.where(bwd_ok[..., None], p - shifted(p, -1, axis, 0.0), 0.0)
+        return (fwd + bwd) / np.maximum(fwd_ok.astype(np.float64) + bwd_ok, 1.0)[..., None]
+
+    return np.where(valid, np.linalg.norm(np.cross(step(1), step(0)), axis=-1), 0.0)
+
+
+def test_footprint_at_some_pixels_is_the_whole_image_footprint_there():
     rng = np.random.default_rng(5)
     xyz = rng.normal(0.0, 0.01, (30, 40, 3)).astype(np.float32) + np.float32([0.0, 0.0, 0.5])
     xyz[rng.random((30, 40)) < 0.15] = 0.0
     xyz[3, 7] = np.nan
-    rows, cols = np.nonzero(np.ones((30, 40), bool))
-    assert np.array_equal(_footprint_at(xyz, rows, cols), pixel_footprint_m2(xyz).ravel())  # bit-identical
+    expected = reference_footprint(xyz)
+    assert np.array_equal(pixel_footprint_m2(xyz), expected)  # bit-identical
+    rows, cols = np.nonzero(rng.random((30, 40)) < 0.3)
+    assert np.array_equal(pixel_footprint_m2(xyz, rows, cols), expected[rows, cols])
