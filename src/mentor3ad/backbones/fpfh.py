@@ -23,11 +23,10 @@ import torch
 
 from ..errors import ConfigError, InputError
 from ..geometry.projection import pool_pixel_features
-from ..geometry.window_fpfh import window_fpfh_image
+from ..geometry.window_fpfh import FPFH_DIM, window_fpfh_image
 from ..timing import NO_TIMER, StageTimer
 from . import options_dict, register
 
-FPFH_DIM = 33
 MIN_POINTS = 16
 # neighbourhood bounds: feature_max_nn 5000 made one part's descriptors take 115 s (100: ~2 s, 256: ~7 s at 224 x 224)
 MAX_NN, MAX_RADIUS_MM, MAX_SMOOTHING = 256, 1000.0, 15
@@ -42,8 +41,8 @@ class FPFHOptions:
     of the point image before the cell means (odd); orient_normals: orient the normals toward the camera.
     neighbourhood: ``knn`` (open3d, k-nearest / radius search, the fields above) or ``window`` (pixel windows
     of the organized cloud in torch, :mod:`mentor3ad.geometry.window_fpfh`: normals from a (2 r + 1)^2 window
-    of ``normal_radius_px`` r, always oriented toward the camera; FPFH from a disk of ``feature_radius_px``
-    sampled every ``feature_step_px`` pixels)."""
+    of ``normal_radius_px`` r, with open3d's sign unless ``orient_normals``; FPFH from a disk of
+    ``feature_radius_px`` sampled every ``feature_step_px`` pixels)."""
 
     normal_radius_mm: float = 100.0
     normal_max_nn: int = 30

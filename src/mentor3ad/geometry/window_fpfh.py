@@ -9,13 +9,15 @@ with three differences:
 * neighbours: the valid pixels of a disk of ``feature_radius_px`` pixels, every ``feature_step_px``-th
   pixel (a 6-pixel disk at step 2 = 28 neighbours), instead of the k nearest points in 3D;
 * normals: the smallest eigenvector of the covariance of the valid pixels in a (2 r + 1)^2 window
-  (``normal_radius_px`` r), computed with box filters, **oriented toward the camera** (open3d's are
-  unoriented: their signs are arbitrary, and the angles depend on them);
+  (``normal_radius_px`` r) instead of the 30 nearest points, computed with box filters, with open3d's sign
+  (:func:`smallest_eigenvector`: its closed-form solver; the angles depend on the sign) or, with ``orient``,
+  toward the camera;
 * a pair's features are symmetric (the pair's source point is chosen by the angle rule), so each pair is
   computed once for the half of the disk's offsets and counted for both of its points.
 
-Measured on cable_gland parts at 224 x 224 (~7400 valid points, 2 threads): 95 ms for open3d's k-NN FPFH
-against about 30 ms here; 20000 points (the synthetic cell) 220 ms against about 60 ms.
+Measured at 224 x 224 with 2 threads: cable_gland parts (~7400 valid points) 95 ms for open3d's k-NN FPFH
+against 47 ms here; the synthetic cell (~19800 points) 217-248 ms against 84-103 ms. Lower accuracy on
+dev-real than open3d's k-NN FPFH (README, "FPFH on pixel windows"): an opt-in, not the default.
 """
 from __future__ import annotations
 
