@@ -1,6 +1,7 @@
 """Worker (mentor3ad.ros.inspector.worker): queue policies and the batch seat on its real thread; then the
 batch seat through a real inspector node and model (one predict_batch call for the waiting pairs, the
 same answers as one at a time)."""
+import logging
 import threading
 import time
 
@@ -140,7 +141,9 @@ def test_batch_seat_through_a_real_inspector(tmp_path):
     real_judge = inspector.pipeline.judge
     inspector.pipeline.judge = lambda det, message_sets, *a: sizes.append(len(message_sets)) or real_judge(
         det, message_sets, *a)
+    package_logger = logging.getLogger("mentor3ad")
     try:
+        assert not package_logger.propagate  # while it runs, the node's ROS logger prints the package's records
         collector = ResultCollector(listener, "/batch_test/inspector/result")
         assert collector.wait_for_publisher(10.0)
         assert inspector.model.load_in_background(str(model_path))  # pairs wait for the first model
@@ -159,6 +162,38 @@ def test_batch_seat_through_a_real_inspector(tmp_path):
         listener.destroy_node()
         node.destroy_node()
         rclpy.shutdown(context=context)
+    assert package_logger.propagate and not package_logger.handlers  # a stopped inspector gives the records back
+
+
+def test_package_logs_propagate_again_when_the_last_node_stops_routing_them(caplog):
+    """Two nodes route the package's records to ROS; only when both stop do they reach the root logger again."""
+    from mentor3ad.ros.inspector.model_service import RosLogHandler, route_package_logs, unroute_package_logs
+
+    seen = []
+
+    class RosLogger:
+        def warning(self, text):
+            seen.append(text)
+
+        error = debug = warning
+
+    package_logger = logging.getLogger("mentor3ad")
+    first, second = RosLogHandler(RosLogger()), RosLogHandler(RosLogger())
+    route_package_logs(first)
+    route_package_logs(second)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mentor3ad"):
+            logging.getLogger("mentor3ad.test").warning("while routed")
+            unroute_package_logs(first)
+            assert not package_logger.propagate
+            logging.getLogger("mentor3ad.test").warning("one node left")
+        assert seen == ["while routed", "while routed", "one node left"] and "routed" not in caplog.text
+    finally:
+        unroute_package_logs(second)
+    assert package_logger.propagate and second not in package_logger.handlers
+    with caplog.at_level(logging.WARNING, logger="mentor3ad"):
+        logging.getLogger("mentor3ad.test").warning("after both")
+    assert "after both" in caplog.text and len(seen) == 3
 
 
 def test_setup_runs_first_on_the_inference_thread():

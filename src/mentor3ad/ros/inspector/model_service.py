@@ -15,6 +15,7 @@ WARN with its source and old -> new."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from ...errors import ModelLoadError
@@ -47,6 +48,32 @@ class RosLogHandler(logging.Handler):
             self.ros_logger.debug(text)
 
 
+_PROPAGATE_BEFORE: List[bool] = []  # the package logger's propagate flag before the first RosLogHandler
+_ROUTE_LOCK = threading.Lock()
+
+
+def route_package_logs(handler: RosLogHandler) -> None:
+    """Send the package's Python log records to a node's ROS logger and no longer to the root logger's
+    handlers (which would print them a second time); the flag this replaces is kept for
+    :func:`unroute_package_logs`."""
+    package_logger = logging.getLogger("mentor3ad")
+    with _ROUTE_LOCK:
+        if not any(isinstance(h, RosLogHandler) for h in package_logger.handlers):
+            _PROPAGATE_BEFORE[:] = [package_logger.propagate]
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+
+
+def unroute_package_logs(handler: RosLogHandler) -> None:
+    """Undo :func:`route_package_logs` for one node; when no node routes them any more the package's records
+    propagate as before (a process that outlives its inspector keeps its logs: nothing is dropped)."""
+    package_logger = logging.getLogger("mentor3ad")
+    with _ROUTE_LOCK:
+        package_logger.removeHandler(handler)
+        if not any(isinstance(h, RosLogHandler) for h in package_logger.handlers) and _PROPAGATE_BEFORE:
+            package_logger.propagate = _PROPAGATE_BEFORE.pop()
+
+
 class ModelService:
     """Device + model slot of an inspector node; ``loaded()`` runs after every background load."""
 
@@ -61,9 +88,7 @@ class ModelService:
         self._path = ""
         self.sha256 = ""  # of the serving model's file
         self._log_handler = RosLogHandler(node.get_logger())
-        package_logger = logging.getLogger("mentor3ad")
-        package_logger.addHandler(self._log_handler)
-        package_logger.propagate = False
+        route_package_logs(self._log_handler)
         self._values: Dict[str, Any] = {name: node.get_parameter(name).value for name in LOGGED_PARAMETERS}
         if self._values["threshold"] >= 0:
             node.get_logger().warning(f"threshold override {self._values['threshold']:.6g} set by the start-up "
@@ -213,8 +238,8 @@ class ModelService:
         return response
 
     def close(self) -> None:
-        """Stop routing the package's log records to this node."""
-        logging.getLogger("mentor3ad").removeHandler(self._log_handler)
+        """Stop routing the package's log records to this node (:func:`unroute_package_logs`)."""
+        unroute_package_logs(self._log_handler)
 
 
 def _shown(value: Any) -> str:
@@ -222,4 +247,4 @@ def _shown(value: Any) -> str:
     return repr(list(value)) if hasattr(value, "__len__") and not isinstance(value, str) else repr(value)
 
 
-__all__ = ["ModelService", "RosLogHandler"]
+__all__ = ["ModelService", "RosLogHandler", "route_package_logs", "unroute_package_logs"]
