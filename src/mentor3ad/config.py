@@ -26,6 +26,7 @@ SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 PRECISIONS = ("fp32", "bf16", "fp16")  # features.precision: the backbones' arithmetic
 HEAD_PRECISIONS = ("auto", "fp32", "bf16")  # model.head_precision: the heads' arithmetic
 IMAGE_SCORES = ("auto", "level", "max")
+RGB_BANKS = ("auto", "on", "off")  # calibration.rgb_bank
 PLANE_METHODS = ("ransac", "open3d", "none")
 # (min, max) of the options that set compute and memory (image_size 4480: 8.7 GB), checked before anything is built
 FEATURE_BOUNDS = {"image_size": (8, 1024), "point_image_size": (0, 1024), "feature_resolution": (1, 256),
@@ -37,6 +38,12 @@ class _Section:
 
     def __post_init__(self):
         self.validate()
+
+
+def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    """ConfigError ``<key> must be one of a, b, c, got 'x'`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -102,10 +109,8 @@ class FeatureConfig(_Section):
                                   f"features.{key} {size}")
         if not 0.0 <= self.min_cell_fraction < 1.0:
             raise ConfigError(f"features.min_cell_fraction must be in [0, 1), got {self.min_cell_fraction}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"features.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.plane_removal not in PLANE_METHODS:
-            raise ConfigError(f"features.plane_removal must be one of {PLANE_METHODS}, got {self.plane_removal!r}")
+        _check_choice("features.precision", self.precision, PRECISIONS)
+        _check_choice("features.plane_removal", self.plane_removal, PLANE_METHODS)
         if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0:
             raise ConfigError("features.plane_distance_m and features.cluster_eps_m must be > 0")
 
@@ -160,6 +165,7 @@ class ModelConfig(_Section):
     head_precision: the heads' arithmetic (MFM / MGM training losses and forward passes; the Voting Module,
         OC-SVM and statistics stay float32): "auto" = "bf16" on a CPU with AVX512-BF16 or AMX or a CUDA GPU
         with bf16, "fp32" elsewhere; "fp32"; "bf16". Model files without the key score in fp32.
+    rgb_bank_patches: rows of the model's RGB bank (:mod:`mentor3ad.model.rgb_bank`; 0 = none), set by calibration.
     """
 
     standardize_features: bool = True
@@ -187,6 +193,7 @@ class ModelConfig(_Section):
     smoothing_sigma: float = 8.0
     level_percentile: float = 90.0
     head_precision: str = "auto"
+    rgb_bank_patches: int = 0
 
     def validate(self) -> None:
         if self.mfm_fusion not in ("concat", "sum") or self.mgm_fusion not in ("concat", "sum"):
@@ -199,8 +206,7 @@ class ModelConfig(_Section):
                 raise ConfigError(f"model.score_maps: unknown map {name!r} (allowed: {', '.join(SCORE_MAP_NAMES)})")
         if len(set(self.score_maps)) != len(self.score_maps):
             raise ConfigError(f"model.score_maps has duplicates: {self.score_maps}")
-        if self.ocsvm_kernel not in ("linear", "rff"):
-            raise ConfigError(f"model.ocsvm_kernel must be 'linear' or 'rff', got {self.ocsvm_kernel!r}")
+        _check_choice("model.ocsvm_kernel", self.ocsvm_kernel, ("linear", "rff"))
         if not 0.0 < self.ocsvm_nu <= 1.0:
             raise ConfigError(f"model.ocsvm_nu must be in (0, 1], got {self.ocsvm_nu}")
         if self.vote_levels < 1:
@@ -215,8 +221,9 @@ class ModelConfig(_Section):
             raise ConfigError("model.infonce_temperature, model.score_eps must be > 0, model.smoothing_sigma >= 0")
         if not 0.0 <= self.level_percentile < 100.0:
             raise ConfigError(f"model.level_percentile must be in [0, 100), got {self.level_percentile}")
-        if self.head_precision not in HEAD_PRECISIONS:
-            raise ConfigError(f"model.head_precision must be one of {HEAD_PRECISIONS}, got {self.head_precision!r}")
+        _check_choice("model.head_precision", self.head_precision, HEAD_PRECISIONS)
+        if self.rgb_bank_patches < 0:  # (model files: at most checkpoint.LIMITS)
+            raise ConfigError(f"model.rgb_bank_patches must be >= 0, got {self.rgb_bank_patches}")
 
     @property
     def needs_mfm(self) -> bool:
@@ -279,8 +286,7 @@ class TrainConfig(_Section):
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.vm_data not in ("train", "validation"):
-            raise ConfigError(f"train.vm_data must be 'train' or 'validation', got {self.vm_data!r}")
+        _check_choice("train.vm_data", self.vm_data, ("train", "validation"))
         if self.view_augmentation not in VIEW_AUGMENTATIONS:
             raise ConfigError("train.view_augmentation must be 'auto', 'none' or 'rot90', got "
                               f"{self.view_augmentation!r}")
@@ -306,6 +312,8 @@ class CalibrationConfig(_Section):
         or "auto" (default): the one whose threshold, set by this section's rule from the held-out good
         parts, lets fewer of their pseudo-defects PASS ("level" on a tie; "level" without held-out parts or
         pseudo-defects).
+    rgb_bank: "auto" | "on" | "off": keep a memory of good RGB patches fused with the heads' map
+        (:mod:`mentor3ad.model.rgb_bank`; auto: when fewer pseudo-defects PASS at its threshold).
     """
 
     target_false_reject_rate: float = 0.01
@@ -314,21 +322,18 @@ class CalibrationConfig(_Section):
     margin: float = 0.0
     pseudo_defects_per_kind: int = 1
     image_score: str = "auto"
+    rgb_bank: str = "auto"
 
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
-            raise ConfigError(f"calibration.target_false_reject_rate must be in [0, 1), got "
-                             f"{self.target_false_reject_rate}")
-        if self.rule not in ("tail", "quantile"):
-            raise ConfigError(f"calibration.rule must be tail or quantile, got {self.rule!r}")
+            raise ConfigError(f"calibration.target_false_reject_rate must be in [0, 1), got {self.target_false_reject_rate}")
+        _check_choice("calibration.rule", self.rule, ("tail", "quantile"))
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
         if self.pseudo_defects_per_kind < 0:
-            raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got "
-                              f"{self.pseudo_defects_per_kind}")
-        if self.image_score not in IMAGE_SCORES:
-            raise ConfigError(f"calibration.image_score must be one of {', '.join(IMAGE_SCORES)}, got "
-                              f"{self.image_score!r}")
+            raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got {self.pseudo_defects_per_kind}")
+        _check_choice("calibration.image_score", self.image_score, IMAGE_SCORES)
+        _check_choice("calibration.rgb_bank", self.rgb_bank, RGB_BANKS)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ import torch
 from ..config import CalibrationConfig, Mentor3ADConfig
 from ..errors import ConfigError, InputError
 from ..features.extractor import FeatureSet
+from ..model.memory_bank import (MAX_DISTANCE_ELEMENTS, jl_dimension, kcenter_greedy,
+                                 nearest_neighbours, sparse_random_projection)
 from ..model.scoring import FeatureScorer, PostProcessing
 from ..model.threshold import ThresholdSource, from_good_scores
 from ..types import InspectionResult
@@ -50,79 +52,7 @@ LOG = logging.getLogger(__name__)
 MODALITIES = ("rgb", "xyz", "rgb+xyz")
 CELLS = ("all", "valid")
 DEFAULT_CORESET_RATIO = 0.1
-PROJECTION_EPS = 0.9  # PatchCore / anomalib / BTF: SparseRandomProjection(eps=0.9)
-MAX_DISTANCE_ELEMENTS = 1 << 24  # distances alive at once in nearest_neighbours (64 MiB of float32)
 REWEIGHT_NEIGHBOURS = 3  # BTF's n_reweight
-
-
-def jl_dimension(samples: int, eps: float = PROJECTION_EPS) -> int:
-    """Johnson-Lindenstrauss dimension that keeps pairwise distances of ``samples`` points within a factor
-    (1 +- eps): 4 ln(n) / (eps^2 / 2 - eps^3 / 3) (scikit-learn's ``johnson_lindenstrauss_min_dim``)."""
-    return int(4.0 * math.log(max(samples, 2)) / (eps ** 2 / 2.0 - eps ** 3 / 3.0))
-
-
-def sparse_random_projection(x: torch.Tensor, seed: int = 0, eps: float = PROJECTION_EPS) -> torch.Tensor:
-    """(P, C) -> (P, k) with k = :func:`jl_dimension` (P); x itself when k >= C (nothing to gain).
-
-    Li et al.'s very sparse projection as scikit-learn's ``SparseRandomProjection`` (density 1/sqrt(C)):
-    entries +-sqrt(1 / density) / sqrt(k) with probability density / 2 each, else 0; seeded."""
-    count, channels = x.shape
-    dim = jl_dimension(count, eps)
-    if dim >= channels:
-        return x
-    density = 1.0 / math.sqrt(channels)
-    draw = torch.rand(channels, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    signs = (draw < density / 2).double() - ((draw >= density / 2) & (draw < density)).double()
-    matrix = (signs * math.sqrt(1.0 / density) / math.sqrt(dim)).to(device=x.device, dtype=x.dtype)
-    return x @ matrix
-
-
-def kcenter_greedy(x: torch.Tensor, count: int, seed: int = 0, project: bool = True) -> torch.Tensor:
-    """Greedy k-center coreset: ``count`` row indices (count,) int64 of x (P, C).
-
-    Starts at a seeded random row, then repeatedly adds the row farthest (L2) from those chosen so far,
-    so the chosen rows cover x with the smallest radius a greedy choice can give (2-approximation of the
-    k-center problem). With ``project`` the distances are those of :func:`sparse_random_projection` (x).
-    Memory: the projection (P, k) and two (P,) vectors."""
-    total = int(x.shape[0])
-    if count < 1:
-        raise ConfigError(f"a coreset needs at least one row, got {count}")
-    if count >= total:
-        return torch.arange(total)
-    z = sparse_random_projection(x.float(), seed) if project else x.float()
-    squared = (z * z).sum(1)
-    generator = torch.Generator().manual_seed(seed)
-    current = int(torch.randint(total, (1,), generator=generator))
-    chosen = torch.empty(count, dtype=torch.long)
-    nearest = torch.full((total,), float("inf"), device=z.device)
-    for step in range(count):
-        chosen[step] = current
-        distance = torch.addmv(squared, z, z[current], alpha=-2.0).add_(squared[current]).clamp_min_(0.0)
-        torch.minimum(nearest, distance, out=nearest)
-        nearest[current] = 0.0  # rounding must not let a chosen row look far from itself
-        current = int(torch.argmax(nearest))
-    return chosen
-
-
-def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor,
-                       max_elements: int = MAX_DISTANCE_ELEMENTS) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Nearest bank row of every query: queries (Q, C), bank (N, C) -> (distance (Q,), index (Q,) int64).
-
-    The neighbour is found on |b|^2 - 2 q.b in chunks of at most ``max_elements`` entries; its distance is
-    then computed directly as ||q - b|| (exactly 0 for a query that is a bank row)."""
-    if bank.shape[0] == 0:
-        raise InputError("the memory bank is empty")
-    bank_squared = (bank * bank).sum(1)
-    chunk = max(1, int(max_elements) // int(bank.shape[0]))
-    distances, indices = [], []
-    for start in range(0, int(queries.shape[0]), chunk):
-        block = queries[start:start + chunk]
-        index = (bank_squared[None] - 2.0 * (block @ bank.T)).argmin(1)
-        distances.append(torch.linalg.vector_norm(block - bank[index], dim=1))
-        indices.append(index)
-    if not distances:
-        return queries.new_zeros(0), torch.zeros(0, dtype=torch.long, device=queries.device)
-    return torch.cat(distances), torch.cat(indices)
 
 
 def patches_of(features: FeatureSet, modality: str) -> torch.Tensor:

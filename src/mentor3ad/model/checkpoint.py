@@ -55,7 +55,8 @@ MAX_HEADER_BYTES = 16 * 2 ** 20
 MAX_DIMENSION = 16384  # feature channels and head widths
 DIMENSION_KEYS = ("mentor_dim", "mfm_hidden_dim", "mgm_hidden_dim", "mgm_mentor_dim", "vote_conv_channels",
                   "ocsvm_rff_dim", "infonce_max_patches")
-LIMITS = {"vote_levels": 64, "vote_kernel_size": 15, "vote_conv_channels": 256, "infonce_max_patches": 1 << 20}
+LIMITS = {"vote_levels": 64, "vote_kernel_size": 15, "vote_conv_channels": 256, "infonce_max_patches": 1 << 20,
+          "rgb_bank_patches": 1 << 17}
 # the default heads (768/1152-d features) have 4.0 M parameters; 32x that is implausible for a model file
 MAX_HEAD_PARAMETERS = 1 << 27  # 128 M float32 = 512 MiB
 # ViT-B/8 + Point-MAE have 108 M parameters; a model file asking for more than 1 G is refused before building

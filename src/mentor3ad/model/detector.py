@@ -33,7 +33,7 @@ from ..types import InspectionResult, Verdict
 from . import checkpoint
 from .heads import Mentor3ADHeads
 from .input_profile import InputProfile
-from .scoring import FeatureScorer, PostProcessing
+from .scoring import FeatureScorer, PostProcessing, score_feature_set
 from .threshold import LEGACY_KEYS, ThresholdRecord
 from .threshold import manual as manual_threshold
 from .threshold_bounds import plausible_range, threshold_problem
@@ -168,7 +168,8 @@ class Detector(FeatureScorer):
         model = self.config.model
         return {"model_id": self.model_id, "format_version": checkpoint.FORMAT_VERSION,
                 "backbone": self.backbone_identity, "use_mentor": model.use_mentor, "use_voting": model.use_voting,
-                "score_maps": list(model.score_maps), "threshold": self.threshold, "seed": self.config.train.seed}
+                "score_maps": list(model.score_maps), "rgb_bank_patches": model.rgb_bank_patches,
+                "threshold": self.threshold, "seed": self.config.train.seed}
 
     # ------------------------------------------------------------------ timing
     def _time_module(self, stage: str, module: torch.nn.Module) -> None:
@@ -198,6 +199,19 @@ class Detector(FeatureScorer):
     def grid_maps(self, features) -> torch.Tensor:
         """FeatureSet -> final maps (B, R, R) (the scoring protocol's grid maps)."""
         return self.maps_from_features(features.rgb, features.xyz, features.valid)
+
+    def score_features(self, features, sizes=None, batch_size=None, xyzs=None):
+        """The scoring protocol's maps (:meth:`FeatureScorer.score_features`), fused with the RGB bank's when the
+        model keeps one (:mod:`mentor3ad.model.rgb_bank`; timer stage ``rgb_bank``)."""
+        scored = super().score_features(features, sizes, batch_size, xyzs)
+        bank = self.heads.rgb_bank
+        if bank is None:
+            return scored
+        started = self.timer.now()
+        bank_maps = score_feature_set(bank.grid_maps, features, sizes, bank.post(self.config), batch_size)
+        fused = bank.fuse(scored, bank_maps)
+        self.timer.tick("rgb_bank", started)
+        return fused
 
     def predict(self, rgb: np.ndarray, xyz: np.ndarray, threshold: Optional[float] = None) -> InspectionResult:
         """Judge one observation: rgb (H, W, 3) uint8, xyz (H, W, 3) float32 metres (invalid = 0/NaN).

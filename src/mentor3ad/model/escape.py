@@ -51,11 +51,13 @@ def score_pseudo_defects(scorer, good: Sequence, per_kind: int, seed: int = 0,
     return by_kind(defects, scored.image_scores) if defects else {}
 
 
-def score_pseudo_defect_parts(scorer, good: Sequence, per_kind: int, seed: int = 0, batch_size: int = 8):
+def score_pseudo_defect_parts(scorer, good: Sequence, per_kind: int, seed: int = 0, batch_size: int = 8,
+                              cache_dir=None):
     """(the pseudo-defect Samples, their :class:`~mentor3ad.model.scoring.ScoredParts`) as
-    :func:`score_pseudo_defects` makes and scores them."""
+    :func:`score_pseudo_defects` makes and scores them (features through the cache at ``cache_dir``: a
+    calibration that scores them more than once extracts them once)."""
     defects = pseudo_defects(list(good), KINDS, per_kind, seed)
-    return defects, (scorer.score_samples(defects, batch_size=batch_size) if defects else None)
+    return defects, (scorer.score_samples(defects, cache_dir=cache_dir, batch_size=batch_size) if defects else None)
 
 
 def by_kind(defects: Sequence, scores: Sequence[float]) -> Dict[str, List[float]]:

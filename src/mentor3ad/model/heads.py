@@ -24,6 +24,7 @@ from ..backbones import autocast
 from ..config import ModelConfig
 from ..errors import InputError, ModelError
 from .voting import VotingModule
+from .rgb_bank import RgbBank
 
 PATCH_BUCKET = 128
 
@@ -177,6 +178,8 @@ class Mentor3ADHeads(nn.Module):
         self.mfm = MentorFusionModule(rgb_dim, xyz_dim, config) if config.needs_mfm else None
         self.mgm = MentorGuidanceModule(rgb_dim, xyz_dim, config)
         self.voting = VotingModule(len(config.score_maps), config, seed=seed) if config.use_voting else None
+        # a memory of good RGB patches fused after post-processing (the Detector; kept at calibration)
+        self.rgb_bank = RgbBank(config.rgb_bank_patches, rgb_dim) if config.rgb_bank_patches else None
         self.precision = "fp32"
 
     def _check(self, rgb: torch.Tensor, xyz: torch.Tensor, valid: torch.Tensor) -> None:

@@ -23,14 +23,14 @@ def set_level_cap(detector, calibration_parts, log: Callable[[str], None] = LOG.
         f"{min(levels):.4g} - {max(levels):.4g}; maps are relative to it, capped at {max(levels):.4g}")
 
 
-def choose_image_score(detector, scored, val_samples, log: Callable[[str], None] = LOG.info):
+def choose_image_score(detector, scored, val_samples, log: Callable[[str], None] = LOG.info, cache_dir=None):
     """The image score the detector keeps (``calibration.image_score``, :class:`mentor3ad.config.CalibrationConfig`):
     sets the part-level cap, or stores ``model.level_percentile`` 0 for the raw maximum.
 
     scored: the calibration parts' ScoredParts, scored relative to their whole level (no cap); val_samples: the
     held-out good Samples pseudo-defects are seeded on. Returns (the calibration parts' scores under the kept
     score, their pseudo-defects' scores by kind under it or None when not scored, the seconds that scoring
-    took or None). With "auto" both scores
+    took or None; ``cache_dir``: their features' cache). With "auto" both scores
     come from one scoring of the pseudo-defects (max of the map + its level = the raw maximum) and
     ``training_info["image_score"]`` keeps the comparison."""
     from ..errors import InputError
@@ -54,8 +54,8 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
         detector.set_level_cap(None)  # the pseudo-defects' maps relative to their whole level, as ``scored``
         started = time.perf_counter()
         try:
-            defects, parts = escape.score_pseudo_defect_parts(detector, val_samples,
-                                                              calibration.pseudo_defects_per_kind, config.train.seed)
+            defects, parts = escape.score_pseudo_defect_parts(detector, val_samples, calibration.pseudo_defects_per_kind,
+                                                              config.train.seed, cache_dir=cache_dir)
         except InputError as err:  # as escape.estimate: calibration stands without the comparison
             log(f"image score: the peak above the part level (a pseudo-defect could not be scored: {err})")
             defects = []

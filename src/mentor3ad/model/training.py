@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import tempfile
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -343,6 +344,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
     ``views_per_part``: the training samples are parts' views in groups (train.view_augmentation)."""
     from . import escape
     from .image_score import choose_image_score
+    from .rgb_bank import choose_rgb_bank
     from .scoring import ScoredParts
     from .threshold import ThresholdSource, from_good_scores
 
@@ -360,7 +362,11 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         log("no held-out good parts: calibrating the threshold on the training scores (optimistic)")
         scored = detector.score_features(train, train_sizes, batch_size=8)
         sources.append(ThresholdSource("train", len(train)))
-    scores, defect_scores, seconds = choose_image_score(detector, scored, val_samples, log)  # sets the cap
+    with tempfile.TemporaryDirectory(prefix="mentor3ad-pseudo-defects-") as cache_dir:  # extracted once
+        scores, defect_scores, seconds = choose_image_score(detector, scored, val_samples, log, cache_dir)  # + the cap
+        kept = choose_rgb_bank(detector, train, validation, val_sizes, val_samples, scores, log, cache_dir)
+    if kept is not None:  # the fused score is the model's: its threshold and pseudo-defect scores
+        scores, defect_scores, seconds = kept
     record = from_good_scores(scores, calibration, sources, set_by="train")
     if val_samples:
         record = escape.estimate(record, detector, val_samples, calibration, detector.config.train.seed, log,

@@ -2,7 +2,8 @@
 the naive baseline on one test split, all on the same cached backbone features.
 
 * Rows differ from the base config only in use_mentor / use_voting (rows w/o mentor also drop the
-  mentor's score map "mtr"). Training is deterministic and the VM stage comes last, so "w/o voting" is
+  mentor's score map "mtr"); the rows other than the full one compare heads, without an RGB bank
+  (``calibration.rgb_bank`` off). Training is deterministic and the VM stage comes last, so "w/o voting" is
   the full model's MFM + MGM without its Voting Module (identical weights to a separate run) and "CFM"
   is the "w/o mentor" model's MGM without it: two trainings give four rows. The derived models' scores are on
   another scale than their parent's, so each is re-calibrated by the training rule on the validation split
@@ -62,14 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def without_voting(detector):
-    """Same MFM + MGM weights, final map = plain product of the used score maps (threshold and part-level
-    cap: the parent's until :func:`calibrate_derived` sets this model's own)."""
+    """Same MFM + MGM weights, final map = plain product of the used score maps, no RGB bank (threshold and
+    part-level cap: the parent's until :func:`calibrate_derived` sets this model's own)."""
     from ...model.detector import Detector
     from ...model.heads import Mentor3ADHeads
 
-    config = detector.config.replace(model={"use_voting": False})
+    config = detector.config.replace(model={"use_voting": False, "rgb_bank_patches": 0}, calibration={"rgb_bank": "off"})
     heads = Mentor3ADHeads(detector.heads.rgb_dim, detector.heads.xyz_dim, config.model, seed=config.train.seed)
-    state = {k: v for k, v in detector.heads.state_dict().items() if not k.startswith("voting.")}
+    state = {k: v for k, v in detector.heads.state_dict().items() if not k.startswith(("voting.", "rgb_bank."))}
     heads.load_state_dict(state, strict=True)
     return Detector(config, heads, detector.extractor, threshold=detector.threshold,
                     training_info=dict(detector.training_info, derived_from=detector.model_id), device=detector.device)
@@ -142,7 +143,11 @@ def variant_config(base, name: str):
     maps = list(base.model.score_maps) if use_mentor else [m for m in base.model.score_maps if m != "mtr"]
     if not maps:
         raise ConfigError(f"ablate: the '{name}' row has no score map left of {base.model.score_maps}")
-    return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps})
+    if name == "Mentor3AD":
+        return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps})
+    # the other rows compare the heads: without an RGB bank (model.rgb_bank) beside them
+    return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps,
+                               "rgb_bank_patches": 0}, calibration={"rgb_bank": "off"})
 
 
 def _train(name: str, base, splits: Dict[str, Split], args, extractor):
