@@ -28,6 +28,7 @@ STAGES: List[Tuple[str, str]] = [
     ("post_upsample", "post: upsample + smoothing"),
     ("post_regions", "post: regions + verdict"),
     ("post_other", "post: download + rest"),
+    ("rgb_bank", "RGB bank: nearest rows + its map (models that keep one)"),
     ("predict_other", "predict: input checks + rest"),
     ("publish_result", "publish: ~/result (build + serialize)"),
     ("publish_map", "publish: ~/anomaly_map"),
@@ -86,8 +87,9 @@ def detector_stages(timings: Dict[str, float], predict_s: float) -> Dict[str, fl
     stage["post_upsample"] = float(timings.get("post_upsample", 0.0))
     stage["post_regions"] = float(timings.get("post_decide", 0.0))
     stage["post_other"] = float(timings.get("postprocess", 0.0)) - stage["post_upsample"] - stage["post_regions"]
+    stage["rgb_bank"] = float(timings.get("rgb_bank", 0.0))
     accounted = float(timings.get("features", 0.0)) + float(timings.get("heads", 0.0)) + float(
-        timings.get("postprocess", 0.0))
+        timings.get("postprocess", 0.0)) + stage["rgb_bank"]
     stage["predict_other"] = predict_s - accounted
     return stage
 
