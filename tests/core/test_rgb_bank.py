@@ -162,3 +162,8 @@ def test_forged_bank_files_are_refused(banked, tmp_path):
     tensors["rgb_bank.scales"] = torch.tensor([1.0, math.nan])
     with pytest.raises(Exception, match="finite|NaN|nan"):
         checkpoint.write_checkpoint(tmp_path / "nan.safetensors", tensors, metadata)
+    tensors["rgb_bank.scales"] = torch.tensor([1.0, -1.0])  # an anomaly would lower the score: never served
+    forged = checkpoint.write_checkpoint(tmp_path / "negative.safetensors", tensors, metadata)
+    with pytest.raises(ModelLoadError, match=r"RGB bank is unusable: its scales \[1.0, -1.0\] are not finite numbers > 0"):
+        Detector.load(forged)
+    assert Detector.load(path).heads.rgb_bank.problem() is None

@@ -201,15 +201,12 @@ class Detector(FeatureScorer):
         return self.maps_from_features(features.rgb, features.xyz, features.valid)
 
     def score_features(self, features, sizes=None, batch_size=None, xyzs=None):
-        """The scoring protocol's maps (:meth:`FeatureScorer.score_features`), fused with the RGB bank's when the
-        model keeps one (:mod:`mentor3ad.model.rgb_bank`; timer stage ``rgb_bank``)."""
-        scored = super().score_features(features, sizes, batch_size, xyzs)
-        bank = self.heads.rgb_bank
+        """The protocol's maps, fused with the RGB bank's when the model keeps one (timer stage ``rgb_bank``)."""
+        scored, bank = super().score_features(features, sizes, batch_size, xyzs), self.heads.rgb_bank
         if bank is None:
             return scored
         started = self.timer.now()
-        bank_maps = score_feature_set(bank.grid_maps, features, sizes, bank.post(self.config), batch_size)
-        fused = bank.fuse(scored, bank_maps)
+        fused = bank.fuse(scored, score_feature_set(bank.grid_maps, features, sizes, bank.post(self.config), batch_size))
         self.timer.tick("rgb_bank", started)
         return fused
 
@@ -262,10 +259,13 @@ class Detector(FeatureScorer):
         """Warm up and check that the model can answer: on :func:`warmup_scene` every score map and the
         Voting Module's OC-SVM output are finite, the OC-SVM output is not below exp()'s underflow on every
         valid patch (a map of zeros would PASS every part), the threshold is below :meth:`max_score` (else
-        no part could ever FAIL), and the prediction is a finite PASS/FAIL. Raises ModelLoadError with the
-        reason otherwise; returns the seconds taken."""
+        no part could ever FAIL), an RGB bank's tensors usable, and the prediction is a finite PASS/FAIL.
+        Raises ModelLoadError with the reason otherwise; returns the seconds taken."""
         rgb, xyz = warmup_scene(int(self.config.features.image_size))
         started = time.perf_counter()
+        bank = self.heads.rgb_bank
+        if bank is not None and bank.problem():  # (a file's digest covers them; a stripped digest does not)
+            raise ModelLoadError(f"the model's RGB bank is unusable: {bank.problem()}")
         if self.threshold >= self.max_score():
             raise ModelLoadError(f"the threshold {self.threshold:g} is not below the largest score the model can "
                                  f"produce ({self.max_score():.4g}): no part could ever FAIL")

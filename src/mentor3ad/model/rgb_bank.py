@@ -49,6 +49,18 @@ class RgbBank(nn.Module):
         self.register_buffer("scales", torch.ones(2))
         self.register_buffer("level_cap", torch.zeros(1))
 
+    def problem(self) -> Optional[str]:
+        """Why these tensors are no calibrated bank (None when they are one): rows not finite, scales not finite
+        and > 0 (a negative one would lower the score of an anomaly), a cap not finite and >= 0."""
+        if not bool(torch.isfinite(self.patches).all()):
+            return "its rows are not all finite"
+        if not (bool(torch.isfinite(self.scales).all()) and bool((self.scales > 0).all())):
+            return f"its scales {[float(v) for v in self.scales]} are not finite numbers > 0"
+        cap = float(self.level_cap[0])
+        if not (math.isfinite(cap) and cap >= 0):
+            return f"its level cap {cap} is not a finite number >= 0"
+        return None
+
     @torch.no_grad()
     def grid_maps(self, features) -> torch.Tensor:
         """FeatureSet (B samples, rgb (B, C, R, R)) -> nearest-row L2 distances (B, R, R) float32."""
