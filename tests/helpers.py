@@ -36,14 +36,14 @@ TINY_MODEL_CONFIG = {
     # the node tests' tiny model: the parts as given (quarter-turn views for few parts are tests/core/test_views.py's)
     "train": dict(mfm_epochs=2, mgm_epochs=2, vm_steps=10, view_augmentation="none"),
     # the heads alone: the RGB bank's choice (calibration.rgb_bank auto) is tests/core/test_rgb_bank.py's
-    "calibration": dict(rgb_bank="off"),
+    "calibration": dict(rgb_bank="never"),
 }
 LEARNING_FEATURES = {**TINY_FEATURES, "plane_iterations": 64}
 LEARNING_MODEL = dict(mentor_dim=16, mfm_hidden_dim=32, mgm_hidden_dim=32, mgm_mentor_dim=8, infonce_max_patches=256,
                       smoothing_sigma=1.0)
 LEARNING_TRAIN = dict(mfm_epochs=3, mgm_epochs=6, vm_steps=40, batch_size=2)
 LEARNING_CONFIG = {"features": LEARNING_FEATURES, "model": LEARNING_MODEL, "train": LEARNING_TRAIN,
-                   "calibration": {"rgb_bank": "off"}}
+                   "calibration": {"rgb_bank": "never"}}
 
 
 def learning_config(model=None, train=None, **sections):
@@ -51,7 +51,7 @@ def learning_config(model=None, train=None, **sections):
     from mentor3ad.config import Mentor3ADConfig
 
     data = {"features": dict(LEARNING_FEATURES), "model": {**LEARNING_MODEL, **(model or {})},
-            "train": {**LEARNING_TRAIN, **(train or {})}, "calibration": {"rgb_bank": "off"}}
+            "train": {**LEARNING_TRAIN, **(train or {})}, "calibration": {"rgb_bank": "never"}}
     data.update(sections)
     return Mentor3ADConfig.from_dict(data)
 
@@ -106,7 +106,7 @@ def train_tiny_model(path, n_train: int = 6, n_val: int = 3, resolution=(64, 64)
     from mentor3ad.model.training import train_detector
 
     config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "model": {**TINY_MODEL_CONFIG["model"], **(model or {})},
-                                        "calibration": {"rgb_bank": "off", **(calibration or {})}})
+                                        "calibration": {"rgb_bank": "never", **(calibration or {})}})
     train = [generate_sample(i, resolution, name=f"train/{i}") for i in range(n_train)]
     val = [generate_sample(100 + i, resolution, name=f"val/{i}") for i in range(n_val)]
     detector = train_detector(train, config, val, progress=False)

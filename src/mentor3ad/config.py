@@ -26,7 +26,7 @@ SCORE_MAP_NAMES = ("rgb", "xyz", "mtr")
 PRECISIONS = ("fp32", "bf16", "fp16")  # features.precision: the backbones' arithmetic
 HEAD_PRECISIONS = ("auto", "fp32", "bf16")  # model.head_precision: the heads' arithmetic
 IMAGE_SCORES = ("auto", "level", "max")
-RGB_BANKS = ("auto", "on", "off")  # calibration.rgb_bank
+RGB_BANKS = ("auto", "always", "never")  # calibration.rgb_bank (YAML reads on/off as booleans)
 PLANE_METHODS = ("ransac", "open3d", "none")
 # (min, max) of the options that set compute and memory (image_size 4480: 8.7 GB), checked before anything is built
 FEATURE_BOUNDS = {"image_size": (8, 1024), "point_image_size": (0, 1024), "feature_resolution": (1, 256),
@@ -312,7 +312,7 @@ class CalibrationConfig(_Section):
         or "auto" (default): the one whose threshold, set by this section's rule from the held-out good
         parts, lets fewer of their pseudo-defects PASS ("level" on a tie; "level" without held-out parts or
         pseudo-defects).
-    rgb_bank: "auto" | "on" | "off": keep a memory of good RGB patches fused with the heads' map
+    rgb_bank: "auto" | "always" | "never": keep a memory of good RGB patches fused with the heads' map
         (:mod:`mentor3ad.model.rgb_bank`; auto: when fewer pseudo-defects PASS at its threshold).
     """
 

@@ -147,7 +147,7 @@ def test_image_score_level_or_max_is_kept_as_configured(choice):
     from mentor3ad.model.training import train_detector
 
     train, val = _parts(4, 2)
-    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "calibration": {"image_score": choice, "rgb_bank": "off"}})
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG, "calibration": {"image_score": choice, "rgb_bank": "never"}})
     detector = train_detector(train, config, val, progress=False, log=lambda message: None)
     if choice == "max":  # stored as the raw map: level_percentile 0, no cap
         assert detector.config.model.level_percentile == 0.0 and math.isinf(detector.level_cap)

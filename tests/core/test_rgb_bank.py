@@ -60,13 +60,13 @@ def test_the_fused_map_is_each_map_over_its_good_parts_median():
 
 @pytest.fixture(scope="module")
 def banked(tmp_path_factory):
-    """A tiny model that keeps its bank (calibration.rgb_bank on), saved and loaded again."""
+    """A tiny model that keeps its bank (calibration.rgb_bank always), saved and loaded again."""
     from mentor3ad.model.detector import Detector
     from mentor3ad.model.training import train_detector
 
     train, val = _parts()
     lines = []
-    detector = train_detector(train, _config(rgb_bank="on"), val, progress=False, log=lines.append)
+    detector = train_detector(train, _config(rgb_bank="always"), val, progress=False, log=lines.append)
     path = tmp_path_factory.mktemp("bank") / "banked.safetensors"
     detector.save(path)
     return detector, Detector.load(path), path, val, lines
@@ -126,7 +126,7 @@ def test_off_and_cross_validation_leave_the_heads_alone():
 
     train, val = _parts(4, 2)
     lines = []
-    off = train_detector(train, _config(rgb_bank="off"), val, progress=False, log=lines.append)
+    off = train_detector(train, _config(rgb_bank="never"), val, progress=False, log=lines.append)
     assert off.heads.rgb_bank is None and "rgb_bank" not in off.training_info and off.config.model.rgb_bank_patches == 0
     assert not any(line.startswith("RGB bank") for line in lines)
     lines = []
@@ -136,8 +136,13 @@ def test_off_and_cross_validation_leave_the_heads_alone():
 
 
 def test_bank_settings_are_checked():
-    with pytest.raises(ConfigError, match="calibration.rgb_bank must be one of auto, on, off, got 'always'"):
-        _config(rgb_bank="always")
+    with pytest.raises(ConfigError, match="calibration.rgb_bank must be one of auto, always, never, got 'off'"):
+        _config(rgb_bank="off")
+    from mentor3ad.config import load_config
+
+    assert load_config(overrides=["calibration.rgb_bank=never"]).calibration.rgb_bank == "never"  # YAML: a string
+    with pytest.raises(ConfigError, match="calibration.rgb_bank must be a string"):  # YAML 1.1 reads off as false
+        load_config(overrides=["calibration.rgb_bank=off"])
     with pytest.raises(ConfigError, match="model.rgb_bank_patches must be >= 0, got -1"):
         Mentor3ADConfig.from_dict({"model": {"rgb_bank_patches": -1}})
 

@@ -15,9 +15,9 @@ RGB patches"). The bank:
   under each alone (``scales``): both terms in units of a good part's score.
 
 :func:`choose_rgb_bank` (``calibration.rgb_bank``): ``auto`` keeps the bank when the default threshold of the
-fused score lets fewer of the held-out good parts' pseudo-defects PASS than the heads' alone; ``on`` /
-``off`` force it. A model with a bank stores its size as ``model.rgb_bank_patches`` and its rows, scales and
-cap among the heads' tensors (``rgb_bank.*``).
+fused score lets fewer of the held-out good parts' pseudo-defects PASS than the heads' alone; ``always`` /
+``never`` force it (not on / off: YAML reads those as booleans). A model with a bank stores its size as
+``model.rgb_bank_patches`` and its rows, scales and cap among the heads' tensors (``rgb_bank.*``).
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
     calibration = config.calibration
     attach(detector, None)
     mode = calibration.rgb_bank
-    if mode == "off":
+    if mode == "never":
         return None
     if validation is None or not len(validation) or calibration.cv_folds:
         log("RGB bank: none (calibration.rgb_bank needs held-out good parts and no cross-validated scores)")

@@ -68,7 +68,7 @@ def without_voting(detector):
     from ...model.detector import Detector
     from ...model.heads import Mentor3ADHeads
 
-    config = detector.config.replace(model={"use_voting": False, "rgb_bank_patches": 0}, calibration={"rgb_bank": "off"})
+    config = detector.config.replace(model={"use_voting": False, "rgb_bank_patches": 0}, calibration={"rgb_bank": "never"})
     heads = Mentor3ADHeads(detector.heads.rgb_dim, detector.heads.xyz_dim, config.model, seed=config.train.seed)
     state = {k: v for k, v in detector.heads.state_dict().items() if not k.startswith(("voting.", "rgb_bank."))}
     heads.load_state_dict(state, strict=True)
@@ -147,7 +147,7 @@ def variant_config(base, name: str):
         return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps})
     # the other rows compare the heads: without an RGB bank (model.rgb_bank) beside them
     return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps,
-                               "rgb_bank_patches": 0}, calibration={"rgb_bank": "off"})
+                               "rgb_bank_patches": 0}, calibration={"rgb_bank": "never"})
 
 
 def _train(name: str, base, splits: Dict[str, Split], args, extractor):
