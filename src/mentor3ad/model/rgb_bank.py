@@ -107,9 +107,8 @@ def calibrate_bank(bank: RgbBank, config, heads_scored: ScoredParts, features, s
     """Set the bank's level cap and both scales from the held-out good parts: ``heads_scored`` (their heads'
     maps as the model keeps them) and their FeatureSet ``features`` at input ``sizes``."""
     bank.level_cap.fill_(math.inf)
-    uncapped = score_feature_set(bank.grid_maps, features, sizes, bank.post(config), 8)
-    bank.level_cap.fill_(max(uncapped.levels) if uncapped.levels else 0.0)
     scored = score_feature_set(bank.grid_maps, features, sizes, bank.post(config), 8)
+    bank.level_cap.fill_(max(scored.levels) if scored.levels else 0.0)  # their largest: their scores stay as scored
     bank.scales.copy_(torch.tensor([_median_score(heads_scored), _median_score(scored)]))
 
 
