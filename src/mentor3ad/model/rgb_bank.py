@@ -98,18 +98,18 @@ def build_rgb_bank(train, patches: int = BANK_PATCHES, seed: int = 0, candidates
     return bank
 
 
-def _median_score(scored: ScoredParts) -> float:
-    score = float(np.median(scored.image_scores))
+def _median_score(scores: Sequence[float]) -> float:
+    score = float(np.median(scores))
     return score if math.isfinite(score) and score > 0 else 1.0
 
 
-def calibrate_bank(bank: RgbBank, config, heads_scored: ScoredParts, features, sizes) -> None:
-    """Set the bank's level cap and both scales from the held-out good parts: ``heads_scored`` (their heads'
-    maps as the model keeps them) and their FeatureSet ``features`` at input ``sizes``."""
+def calibrate_bank(bank: RgbBank, config, heads_scores: Sequence[float], features, sizes) -> None:
+    """Set the bank's level cap and both scales from the held-out good parts: ``heads_scores`` (their scores
+    under the image score the heads keep) and their FeatureSet ``features`` at input ``sizes``."""
     bank.level_cap.fill_(math.inf)
     scored = score_feature_set(bank.grid_maps, features, sizes, bank.post(config), 8)
     bank.level_cap.fill_(max(scored.levels) if scored.levels else 0.0)  # their largest: their scores stay as scored
-    bank.scales.copy_(torch.tensor([_median_score(heads_scored), _median_score(scored)]))
+    bank.scales.copy_(torch.tensor([_median_score(heads_scores), _median_score(scored.image_scores)]))
 
 
 def attach(detector, bank: Optional[RgbBank]) -> None:
@@ -123,12 +123,13 @@ def attach(detector, bank: Optional[RgbBank]) -> None:
 
 
 def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_samples, heads_scores: List[float],
-                    log: Callable[[str], None] = LOG.info, cache_dir=None
+                    log: Callable[[str], None] = LOG.info, cache_dir=None, heads_defect_scores: Optional[dict] = None
                     ) -> Optional[Tuple[List[float], Optional[dict], Optional[float]]]:
     """Keep an RGB bank or not (``calibration.rgb_bank``; module docstring). train / validation: FeatureSets of
     the training views and the held-out good parts (at ``val_sizes``), val_samples their Samples;
     heads_scores: the held-out parts' scores under the image score already chosen; cache_dir: the
-    pseudo-defects' feature cache. Returns None when the model stays without a bank, else (the held-out
+    pseudo-defects' feature cache; heads_defect_scores: their scores by kind under that image score when the
+    image score's choice already scored them (else they are scored here). Returns None when the model stays without a bank, else (the held-out
     parts' fused scores, their pseudo-defects' fused scores by kind or None, the seconds that scoring took)."""
     from . import escape
     from .calibration import calibrate_by_config
@@ -148,7 +149,7 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
         return None
     started = time.perf_counter()
     bank = build_rgb_bank(train, seed=config.train.seed)
-    calibrate_bank(bank, config, detector.score_features(validation, val_sizes, batch_size=8), validation, val_sizes)
+    calibrate_bank(bank, config, heads_scores, validation, val_sizes)
     log(f"RGB bank: {bank.patches.shape[0]} rows from {len(train)} training views in {time.perf_counter() - started:.1f} s; "
         f"scales: heads {float(bank.scales[0]):.4g}, bank {float(bank.scales[1]):.4g}; level cap {float(bank.level_cap[0]):.4g}")
     if not compare:
@@ -157,9 +158,11 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
     started = time.perf_counter()
     per_kind, seed = calibration.pseudo_defects_per_kind, config.train.seed
     try:
-        defects, alone = escape.score_pseudo_defect_parts(detector, val_samples, per_kind, seed, cache_dir=cache_dir)
+        if heads_defect_scores is None:  # the image score's choice did not score them (not "auto")
+            defects, alone = escape.score_pseudo_defect_parts(detector, val_samples, per_kind, seed, cache_dir=cache_dir)
+            heads_defect_scores = escape.by_kind(defects, alone.image_scores) if defects else {}
         attach(detector, bank)
-        _, fused = escape.score_pseudo_defect_parts(detector, val_samples, per_kind, seed, cache_dir=cache_dir)
+        defects, fused = escape.score_pseudo_defect_parts(detector, val_samples, per_kind, seed, cache_dir=cache_dir)
     except InputError as err:  # as the image score's choice: calibration stands without the bank
         attach(detector, None)
         log(f"RGB bank: none (a pseudo-defect could not be scored: {err})")
@@ -170,11 +173,11 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
         return None
     fused_good = detector.score_features(validation, val_sizes, batch_size=8).image_scores
     seconds = time.perf_counter() - started
+    fused_defect_scores = escape.by_kind(defects, fused.image_scores)
     compared = {}
-    for name, good, bad in (("heads", heads_scores, alone.image_scores), ("heads+bank", fused_good, fused.image_scores)):
+    for name, good, bad in (("heads", heads_scores, heads_defect_scores), ("heads+bank", fused_good, fused_defect_scores)):
         threshold = calibrate_by_config(list(good), calibration)
-        compared[name] = {"threshold": float(threshold),
-                          "pseudo_defect_escape_rate": escape.escape_rate({"all": bad}, threshold)}
+        compared[name] = {"threshold": float(threshold), "pseudo_defect_escape_rate": escape.escape_rate(bad, threshold)}
     keep = compared["heads+bank"]["pseudo_defect_escape_rate"] < compared["heads"]["pseudo_defect_escape_rate"]
     detector.training_info["rgb_bank"] = {"chosen": bool(keep), "candidates": compared, "n": len(defects)}
     log("RGB bank: " + "; ".join(f"{name}: threshold {c['threshold']:.4g}, {c['pseudo_defect_escape_rate']:.0%} of "
@@ -183,7 +186,7 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
     if not keep:
         attach(detector, None)
         return None
-    return fused_good, escape.by_kind(defects, fused.image_scores), seconds
+    return fused_good, fused_defect_scores, seconds
 
 
 __all__ = ["RgbBank", "BANK_PATCHES", "MAX_CANDIDATES", "LEVEL_PERCENTILE", "build_rgb_bank", "calibrate_bank",

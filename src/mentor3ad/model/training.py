@@ -364,7 +364,7 @@ def calibrate_detector(detector, train: FeatureSet, train_sizes: Sequence, valid
         sources.append(ThresholdSource("train", len(train)))
     with tempfile.TemporaryDirectory(prefix="mentor3ad-pseudo-defects-") as cache_dir:  # extracted once
         scores, defect_scores, seconds = choose_image_score(detector, scored, val_samples, log, cache_dir)  # + the cap
-        kept = choose_rgb_bank(detector, train, validation, val_sizes, val_samples, scores, log, cache_dir)
+        kept = choose_rgb_bank(detector, train, validation, val_sizes, val_samples, scores, log, cache_dir, defect_scores)
     if kept is not None:  # the fused score is the model's: its threshold and pseudo-defect scores
         scores, defect_scores, seconds = kept
     record = from_good_scores(scores, calibration, sources, set_by="train")

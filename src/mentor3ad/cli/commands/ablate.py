@@ -143,11 +143,11 @@ def variant_config(base, name: str):
     maps = list(base.model.score_maps) if use_mentor else [m for m in base.model.score_maps if m != "mtr"]
     if not maps:
         raise ConfigError(f"ablate: the '{name}' row has no score map left of {base.model.score_maps}")
+    switches = {"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps}
     if name == "Mentor3AD":
-        return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps})
-    # the other rows compare the heads: without an RGB bank (model.rgb_bank) beside them
-    return base.replace(model={"use_mentor": use_mentor, "use_voting": use_voting, "score_maps": maps,
-                               "rgb_bank_patches": 0}, calibration={"rgb_bank": "never"})
+        return base.replace(model=switches)
+    # the other rows compare the heads: without an RGB bank (calibration.rgb_bank) beside them
+    return base.replace(model={**switches, "rgb_bank_patches": 0}, calibration={"rgb_bank": "never"})
 
 
 def _train(name: str, base, splits: Dict[str, Split], args, extractor):
