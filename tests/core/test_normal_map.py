@@ -75,6 +75,18 @@ def test_normal_map_options_are_checked():
         FeatureExtractor(FeatureConfig(**{**NORMAL_MAP, "point_options": {"normal_radius_mm": 3.0}}))
 
 
+def test_changing_the_3d_backbone_alone_names_the_stale_options():
+    """The packaged config's point_options are FPFH's: switching point_backbone alone says what to do."""
+    from mentor3ad.config import load_config
+
+    features = load_config(None, ["features.point_backbone=normal_map"]).features
+    with pytest.raises(ConfigError, match=r"unknown config key features.point_options.normal_radius_mm .* the options of "
+                                          r"the 3D backbone 'normal_map'.*--set 'features.point_options=\{\}'"):
+        FeatureExtractor(features)
+    fixed = load_config(None, ["features.point_backbone=normal_map", "features.point_options={}"]).features
+    assert fixed.point_options == {} and fixed.point_backbone == "normal_map"
+
+
 def test_concat_stacks_the_parts_features_and_checks_its_parts():
     pytest.importorskip("open3d")
     nm_options = {"weights": "none", "image_size": 64, "feature_strides": [8]}

@@ -109,7 +109,14 @@ def parse_options(found: BackboneEntry, options: Dict[str, Any], prefix: str):
         if options:
             raise ConfigError(f"{prefix}: backbone {found.name!r} takes no options, got {sorted(options)}")
         return None
-    return dataclass_from_dict(found.options, dict(options or {}), prefix)
+    try:
+        return dataclass_from_dict(found.options, dict(options or {}), prefix)
+    except ConfigError as err:
+        if "unknown config key" not in str(err):
+            raise
+        # the usual cause: the backbone was changed and the options of the previous one (e.g. the packaged FPFH keys) stayed
+        raise ConfigError(f"{err}; {prefix} are the options of the {'3D' if found.kind == 'points' else 'RGB'} backbone {found.name!r}: when changing the "
+                          f"backbone, replace them too, e.g. --set '{prefix}={{}}' for its defaults") from None
 
 
 def options_dict(options) -> Dict[str, Any]:
