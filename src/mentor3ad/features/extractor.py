@@ -18,14 +18,13 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import backbones
 from ..config import FeatureConfig
 from ..errors import ConfigError, InputError
 from ..geometry.cluster import largest_cluster
 from ..geometry.plane import remove_plane
-from ..geometry.projection import cell_fraction
+from ..geometry.projection import cell_fraction, maps_to_grid
 from ..timing import NO_TIMER, StageTimer
 from . import preprocessing
 
@@ -143,12 +142,7 @@ class FeatureExtractor:
         start = timer.now()
         maps = self.rgb_model.encode(images)
         start = timer.tick("rgb_backbone", start)
-        size = self.config.feature_resolution
-        if maps.shape[-2:] != (size, size):
-            if maps.shape[-1] > size:
-                maps = F.adaptive_avg_pool2d(maps, size)
-            else:
-                maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+        maps = maps_to_grid(maps, self.config.feature_resolution)
         timer.tick("projection", start)
         return maps
 

@@ -119,6 +119,16 @@ def pool_pixel_features(values: torch.Tensor, valid: torch.Tensor, resolution: i
     return features.contiguous(), cell_fraction(valid, resolution) > 0
 
 
+def maps_to_grid(maps: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, C, h, w) feature maps -> (B, C, R, R): average-pooled when finer than the grid R = ``resolution``,
+    bilinearly upsampled when coarser, unchanged when already R x R."""
+    if maps.shape[-2:] == (resolution, resolution):
+        return maps
+    if maps.shape[-1] > resolution:
+        return F.adaptive_avg_pool2d(maps, resolution)
+    return F.interpolate(maps, size=(resolution, resolution), mode="bilinear", align_corners=False)
+
+
 def cell_fraction(valid: torch.Tensor, resolution: int) -> torch.Tensor:
     """(S, S) bool -> (R, R) float: the share of each cell's pixels that are valid."""
     factor = valid.shape[-1] // resolution
