@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .config_schema import dataclass_from_dict
+from .config_schema import check_choice, dataclass_from_dict
 from .errors import ConfigError
 from .package_files import packaged_file
 
@@ -38,12 +38,6 @@ class _Section:
 
     def __post_init__(self):
         self.validate()
-
-
-def _check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    """ConfigError ``<key> must be one of a, b, c, got 'x'`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -68,8 +62,9 @@ class FeatureConfig(_Section):
         plane_distance_m: points closer than this (metres) to the background plane are dropped;
         plane_border_px: image border (pixels at image_size) the plane is fitted to;
         plane_iterations: RANSAC hypotheses.
-    cluster_filter: keep only the largest connected cluster (cluster_eps_m: 3D link distance in metres,
-        cluster_radius_px: grid neighbourhood considered for links).
+    cluster_filter: keep the largest connected cluster (cluster_eps_m: 3D link distance in metres, cluster_radius_px:
+        grid neighbourhood for links) and every cluster of >= cluster_min_fraction of its points (a raised face
+        beyond a steep wall without points; stray points are small clusters); 1 = the largest alone.
     precision: the backbones' arithmetic "fp32" | "bf16" (CPU with AVX512-BF16/AMX, CUDA) | "fp16" (CUDA);
         a run-time choice (the heads' arithmetic is ``model.head_precision``).
     init_seed: seeds random-init weights and RANSAC so that random backbones are reproducible.
@@ -93,6 +88,7 @@ class FeatureConfig(_Section):
     cluster_filter: bool = True
     cluster_eps_m: float = 0.006
     cluster_radius_px: int = 1
+    cluster_min_fraction: float = 0.1
     precision: str = "fp32"
     init_seed: int = 0
 
@@ -109,10 +105,12 @@ class FeatureConfig(_Section):
                                   f"features.{key} {size}")
         if not 0.0 <= self.min_cell_fraction < 1.0:
             raise ConfigError(f"features.min_cell_fraction must be in [0, 1), got {self.min_cell_fraction}")
-        _check_choice("features.precision", self.precision, PRECISIONS)
-        _check_choice("features.plane_removal", self.plane_removal, PLANE_METHODS)
+        check_choice("features.precision", self.precision, PRECISIONS)
+        check_choice("features.plane_removal", self.plane_removal, PLANE_METHODS)
         if self.plane_distance_m <= 0 or self.cluster_eps_m <= 0:
             raise ConfigError("features.plane_distance_m and features.cluster_eps_m must be > 0")
+        if not 0.0 < self.cluster_min_fraction <= 1.0:
+            raise ConfigError(f"features.cluster_min_fraction must be in (0, 1], got {self.cluster_min_fraction}")
 
     @property
     def cloud_size(self) -> int:
@@ -123,7 +121,8 @@ class FeatureConfig(_Section):
         """The keys every backbone shares (preprocessing and grid), for the extractor identity."""
         own = ("rgb_backbone", "rgb_weights", "rgb_options", "point_backbone", "point_weights", "point_options",
                "precision")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in own}
+        return {k: v for k, v in dataclasses.asdict(self).items()  # cluster_min_fraction 1: models before the key
+                if k not in own and (k, v) != ("cluster_min_fraction", 1.0)}
 
 
 @dataclass(frozen=True)
@@ -206,7 +205,7 @@ class ModelConfig(_Section):
                 raise ConfigError(f"model.score_maps: unknown map {name!r} (allowed: {', '.join(SCORE_MAP_NAMES)})")
         if len(set(self.score_maps)) != len(self.score_maps):
             raise ConfigError(f"model.score_maps has duplicates: {self.score_maps}")
-        _check_choice("model.ocsvm_kernel", self.ocsvm_kernel, ("linear", "rff"))
+        check_choice("model.ocsvm_kernel", self.ocsvm_kernel, ("linear", "rff"))
         if not 0.0 < self.ocsvm_nu <= 1.0:
             raise ConfigError(f"model.ocsvm_nu must be in (0, 1], got {self.ocsvm_nu}")
         if self.vote_levels < 1:
@@ -221,7 +220,7 @@ class ModelConfig(_Section):
             raise ConfigError("model.infonce_temperature, model.score_eps must be > 0, model.smoothing_sigma >= 0")
         if not 0.0 <= self.level_percentile < 100.0:
             raise ConfigError(f"model.level_percentile must be in [0, 100), got {self.level_percentile}")
-        _check_choice("model.head_precision", self.head_precision, HEAD_PRECISIONS)
+        check_choice("model.head_precision", self.head_precision, HEAD_PRECISIONS)
         if self.rgb_bank_patches < 0:  # (model files: at most checkpoint.LIMITS)
             raise ConfigError(f"model.rgb_bank_patches must be >= 0, got {self.rgb_bank_patches}")
 
@@ -286,7 +285,7 @@ class TrainConfig(_Section):
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        _check_choice("train.vm_data", self.vm_data, ("train", "validation"))
+        check_choice("train.vm_data", self.vm_data, ("train", "validation"))
         if self.view_augmentation not in VIEW_AUGMENTATIONS:
             raise ConfigError("train.view_augmentation must be 'auto', 'none' or 'rot90', got "
                               f"{self.view_augmentation!r}")
@@ -327,13 +326,13 @@ class CalibrationConfig(_Section):
     def validate(self) -> None:
         if not 0.0 <= self.target_false_reject_rate < 1.0:
             raise ConfigError(f"calibration.target_false_reject_rate must be in [0, 1), got {self.target_false_reject_rate}")
-        _check_choice("calibration.rule", self.rule, ("tail", "quantile"))
+        check_choice("calibration.rule", self.rule, ("tail", "quantile"))
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ConfigError(f"calibration.cv_folds must be 0 (off) or >= 2, got {self.cv_folds}")
         if self.pseudo_defects_per_kind < 0:
             raise ConfigError(f"calibration.pseudo_defects_per_kind must be >= 0 (0 = off), got {self.pseudo_defects_per_kind}")
-        _check_choice("calibration.image_score", self.image_score, IMAGE_SCORES)
-        _check_choice("calibration.rgb_bank", self.rgb_bank, RGB_BANKS)
+        check_choice("calibration.image_score", self.image_score, IMAGE_SCORES)
+        check_choice("calibration.rgb_bank", self.rgb_bank, RGB_BANKS)
 
 
 @dataclass(frozen=True)

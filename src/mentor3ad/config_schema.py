@@ -2,15 +2,22 @@
 
 :func:`dataclass_from_dict` builds a dataclass from a dict, refusing unknown keys and wrongly typed values
 with a :class:`~mentor3ad.errors.ConfigError` naming ``section.key``; used by :mod:`mentor3ad.config` for its
-sections and by the backbone registry for backbone option sections.
+sections and by the backbone registry for backbone option sections. :func:`check_choice`: a key's value among
+the allowed ones.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .errors import ConfigError
+
+
+def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    """ConfigError ``<key> must be one of a, b, c, got 'x'`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def dataclass_from_dict(kind, data: Dict[str, Any], prefix: str):

@@ -7,6 +7,7 @@ import torch
 
 from helpers import SHARED_DATA
 from mentor3ad.config import FeatureConfig, Mentor3ADConfig
+from mentor3ad.errors import ConfigError
 from mentor3ad.features import preprocessing
 from mentor3ad.features.cache import FeatureCache, input_sha256
 from mentor3ad.features.extractor import FeatureExtractor, Features
@@ -51,6 +52,51 @@ def test_preprocessing_removes_plane_and_keeps_largest_cluster():
     kept = largest_cluster(grid, no_plane, eps=0.006)
     assert not kept[_blob_mask()].any() and torch.equal(kept[disc_t], no_plane[disc_t])
     assert torch.equal(remove_plane(grid, valid, "none"), valid)
+
+
+def test_cluster_filter_keeps_a_raised_boss_beyond_a_wall_without_points():
+    """A boss 12 mm above the plate, ringed by a steep wall the sensor has no points on, is a cluster of its
+    own: kept with the default cluster_min_fraction (it is 25 % of the plate), dropped with 1.0 (the largest
+    alone, as models from before the key); a stray blob of 16 points is dropped by both."""
+    size = 96
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.hypot(u - size / 2, v - size / 2)
+    z = np.where(r < 18, 0.488, 0.5).astype(np.float32)
+    xyz = np.stack([(u - size / 2) * 0.001, (v - size / 2) * 0.001, z], -1)
+    valid = torch.from_numpy(~((r >= 18) & (r < 20)))  # the wall: no points
+    valid[2:6, 2:6] = False
+    xyz[2:6, 2:6, 2] = 0.45  # a blob of 16 points, far from both
+    valid_blob = valid.clone()
+    valid_blob[2:6, 2:6] = True
+    grid = torch.from_numpy(xyz)
+    boss, plate = torch.from_numpy(r < 18), torch.from_numpy(r >= 20) & ~_box(2, 6)
+    assert FeatureConfig().cluster_min_fraction == 0.1
+    kept = largest_cluster(grid, valid_blob, eps=0.006, min_fraction=0.1)
+    assert kept[boss].all() and kept[plate].all() and not kept[_box(2, 6)].any()
+    largest = largest_cluster(grid, valid_blob, eps=0.006)
+    assert largest[plate].all() and not largest[boss].any() and not largest[_box(2, 6)].any()
+    with pytest.raises(ConfigError, match="cluster_min_fraction"):
+        FeatureConfig(cluster_min_fraction=0.0).validate()
+
+
+def test_model_files_from_before_cluster_min_fraction_keep_the_largest_cluster(tmp_path):
+    """A model file whose stored features config lacks the key loads with 1.0 and its old feature identity."""
+    from mentor3ad.model import checkpoint
+
+    metadata = {"config": Mentor3ADConfig().to_dict(), "threshold": 1.0, "rgb_dim": 1, "xyz_dim": 1,
+                "backbone_identity": {"rgb_dim": 1, "xyz_dim": 1}}
+    config = checkpoint.validate_metadata(tmp_path / "m.safetensors", json.loads(json.dumps(metadata)))[0]
+    assert config.features.cluster_min_fraction == 0.1
+    del metadata["config"]["features"]["cluster_min_fraction"]
+    config = checkpoint.validate_metadata(tmp_path / "m.safetensors", metadata)[0]
+    assert config.features.cluster_min_fraction == 1.0 and "cluster_min_fraction" not in config.features.common()
+    assert Mentor3ADConfig().features.common()["cluster_min_fraction"] == 0.1
+
+
+def _box(start, stop):
+    mask = torch.zeros(96, 96, dtype=torch.bool)
+    mask[start:stop, start:stop] = True
+    return mask
 
 
 def _blob_mask():

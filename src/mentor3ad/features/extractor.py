@@ -133,7 +133,7 @@ class FeatureExtractor:
         valid = remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
                              cfg.plane_iterations, cfg.init_seed)
         if cfg.cluster_filter:
-            valid = largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px)
+            valid = largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px, cfg.cluster_min_fraction)
         timer.tick("plane_removal", start)
         return image, grid, valid
 

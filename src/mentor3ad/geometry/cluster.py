@@ -1,4 +1,5 @@
-"""The largest connected cluster of an organized cloud (3D-distance-gated links on the pixel grid)."""
+"""Connected clusters of an organized cloud (3D-distance-gated links on the pixel grid): the largest one,
+and every cluster of at least a fraction of its size (a part's raised boss beyond a steep wall without points)."""
 from __future__ import annotations
 
 import torch
@@ -14,13 +15,13 @@ def _offsets(radius: int):
     return _OFFSETS_CACHE[radius]
 
 
-def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
-                    max_iterations: int = 512) -> torch.Tensor:
-    """Keep the largest connected cluster of valid points on the organized grid.
+def cluster_labels(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
+                   max_iterations: int = 512) -> torch.Tensor:
+    """Label the connected clusters of valid points on the organized grid.
 
     Two valid pixels at most ``radius_px`` apart (Chebyshev) are linked when their 3D distance is
     below ``eps`` metres. Labels propagate by max over links plus pointer jumping until stable.
-    xyz (S, S, 3), valid (S, S) bool -> (S, S) bool.
+    xyz (S, S, 3), valid (S, S) bool -> (S, S) int64: a cluster's label (a pixel index), -1 where invalid.
     """
     height, width = valid.shape
     device = xyz.device
@@ -49,8 +50,19 @@ def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, 
         labels = torch.maximum(flat, jumped).reshape(height, width)
         if torch.equal(labels, previous):
             break
-    sizes = torch.bincount(labels[valid], minlength=height * width)
-    return valid & (labels == torch.argmax(sizes))
+    return labels
 
 
-__all__ = ["largest_cluster"]
+def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
+                    min_fraction: float = 1.0) -> torch.Tensor:
+    """Keep the largest connected cluster (:func:`cluster_labels`) and, with ``min_fraction`` < 1, every
+    cluster of at least that fraction of its points. xyz (S, S, 3), valid (S, S) bool -> (S, S) bool."""
+    labels = cluster_labels(xyz, valid, eps, radius_px)
+    sizes = torch.bincount(labels[valid], minlength=valid.numel())
+    if min_fraction >= 1.0:
+        return valid & (labels == torch.argmax(sizes))
+    kept = sizes >= max(1.0, min_fraction * float(sizes.max()))
+    return valid & kept[labels.clamp_min(0)]
+
+
+__all__ = ["cluster_labels", "largest_cluster"]
