@@ -10,7 +10,7 @@ from mentor3ad.config import FeatureConfig, Mentor3ADConfig
 from mentor3ad.errors import ConfigError
 from mentor3ad.features import preprocessing
 from mentor3ad.features.cache import FeatureCache, input_sha256
-from mentor3ad.features.extractor import FeatureExtractor, Features
+from mentor3ad.features.extractor import FeatureExtractor, Features, cluster_filter_note
 from mentor3ad.geometry.cluster import largest_cluster
 from mentor3ad.geometry.plane import remove_plane
 from mentor3ad.geometry.projection import project_point_features, project_point_features_reference
@@ -77,6 +77,33 @@ def test_cluster_filter_keeps_a_raised_boss_beyond_a_wall_without_points():
     assert largest[plate].all() and not largest[boss].any() and not largest[_box(2, 6)].any()
     with pytest.raises(ConfigError, match="cluster_min_fraction"):
         FeatureConfig(cluster_min_fraction=0.0).validate()
+
+
+def _plate_with_boss(boss_px: int):
+    """96 x 96 plate at 0.5 m with a boss 12 mm closer (radius ``boss_px``) beyond a 2-px wall without points,
+    and a 16-point blob far from both (points invalid: 0)."""
+    v, u = np.mgrid[0:96, 0:96].astype(np.float32)
+    r = np.hypot(u - 48, v - 48)
+    xyz = np.stack([(u - 48) * 0.001, (v - 48) * 0.001, np.where(r < boss_px, 0.488, 0.5)], -1).astype(np.float32)
+    xyz[(r >= boss_px) & (r < boss_px + 2)] = 0.0
+    xyz[2:6, 2:6, 2] = 0.45
+    return Sample(rgb=np.zeros((96, 96, 3), np.uint8), xyz=xyz, name=f"boss-{boss_px}px")
+
+
+def test_training_log_names_a_dropped_cluster_that_may_be_a_face_of_the_part():
+    """A boss of ~6 % of the plate is dropped at the default 10 % and the note names the part with the advice;
+    at 5 % it is kept and the note reports the stray blob alone, without advice; the filter off: no note."""
+    small, large = _plate_with_boss(13), _plate_with_boss(24)
+    plain = {**TINY, "plane_removal": "none"}
+    note = cluster_filter_note(FeatureExtractor(FeatureConfig(**plain)), [large, small])
+    assert "clusters of >= 10% of a part's largest are kept" in note and "(boss-13px, of 2 parts)" in note
+    assert "check that part" in note and "features.cluster_min_fraction below 0.06" in note
+    extractor = FeatureExtractor(FeatureConfig(**{**plain, "cluster_min_fraction": 0.05}))
+    assert 0.0 < extractor.dropped_cluster_share(small.rgb, small.xyz) < 0.01  # the blob: 16 of ~8500 points
+    assert "check" not in cluster_filter_note(extractor, [large, small])
+    legacy = cluster_filter_note(FeatureExtractor(FeatureConfig(**{**plain, "cluster_min_fraction": 1.0})), [large])
+    assert "the largest cluster alone is kept" in legacy and "check that part" in legacy
+    assert cluster_filter_note(FeatureExtractor(FeatureConfig(**{**plain, "cluster_filter": False})), [small]) == ""
 
 
 def test_model_files_from_before_cluster_min_fraction_keep_the_largest_cluster(tmp_path):

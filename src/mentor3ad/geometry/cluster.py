@@ -65,4 +65,16 @@ def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, 
     return valid & kept[labels.clamp_min(0)]
 
 
-__all__ = ["cluster_labels", "largest_cluster"]
+def largest_dropped_share(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
+                          min_fraction: float = 1.0) -> float:
+    """The largest cluster :func:`largest_cluster` drops, as a share of the largest cluster's points (0: none)."""
+    labels = cluster_labels(xyz, valid, eps, radius_px)
+    sizes = torch.bincount(labels[valid], minlength=valid.numel()).sort(descending=True).values
+    sizes = sizes[sizes > 0].tolist()
+    if len(sizes) < 2:
+        return 0.0
+    dropped = sizes[1] if min_fraction >= 1.0 else max([n for n in sizes if n < min_fraction * sizes[0]], default=0)
+    return dropped / sizes[0]
+
+
+__all__ = ["cluster_labels", "largest_cluster", "largest_dropped_share"]

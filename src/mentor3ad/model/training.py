@@ -266,6 +266,7 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     extractor: an existing FeatureExtractor built from config.features (else one is created).
     """
     from ..features.cache import extract_features
+    from ..features.extractor import cluster_filter_note
     from ..io.datasets.views import augmentation_for, training_views
     from .detector import Detector
 
@@ -291,6 +292,9 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
     log(f"extracting features of {len(train_views)} training samples")
     train = stack_features(extract_features(train_views, extractor, cache_dir, progress=progress,
                                             desc="train features"))
+    note = cluster_filter_note(extractor, parts)
+    if note:
+        log(note)
     validation = None
     if val_samples:
         validation = stack_features(extract_features(val_samples, extractor, cache_dir, progress=progress,
