@@ -130,23 +130,27 @@ class FeatureExtractor:
         image = preprocessing.resize_rgb(rgb_t, cfg.image_size)
         grid, valid = preprocessing.resize_xyz(xyz_t, cfg.cloud_size)
         start = timer.tick("preprocess", start)
-        valid = remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
-                             cfg.plane_iterations, cfg.init_seed)
+        valid = self._without_plane(grid, valid)
         if cfg.cluster_filter:
-            valid = largest_cluster(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px, cfg.cluster_min_fraction)
+            valid = largest_cluster(grid, valid, *self._cluster_options())
         timer.tick("plane_removal", start)
         return image, grid, valid
+
+    def _without_plane(self, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        return remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
+                            cfg.plane_iterations, cfg.init_seed)
+
+    def _cluster_options(self) -> Tuple[float, int, float]:
+        return self.config.cluster_eps_m, self.config.cluster_radius_px, self.config.cluster_min_fraction
 
     def dropped_cluster_share(self, rgb, xyz) -> float:
         """One observation (as :meth:`extract`) -> the largest point cluster the cluster filter drops from its
         cloud, as a share of the largest cluster's points (0 when none is dropped or the filter is off)."""
-        cfg = self.config
-        if not cfg.cluster_filter:
+        if not self.config.cluster_filter:
             return 0.0
-        grid, valid = preprocessing.resize_xyz(preprocessing.upload(rgb, xyz, self.device)[1], cfg.cloud_size)
-        valid = remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
-                             cfg.plane_iterations, cfg.init_seed)
-        return largest_dropped_share(grid, valid, cfg.cluster_eps_m, cfg.cluster_radius_px, cfg.cluster_min_fraction)
+        grid, valid = preprocessing.resize_xyz(preprocessing.upload(rgb, xyz, self.device)[1], self.config.cloud_size)
+        return largest_dropped_share(grid, self._without_plane(grid, valid), *self._cluster_options())
 
     def _rgb_features(self, images: torch.Tensor, timer: StageTimer) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, C_rgb, R, R)."""
