@@ -52,6 +52,23 @@ def test_kcenter_greedy_picks_the_farthest_points():
         kcenter_greedy(points, 0)
 
 
+def test_kcenter_in_bf16_covers_the_rows_as_the_float32_selection_does():
+    """bf16 dot products (the RGB bank's selection where the heads run in bf16) on rows with a large common
+    offset, as raw CNN features have: the coreset covers every cluster and its covering radius is within 5 % of
+    the float32 one's (measured on 40,000 cable gland rows: 53.97 vs 53.74, 1.6 s vs 7.8 s)."""
+    g = torch.Generator().manual_seed(4)
+    centres = 20.0 + 3.0 * torch.randn(12, 152, generator=g)
+    x = (centres[:, None] + 0.5 * torch.randn(12, 100, 152, generator=g)).reshape(1200, 152)
+    fp32 = kcenter_greedy(x, 60, seed=0, project=False)
+    bf16 = kcenter_greedy(x, 60, seed=0, project=False, precision="bf16")
+    assert sorted({int(i) // 100 for i in bf16}) == list(range(12)) and len(set(bf16.tolist())) == 60
+
+    def radius(chosen):
+        return float(torch.cdist(x, x[chosen]).min(1).values.max())
+
+    assert radius(bf16) <= 1.05 * radius(fp32)
+
+
 def test_projected_coreset_covers_every_cluster_of_high_dimensional_patches():
     g = torch.Generator().manual_seed(2)
     centres = 5.0 * torch.randn(10, 1000, generator=g)

@@ -85,14 +85,16 @@ class RgbBank(nn.Module):
         return ScoredParts(maps, list(heads.xyzs), list(heads.levels))
 
 
-def build_rgb_bank(train, patches: int = BANK_PATCHES, seed: int = 0, candidates: int = MAX_CANDIDATES) -> RgbBank:
-    """An :class:`RgbBank` of ``patches`` rows chosen from every cell of the training FeatureSet ``train``."""
+def build_rgb_bank(train, patches: int = BANK_PATCHES, seed: int = 0, candidates: int = MAX_CANDIDATES,
+                   precision: str = "fp32") -> RgbBank:
+    """An :class:`RgbBank` of ``patches`` rows chosen from every cell of the training FeatureSet ``train``
+    (``precision`` of the selection's distances: :func:`~mentor3ad.model.memory_bank.kcenter_greedy`)."""
     rgb = train.rgb.float()
     rows = rgb.permute(0, 2, 3, 1).reshape(-1, rgb.shape[1])
     if rows.shape[0] > candidates:
         pick = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(seed))[:candidates]
         rows = rows[pick.sort().values]
-    chosen = rows[kcenter_greedy(rows, min(int(patches), int(rows.shape[0])), seed)]
+    chosen = rows[kcenter_greedy(rows, min(int(patches), int(rows.shape[0])), seed, precision=precision)]
     bank = RgbBank(chosen.shape[0], chosen.shape[1])
     bank.patches.copy_(chosen)
     return bank
@@ -148,7 +150,7 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
         log("RGB bank: none (calibration.rgb_bank auto compares on pseudo-defects of held-out good parts; there are none)")
         return None
     started = time.perf_counter()
-    bank = build_rgb_bank(train, seed=config.train.seed)
+    bank = build_rgb_bank(train, seed=config.train.seed, precision=detector.heads.precision)  # bf16 where fast
     calibrate_bank(bank, config, heads_scores, validation, val_sizes)
     log(f"RGB bank: {bank.patches.shape[0]} rows from {len(train)} training views in {time.perf_counter() - started:.1f} s; "
         f"scales: heads {float(bank.scales[0]):.4g}, bank {float(bank.scales[1]):.4g}; level cap {float(bank.level_cap[0]):.4g}")
