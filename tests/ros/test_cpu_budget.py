@@ -117,8 +117,8 @@ def test_trainer_node_yields_to_the_inspector_by_default(good_bag):
         seen = thread_niceness(trainer.proc.pid)  # still importing torch: seconds before it ends
         assert trainer.wait(150.0) == 0, trainer.output()
     # the node's defaults (config/trainer.yaml): 1 torch thread, nice +10, idle OpenMP threads sleep
-    assert re.search(rf"torch threads 1, interop threads \d+, nice {min(base + 10, 19)}, OMP_WAIT_POLICY PASSIVE$",
-                     line), line
+    assert re.search(rf"torch threads 1, interop threads \d+, nice {min(base + 10, 19)}, OMP_WAIT_POLICY PASSIVE, "
+                     r"open3d threads 1$", line), line
     assert seen == {min(base + 10, 19)}, seen
     assert out.is_file()
 
@@ -131,7 +131,7 @@ def test_mentor3ad_train_threads_and_nice(good_bag):
     assert code == 0, output
     budget = json.loads(stdout.strip().splitlines()[-1])["cpu_budget"]
     assert budget == {"threads": 1, "interop_threads": budget["interop_threads"], "nice": min(base + 2, 19),
-                      "omp_wait_policy": "PASSIVE", "notes": []}, budget
+                      "omp_wait_policy": "PASSIVE", "open3d_threads": 1, "notes": []}, budget
     code, _, output = run_mentor3ad("train", "--bag", str(bag), "--config", str(config), "--threads", "-1")
     assert code != 0 and "threads and interop_threads must be >= 0" in output, output
 
@@ -154,3 +154,30 @@ def test_budget_problems_and_notes():
     assert "torch threads 1, interop threads 1" in out.stdout, out.stdout
     assert "OMP_WAIT_POLICY=PASSIVE not applied: torch was imported first" in out.stdout, out.stdout
     assert "interop threads 2 not applied" in out.stdout, out.stdout
+
+
+def test_threads_bound_open3d_too():
+    """open3d's TBB threads ignore OMP_NUM_THREADS (normals and FPFH ran on every core beside a 1-thread torch):
+    a budget with threads bounds them (process-wide), 0 leaves open3d's default; the FPFH then runs on that
+    many threads (the process's CPU time over the call stays within its wall time)."""
+    import subprocess
+    import sys
+
+    code = ("import time, numpy as np, open3d as o3d; "
+            "from mentor3ad.cpu_budget import CpuBudget, apply_budget; "
+            "print(apply_budget(CpuBudget(threads={threads})).describe()); print(o3d.utility.get_max_threads()); "
+            "rng = np.random.default_rng(0); xy = rng.uniform(-0.05, 0.05, (20000, 2)); "
+            "cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.c_[xy, 0.4 + 0.01 * np.sin(80 * xy[:, :1])])); "
+            "cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=0.1, max_nn=30)); "
+            "wall, cpu = time.perf_counter(), time.process_time(); "
+            "o3d.pipelines.registration.compute_fpfh_feature(cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=0.25, max_nn=100)); "
+            "print((time.process_time() - cpu) / (time.perf_counter() - wall))")
+    one = subprocess.run([sys.executable, "-c", code.format(threads=1)], capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    described, limit, cpu_per_wall = one.stdout.strip().splitlines()[-3:]
+    assert described.endswith("open3d threads 1") and limit == "1", one.stdout
+    assert float(cpu_per_wall) < 1.2, one.stdout  # one thread: CPU time = wall time (2 cores unbounded: ~2)
+    default = subprocess.run([sys.executable, "-c", code.format(threads=0)], capture_output=True, text=True,
+                             timeout=120)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip().splitlines()[-3].endswith("open3d threads all"), default.stdout

@@ -77,7 +77,7 @@ def cpu_budget_parameters(threads: int, nice: int, who: str) -> List[ParamSpec]:
     """``threads``, ``interop_threads``, ``nice``: the node's :class:`~mentor3ad.cpu_budget.CpuBudget`,
     applied at start-up before torch does any work (read-only; README "Speed and memory": thread budgets)."""
     return [
-        ParamSpec("threads", threads, f"torch intra-op threads of {who} (OpenMP, MKL, oneDNN); 0: one per core. "
+        ParamSpec("threads", threads, f"torch intra-op threads of {who} (OpenMP, MKL, oneDNN) and open3d's (TBB); 0: one per core. "
                   "Applied at start-up.", read_only=True, minimum=0),
         ParamSpec("interop_threads", 0, "torch inter-op threads; 0: torch's default.", read_only=True, minimum=0),
         ParamSpec("nice", nice, "Added to the process's niceness at start-up, as nice -n (higher: lower CPU "
