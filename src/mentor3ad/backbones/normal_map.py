@@ -9,7 +9,7 @@ is resized to ``image_size`` (bilinear) and run through a frozen timm CNN (``net
 brought to the heads' grid R x R (bilinear / average pooling). A cell is valid when it holds a valid pixel
 (the extractor then applies ``min_cell_fraction``).
 
-Cost: one CNN forward per part instead of open3d's k-NN FPFH (one core, 95-250 ms per part here).
+Cost: one CNN forward per part instead of open3d's k-NN FPFH (both cores, 95-310 ms per part here).
 """
 from __future__ import annotations
 
