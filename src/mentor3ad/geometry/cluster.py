@@ -53,15 +53,20 @@ def cluster_labels(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, r
     return labels
 
 
+def _kept_labels(sizes: torch.Tensor, min_fraction: float) -> torch.Tensor:
+    """sizes (L,) points per label -> (L,) bool: the largest label and, with ``min_fraction`` < 1, every label of
+    at least that fraction of its points (the one keep rule of :func:`largest_cluster`)."""
+    if min_fraction >= 1.0:
+        return torch.arange(sizes.numel(), device=sizes.device) == torch.argmax(sizes)
+    return sizes >= max(1.0, min_fraction * float(sizes.max()))
+
+
 def largest_cluster(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, radius_px: int = 1,
                     min_fraction: float = 1.0) -> torch.Tensor:
     """Keep the largest connected cluster (:func:`cluster_labels`) and, with ``min_fraction`` < 1, every
     cluster of at least that fraction of its points. xyz (S, S, 3), valid (S, S) bool -> (S, S) bool."""
     labels = cluster_labels(xyz, valid, eps, radius_px)
-    sizes = torch.bincount(labels[valid], minlength=valid.numel())
-    if min_fraction >= 1.0:
-        return valid & (labels == torch.argmax(sizes))
-    kept = sizes >= max(1.0, min_fraction * float(sizes.max()))
+    kept = _kept_labels(torch.bincount(labels[valid], minlength=valid.numel()), min_fraction)
     return valid & kept[labels.clamp_min(0)]
 
 
@@ -69,12 +74,9 @@ def largest_dropped_share(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0
                           min_fraction: float = 1.0) -> float:
     """The largest cluster :func:`largest_cluster` drops, as a share of the largest cluster's points (0: none)."""
     labels = cluster_labels(xyz, valid, eps, radius_px)
-    sizes = torch.bincount(labels[valid], minlength=valid.numel()).sort(descending=True).values
-    sizes = sizes[sizes > 0].tolist()
-    if len(sizes) < 2:
-        return 0.0
-    dropped = sizes[1] if min_fraction >= 1.0 else max([n for n in sizes if n < min_fraction * sizes[0]], default=0)
-    return dropped / sizes[0]
+    sizes = torch.bincount(labels[valid], minlength=valid.numel())
+    dropped = sizes[(sizes > 0) & ~_kept_labels(sizes, min_fraction)]
+    return float(dropped.max()) / float(sizes.max()) if dropped.numel() else 0.0
 
 
 __all__ = ["cluster_labels", "largest_cluster", "largest_dropped_share"]
