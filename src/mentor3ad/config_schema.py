@@ -3,7 +3,7 @@
 :func:`dataclass_from_dict` builds a dataclass from a dict, refusing unknown keys and wrongly typed values
 with a :class:`~mentor3ad.errors.ConfigError` naming ``section.key``; used by :mod:`mentor3ad.config` for its
 sections and by the backbone registry for backbone option sections. :func:`check_choice`: a key's value among
-the allowed ones.
+the allowed ones; :class:`UnknownConfigKey`: the error for a key the section does not have.
 """
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import typing
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from .errors import ConfigError
+
+
+class UnknownConfigKey(ConfigError):
+    """A key the dataclass does not have (the message names ``prefix.key`` and the allowed keys)."""
 
 
 def check_choice(key: str, value: str, allowed: Sequence[str]) -> None:
@@ -30,7 +34,7 @@ def dataclass_from_dict(kind, data: Dict[str, Any], prefix: str):
     kwargs = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"unknown config key {prefix}.{key} (allowed: {', '.join(known)})")
+            raise UnknownConfigKey(f"unknown config key {prefix}.{key} (allowed: {', '.join(known)})")
         kwargs[key] = _coerce(hints.get(key), value, f"{prefix}.{key}")
     try:
         return kind(**kwargs)

@@ -103,7 +103,7 @@ def entry(kind: str, name: str) -> BackboneEntry:
 
 def parse_options(found: BackboneEntry, options: Dict[str, Any], prefix: str):
     """Options dict -> the backbone's options dataclass (ConfigError naming ``prefix.key`` on bad keys)."""
-    from ..config_schema import dataclass_from_dict
+    from ..config_schema import UnknownConfigKey, dataclass_from_dict
 
     if found.options is None:
         if options:
@@ -111,9 +111,7 @@ def parse_options(found: BackboneEntry, options: Dict[str, Any], prefix: str):
         return None
     try:
         return dataclass_from_dict(found.options, dict(options or {}), prefix)
-    except ConfigError as err:
-        if "unknown config key" not in str(err):
-            raise
+    except UnknownConfigKey as err:
         # the usual cause: the backbone was changed and the options of the previous one (e.g. the packaged FPFH keys) stayed
         raise ConfigError(f"{err}; {prefix} are the options of the {'3D' if found.kind == 'points' else 'RGB'} backbone {found.name!r}: when changing the "
                           f"backbone, replace them too, e.g. --set '{prefix}={{}}' for its defaults") from None
