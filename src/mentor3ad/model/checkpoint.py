@@ -163,18 +163,20 @@ def _metadata(path: Path, header: dict) -> dict:
     return metadata
 
 
-# features keys added after models were trained, with the value that reproduces those models' features
-FEATURE_KEYS_ADDED = {"cluster_min_fraction": 1.0}
+# keys added after models were trained, per section, with the value that reproduces what those models did:
+# the raw map as calibrated (level_percentile), fp32 heads (head_precision), the largest cluster alone
+KEYS_ADDED = {"model": {"head_precision": "fp32", "level_percentile": 0.0}, "features": {"cluster_min_fraction": 1.0}}
 
 
 def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, float, dict, int, int]:
     """-> (config, threshold, backbone identity, rgb_dim, xyz_dim), all checked (ModelLoadError)."""
     try:
         config = Mentor3ADConfig.from_dict(metadata["config"])
-        stored_features = metadata["config"].get("features") or {}
-        legacy = {key: value for key, value in FEATURE_KEYS_ADDED.items() if key not in stored_features}
-        if legacy:  # a file from before these keys: their behaviour then (and its feature identity)
-            config = config.replace(features=legacy)
+        for section, added in KEYS_ADDED.items():  # a file from before these keys: their behaviour then
+            stored = metadata["config"].get(section) or {}
+            legacy = {key: value for key, value in added.items() if key not in stored}
+            if legacy:
+                config = config.replace(**{section: legacy})
         threshold = metadata["threshold"]
         identity = metadata["backbone_identity"]
         rgb_dim, xyz_dim = metadata["rgb_dim"], metadata["xyz_dim"]

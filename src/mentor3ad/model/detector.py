@@ -330,11 +330,7 @@ class Detector(FeatureScorer):
         config, stored_identity = checked.config, checked.backbone_identity
         if precision is not None:
             config = config.replace(features={"precision": precision})
-        stored_model = checked.metadata["config"].get("model") or {}
-        if "head_precision" not in stored_model:  # a file from before the key
-            config = config.replace(model={"head_precision": "fp32"})
-        if "level_percentile" not in stored_model:  # a file from before the key: the raw map, as calibrated
-            config = config.replace(model={"level_percentile": 0.0})
+        # (keys added since a file was written carry their value of then: checkpoint.KEYS_ADDED)
         if extractor is None:
             from ..features.extractor import FeatureExtractor
 
