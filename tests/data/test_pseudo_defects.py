@@ -60,3 +60,28 @@ def test_a_sample_without_a_part_is_refused_clearly(good):
         pseudo_defects([empty], kinds=("dent",), skip_unusable=False)
     with pytest.raises(InputError, match="unknown pseudo-defect kind 'crack'"):
         make_pseudo_defect(good[0], "crack", np.random.default_rng(0))
+
+
+def _part_in_pieces():
+    """A 96x96 cloud 0.5 m away (1 mm pixels): a flat background, a body (40x30 px), a nut beside it (40x12 px)
+    that the 3 px erosion cuts off from the body (a 4 px seam at the background's height), a 3x3 px speck."""
+    ys, xs = np.mgrid[0:96, 0:96].astype(np.float32)
+    xyz = np.stack([(xs - 48) * 0.001, (ys - 48) * 0.001, np.full_like(xs, 0.5)], -1)
+    body, nut, speck = np.zeros((96, 96), bool), np.zeros((96, 96), bool), np.zeros((96, 96), bool)
+    body[20:60, 20:50], nut[20:60, 54:66], speck[80:89, 80:89] = True, True, True
+    xyz[..., 2] -= 0.01 * (body | nut | speck)  # 10 mm above the background plane
+    return xyz, body, nut, speck
+
+
+def test_pseudo_defects_land_on_every_large_piece_of_the_part():
+    """The erosion that keeps defects off the silhouette cuts a cable gland's nut from its body (2 of the 10
+    validation parts: the nut 39 % of the body's pixels): every piece of >= 10 % of the largest is kept (the
+    cluster filter's rule), stray specks are not."""
+    xyz, body, nut, speck = _part_in_pieces()
+    mask = object_mask(xyz)
+    assert mask[body].mean() > 0.6 and mask[nut].mean() > 0.1  # both pieces, eroded
+    assert not mask[speck].any() and not (mask & ~(body | nut)).any()
+    rgb = np.full((96, 96, 3), 128, np.uint8)
+    on = [make_pseudo_defect(Sample(rgb=rgb, xyz=xyz, name="p"), "stain", np.random.default_rng(seed)).mask.astype(bool)
+          for seed in range(40)]
+    assert any((m & nut).any() for m in on) and any((m & body).any() for m in on)

@@ -14,7 +14,8 @@ defective copy with a ground-truth mask, one of six kinds (:data:`KINDS`):
 Sizes scale with the image (radii 1.25-3 % of the image side) and the part's pixel pitch (depths), so the
 same generator serves a 224 px synthetic cell and a 1280x720 camera. Defects are placed on the part: pixels
 more than a few millimetres above the background plane fitted to the image border, eroded away from the
-silhouette. The mask is the defect's whole footprint (the smooth profile's support): nothing changes
+silhouette, on every piece of at least a tenth of the largest one's pixels (the erosion cuts a cable gland's
+nut from its body: the cluster filter's rule, ``features.cluster_min_fraction``). The mask is the defect's whole footprint (the smooth profile's support): nothing changes
 outside it. Used by calibration (:mod:`mentor3ad.model.escape`, from
 :func:`mentor3ad.model.training.calibrate_detector` and ``mentor3ad calibrate``: the pseudo-defect escape
 rate next to the expected false-reject rate); :func:`with_pseudo_defects` makes a labelled "dev-real" set
@@ -35,11 +36,13 @@ KINDS = ("dent", "bump", "hole", "cut", "stain", "texture")
 GEOMETRIC = ("dent", "bump", "hole", "cut")
 OBJECT_HEIGHT_M = 0.004  # a pixel belongs to the part when it is this far above the background plane
 MIN_OBJECT_PX = 64
+MIN_PIECE_FRACTION = 0.1  # pieces of the eroded part kept: the cluster filter's default keep rule
 
 
 def object_mask(xyz: np.ndarray) -> np.ndarray:
     """(H, W, 3) metres -> (H, W) bool: valid points above the plane fitted to the valid border points,
-    eroded by 3 px, largest connected component (all valid points when no plane can be fitted)."""
+    eroded by 3 px; of its connected pieces the largest and every one of at least MIN_PIECE_FRACTION of its pixels
+    (all valid points when no plane can be fitted)."""
     valid = valid_point_mask(xyz) & (np.nan_to_num(xyz[..., 2]) > 0)
     h, w = valid.shape
     border = np.zeros_like(valid)
@@ -56,7 +59,8 @@ def object_mask(xyz: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(obj)
     if count:
         sizes = ndimage.sum(obj, labels, range(1, count + 1))
-        obj = labels == 1 + int(np.argmax(sizes))
+        kept = np.flatnonzero(sizes >= MIN_PIECE_FRACTION * sizes.max()) + 1
+        obj = np.isin(labels, kept)
     return obj
 
 
