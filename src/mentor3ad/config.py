@@ -308,11 +308,11 @@ class CalibrationConfig(_Section):
         0 = off.
     image_score: with model.level_percentile > 0, which image score the model keeps: "level" (the peak
         above the part's level), "max" (the raw map's maximum: the model is stored with level_percentile 0)
-        or "auto" (default): the one whose threshold, set by this section's rule from the held-out good
-        parts, lets fewer of their pseudo-defects PASS ("level" on a tie; "level" without held-out parts or
-        pseudo-defects).
+        or "auto" (default): "max" only when, each at its threshold by this section's rule from the held-out
+        good parts, it lets clearly fewer of the same pseudo-defects PASS (a sign test, escape.CHOICE_ALPHA),
+        else "level" (also without held-out parts or pseudo-defects).
     rgb_bank: "auto" | "always" | "never": keep a memory of good RGB patches fused with the heads' map
-        (:mod:`mentor3ad.model.rgb_bank`; auto: when fewer pseudo-defects PASS at its threshold).
+        (:mod:`mentor3ad.model.rgb_bank`; auto: when clearly fewer pseudo-defects PASS at its threshold).
     """
 
     target_false_reject_rate: float = 0.01

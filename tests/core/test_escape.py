@@ -120,17 +120,20 @@ def test_skipped_when_switched_off_or_without_held_out_parts(trained):
     assert any(line.startswith("pseudo-defect escape rate: skipped (no held-out good parts") for line in lines)
 
 
-def test_auto_keeps_the_image_score_that_lets_fewer_pseudo_defects_pass(trained):
+def test_auto_keeps_the_maximum_only_when_it_lets_clearly_fewer_pseudo_defects_pass(trained):
     """calibration.image_score auto (default): the peak above the part level and the map's maximum are compared on
     one scoring of the held-out parts' pseudo-defects, each at its own threshold by the configured rule; the
-    model keeps the one letting fewer pass (the level on a tie), and the record's rates are those of that one."""
+    model keeps the maximum only when a sign test on the pseudo-defects they judge differently says it lets
+    clearly fewer pass (else the level), and the record's rates are those of the one kept."""
     from mentor3ad.model.detector import Detector
 
     detector, _, lines, path = trained
     info = detector.training_info["image_score"]
     rates = {name: c["pseudo_defect_escape_rate"] for name, c in info["candidates"].items()}
     assert set(rates) == {"level", "max"} and info["n"] == 18
-    assert info["chosen"] == ("max" if rates["max"] < rates["level"] else "level")
+    test = info["paired_test"]
+    assert test["caught"] - test["missed"] == round((rates["level"] - rates["max"]) * info["n"])
+    assert info["chosen"] == ("max" if test["clearly"] else "level")
     assert detector.config.model.level_percentile == (0.0 if info["chosen"] == "max" else 90.0)
     assert detector.threshold == pytest.approx(info["candidates"][info["chosen"]]["threshold"])
     assert detector.threshold_record.expected_escape_rate["rate"] == pytest.approx(rates[info["chosen"]])
@@ -181,3 +184,22 @@ def test_auto_without_scorable_pseudo_defects_keeps_the_level_and_trains(monkeyp
     assert detector.config.model.level_percentile == 90.0 and "image_score" not in detector.training_info
     assert "image score: the peak above the part level (a pseudo-defect could not be scored: no valid 3D points)" in lines
     assert detector.threshold_record.expected_escape_rate == {}
+
+
+def test_a_choice_leaves_its_default_only_on_a_clear_paired_difference():
+    """Calibration's choices (image score, RGB bank) compare two operating points on the same pseudo-defects:
+    a lower escape rate by a few parts that could be chance keeps the default."""
+    default = [1.0] * 20  # every pseudo-defect passes the default's threshold 2
+    seven = escape.clearly_fewer_escapes(default, 2.0, [3.0] * 7 + [1.0] * 13, 2.0)
+    assert seven == {"caught": 7, "missed": 0, "p_value": pytest.approx(0.5 ** 7), "alpha": 0.05, "clearly": True}
+    # 10 more caught, 6 more missed: 4 fewer pass, as often by chance as not (p 0.23)
+    mixed = escape.clearly_fewer_escapes([1.0] * 10 + [3.0] * 6 + [1.0] * 4, 2.0, [3.0] * 10 + [1.0] * 10, 2.0)
+    assert (mixed["caught"], mixed["missed"], mixed["clearly"]) == (10, 6, False)
+    assert mixed["p_value"] == pytest.approx(0.2272, abs=1e-4)
+    assert "not clearly better" in escape.describe_choice(mixed) and "not" not in escape.describe_choice(seven)
+    # each at its own threshold; kind -> scores dicts pair in their order; a tie or nothing different: the default
+    assert escape.clearly_fewer_escapes({"dent": [1.0, 5.0], "hole": [2.5]}, 3.0, {"dent": [1.0, 5.0], "hole": [2.5]},
+                                        2.0)["caught"] == 1
+    assert not escape.clearly_fewer_escapes(default, 2.0, default, 2.0)["clearly"]
+    with pytest.raises(ValueError, match="paired comparison of 20 and 19"):
+        escape.clearly_fewer_escapes(default, 2.0, default[1:], 2.0)

@@ -102,7 +102,7 @@ def test_a_model_with_a_bank_scores_heads_plus_bank_and_survives_its_file(banked
     assert "rgb_bank" in loaded.timings()
 
 
-def test_auto_keeps_the_bank_only_when_fewer_pseudo_defects_pass_and_records_why():
+def test_auto_keeps_the_bank_only_when_clearly_fewer_pseudo_defects_pass_and_records_why():
     from mentor3ad.model.training import train_detector
 
     train, val = _parts()
@@ -111,7 +111,9 @@ def test_auto_keeps_the_bank_only_when_fewer_pseudo_defects_pass_and_records_why
     choice = detector.training_info["rgb_bank"]
     rates = {name: c["pseudo_defect_escape_rate"] for name, c in choice["candidates"].items()}
     assert set(rates) == {"heads", "heads+bank"} and choice["n"] == 6 * len(val)
-    assert choice["chosen"] == (rates["heads+bank"] < rates["heads"])
+    test = choice["paired_test"]  # the same pseudo-defects judged under each: a sign test on those that differ
+    assert test["caught"] - test["missed"] == round((rates["heads"] - rates["heads+bank"]) * choice["n"])
+    assert choice["chosen"] == test["clearly"] and (not test["clearly"] or rates["heads+bank"] < rates["heads"])
     assert (detector.heads.rgb_bank is not None) == choice["chosen"]
     assert detector.config.model.rgb_bank_patches == (detector.heads.rgb_bank.patches.shape[0] if choice["chosen"] else 0)
     assert any(line.startswith("RGB bank: heads: threshold") for line in lines)

@@ -32,7 +32,8 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
     score, their pseudo-defects' scores by kind under it or None when not scored, the seconds that scoring
     took or None; ``cache_dir``: their features' cache). With "auto" both scores
     come from one scoring of the pseudo-defects (max of the map + its level = the raw maximum) and
-    ``training_info["image_score"]`` keeps the comparison."""
+    ``training_info["image_score"]`` keeps the comparison; the maximum is kept only when it lets clearly fewer of
+    the same pseudo-defects pass (:func:`~mentor3ad.model.escape.clearly_fewer_escapes`), else the level."""
     from ..errors import InputError
     from . import escape
     from .calibration import calibrate_by_config
@@ -71,10 +72,14 @@ def choose_image_score(detector, scored, val_samples, log: Callable[[str], None]
                 compared[name] = {"threshold": float(threshold), "pseudo_defect_escape_rate":
                                   escape.escape_rate({"all": bad}, threshold)}
             passed = {name: c["pseudo_defect_escape_rate"] for name, c in compared.items()}
-            choice = "max" if passed["max"] < passed["level"] else "level"
-            detector.training_info["image_score"] = {"chosen": choice, "candidates": compared, "n": len(defects)}
+            test = escape.clearly_fewer_escapes(candidates["level"][1], compared["level"]["threshold"],
+                                                candidates["max"][1], compared["max"]["threshold"])
+            choice = "max" if test["clearly"] else "level"
+            detector.training_info["image_score"] = {"chosen": choice, "candidates": compared, "n": len(defects),
+                                                     "paired_test": test}
             log("image score: " + "; ".join(f"{name}: threshold {c['threshold']:.4g}, {passed[name]:.0%} of "
                                              f"{len(defects)} pseudo-defects pass" for name, c in compared.items())
+                + f"; max vs level: {escape.describe_choice(test)}"
                 + f" -> {'the peak above the part level' if choice == 'level' else 'the maximum of the map'}")
             defect_scores, seconds = escape.by_kind(defects, candidates[choice][1]), time.perf_counter() - started
     if choice == "max":

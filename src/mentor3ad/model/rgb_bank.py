@@ -15,7 +15,8 @@ RGB patches"). The bank:
   under each alone (``scales``): both terms in units of a good part's score.
 
 :func:`choose_rgb_bank` (``calibration.rgb_bank``): ``auto`` keeps the bank when the default threshold of the
-fused score lets fewer of the held-out good parts' pseudo-defects PASS than the heads' alone; ``always`` /
+fused score lets clearly fewer of the held-out good parts' pseudo-defects PASS than the heads' alone (a sign
+test on the same pseudo-defects: :func:`mentor3ad.model.escape.clearly_fewer_escapes`); ``always`` /
 ``never`` force it (not on / off: YAML reads those as booleans). A model with a bank stores its size as
 ``model.rgb_bank_patches`` and its rows, scales and cap among the heads' tensors (``rgb_bank.*``).
 """
@@ -180,10 +181,14 @@ def choose_rgb_bank(detector, train, validation, val_sizes: Sequence, val_sample
     for name, good, bad in (("heads", heads_scores, heads_defect_scores), ("heads+bank", fused_good, fused_defect_scores)):
         threshold = calibrate_by_config(list(good), calibration)
         compared[name] = {"threshold": float(threshold), "pseudo_defect_escape_rate": escape.escape_rate(bad, threshold)}
-    keep = compared["heads+bank"]["pseudo_defect_escape_rate"] < compared["heads"]["pseudo_defect_escape_rate"]
-    detector.training_info["rgb_bank"] = {"chosen": bool(keep), "candidates": compared, "n": len(defects)}
+    test = escape.clearly_fewer_escapes(heads_defect_scores, compared["heads"]["threshold"], fused_defect_scores,
+                                        compared["heads+bank"]["threshold"])
+    keep = test["clearly"]
+    detector.training_info["rgb_bank"] = {"chosen": bool(keep), "candidates": compared, "n": len(defects),
+                                          "paired_test": test}
     log("RGB bank: " + "; ".join(f"{name}: threshold {c['threshold']:.4g}, {c['pseudo_defect_escape_rate']:.0%} of "
                                  f"{len(defects)} pseudo-defects pass" for name, c in compared.items())
+        + f"; heads+bank vs heads: {escape.describe_choice(test)}"
         + f" -> {'kept: fused with the heads map' if keep else 'none: the heads alone'}")
     if not keep:
         attach(detector, None)
