@@ -198,4 +198,5 @@ def table(record: ThresholdRecord) -> List[str]:
     return lines
 
 
-__all__ = ["CHOICE_ALPHA", "clearly_fewer_escapes", "describe_choice", "SOURCE", "TARGETS", "score_pseudo_defects", "escape_rate", "alternatives", "estimate", "summary", "table"]
+__all__ = ["CHOICE_ALPHA", "clearly_fewer_escapes", "describe_choice", "SOURCE", "TARGETS", "score_pseudo_defects",
+           "escape_rate", "alternatives", "estimate", "summary", "table"]

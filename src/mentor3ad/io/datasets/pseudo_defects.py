@@ -15,10 +15,10 @@ Sizes scale with the image (radii 1.25-3 % of the image side) and the part's pix
 same generator serves a 224 px synthetic cell and a 1280x720 camera. Defects are placed on the part: pixels
 more than a few millimetres above the background plane fitted to the image border, eroded away from the
 silhouette, on every piece of at least a tenth of the largest one's pixels (the erosion cuts a cable gland's
-nut from its body: the cluster filter's rule, ``features.cluster_min_fraction``). The mask is the defect's whole footprint (the smooth profile's support): nothing changes
-outside it. Used by calibration (:mod:`mentor3ad.model.escape`, from
-:func:`mentor3ad.model.training.calibrate_detector` and ``mentor3ad calibrate``: the pseudo-defect escape
-rate next to the expected false-reject rate); :func:`with_pseudo_defects` makes a labelled "dev-real" set
+nut from its body: the cluster filter's rule, ``features.cluster_min_fraction``). The mask is the defect's
+whole footprint (the smooth profile's support): nothing changes outside it. Used by calibration
+(:mod:`mentor3ad.model.escape`, from :func:`mentor3ad.model.training.calibrate_detector` and ``mentor3ad
+calibrate``: the pseudo-defect escape rate next to the expected false-reject rate); :func:`with_pseudo_defects` makes a labelled "dev-real" set
 of held-out good parts and their pseudo-defects. Deterministic for a seed; numpy and scipy only.
 """
 from __future__ import annotations
