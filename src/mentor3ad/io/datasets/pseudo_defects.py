@@ -19,7 +19,8 @@ nut from its body: the cluster filter's rule, ``features.cluster_min_fraction``)
 whole footprint (the smooth profile's support): nothing changes outside it. Used by calibration
 (:mod:`mentor3ad.model.escape`, from :func:`mentor3ad.model.training.calibrate_detector` and ``mentor3ad
 calibrate``: the pseudo-defect escape rate next to the expected false-reject rate); :func:`with_pseudo_defects`
-makes a labelled "dev-real" set of held-out good parts and their pseudo-defects. Deterministic for a seed; numpy and scipy only.
+makes a labelled "dev-real" set of held-out good parts and their pseudo-defects. Deterministic for a seed;
+numpy and scipy only.
 """
 from __future__ import annotations
 
