@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy import stats
 
 from ..errors import InputError
 from ..io.datasets.pseudo_defects import KINDS, pseudo_defects
@@ -68,19 +69,20 @@ def by_kind(defects: Sequence, scores: Sequence[float]) -> Dict[str, List[float]
     return out
 
 
+def _flat(defect_scores) -> np.ndarray:
+    """kind -> scores dict (in its kind order) or a sequence of scores -> (N,) float64."""
+    if not isinstance(defect_scores, dict):
+        return np.asarray(defect_scores, np.float64)
+    return np.concatenate([np.asarray(v, np.float64) for v in defect_scores.values()]) if defect_scores else np.zeros(0)
+
+
 def escape_rate(defect_scores: Dict[str, Sequence[float]], threshold: float) -> Optional[float]:
     """Fraction of the scores that PASS (score <= threshold); None without scores."""
-    values = np.concatenate([np.asarray(v, np.float64) for v in defect_scores.values()]) if defect_scores else []
+    values = _flat(defect_scores)
     return float(np.mean(values <= threshold)) if len(values) else None
 
 
 CHOICE_ALPHA = 0.05  # a calibration choice leaves its default only on a paired difference this unlikely by chance
-
-
-def _flat(defect_scores) -> np.ndarray:
-    if not isinstance(defect_scores, dict):
-        return np.asarray(defect_scores, np.float64)
-    return np.concatenate([np.asarray(v, np.float64) for v in defect_scores.values()]) if defect_scores else np.zeros(0)
 
 
 def clearly_fewer_escapes(default_scores, default_threshold: float, other_scores, other_threshold: float,
@@ -93,8 +95,6 @@ def clearly_fewer_escapes(default_scores, default_threshold: float, other_scores
     ``missed``: the reverse): ``clearly`` when caught > missed and P(Binomial(caught + missed, 1/2) >= caught)
     <= alpha. Measured why (README, "Calibration's choices and chance"): differences of 2-4 of 60 pseudo-defects
     flipped with the training seed and did not hold on another set of pseudo-defects of the same parts."""
-    from scipy import stats
-
     default_pass, other_pass = _flat(default_scores) <= default_threshold, _flat(other_scores) <= other_threshold
     if default_pass.shape != other_pass.shape:
         raise ValueError(f"paired comparison of {default_pass.size} and {other_pass.size} pseudo-defects")

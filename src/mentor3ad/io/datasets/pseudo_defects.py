@@ -29,6 +29,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ...config import FeatureConfig
 from ...errors import InputError
 from ...geometry.observation import pixel_pitch_m, valid_point_mask
 from ...types import Sample
@@ -37,7 +38,7 @@ KINDS = ("dent", "bump", "hole", "cut", "stain", "texture")
 GEOMETRIC = ("dent", "bump", "hole", "cut")
 OBJECT_HEIGHT_M = 0.004  # a pixel belongs to the part when it is this far above the background plane
 MIN_OBJECT_PX = 64
-MIN_PIECE_FRACTION = 0.1  # pieces of the eroded part kept: the cluster filter's default keep rule
+MIN_PIECE_FRACTION = FeatureConfig.cluster_min_fraction  # pieces of the eroded part kept: the cluster filter's default
 
 
 def object_mask(xyz: np.ndarray) -> np.ndarray:
