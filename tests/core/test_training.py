@@ -284,3 +284,31 @@ def test_bf16_losses_pad_the_patches_and_use_only_the_real_ones(train_features):
     with torch.no_grad():
         loss = mgm_loss(heads, batch, "cpu")
     assert torch.allclose(loss, expected, rtol=2e-2)
+
+
+def test_average_last_ends_on_the_mean_of_the_last_epochs_weights(train_features):
+    """train.average_last: the parameters end as the equal-weight mean of their values after each of the last
+    ceil(fraction x epochs) epochs (the same trajectory as without averaging up to then)."""
+    from mentor3ad.model import training
+
+    torch.manual_seed(0)
+    initial = torch.nn.Linear(train_features.rgb.shape[1], 3)
+
+    def run(epochs, average_last):
+        layer = torch.nn.Linear(train_features.rgb.shape[1], 3)
+        layer.load_state_dict(initial.state_dict())
+        loss = lambda batch: layer(batch.rgb.mean((2, 3))).pow(2).mean()
+        messages = []
+        training._run_epochs("T", layer.parameters(), loss, train_features, epochs, 0.05, 0.0, 2,
+                             torch.Generator().manual_seed(1), False, messages.append, 0, 0, average_last)
+        return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]), messages
+
+    after = [run(epochs, 0.0)[0] for epochs in (1, 2, 3, 4, 5)]
+    assert not torch.allclose(after[3], after[4])  # the weights still move epoch to epoch
+    averaged, messages = run(5, 0.5)  # ceil(2.5) = the last 3 epochs
+    assert torch.allclose(averaged, torch.stack(after[2:]).mean(0), atol=1e-6)
+    assert "T: parameters averaged over the last 3 epochs" in messages
+    assert torch.equal(run(5, 0.0)[0], after[4]) and torch.equal(run(5, 0.1)[0], after[4])  # one epoch: the last
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="average_last"):
+            tiny_config(train={"average_last": bad})

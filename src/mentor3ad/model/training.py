@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import tempfile
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -121,12 +122,18 @@ def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
 
 def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
                 batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None],
-                samples_per_epoch: int = 0, patches_per_epoch: int = 0) -> List[float]:
+                samples_per_epoch: int = 0, patches_per_epoch: int = 0, average_last: float = 0.0) -> List[float]:
+    """Adam over ``epochs`` epochs; returns the mean loss per epoch. ``average_last`` > 0: the parameters
+    end as the equal-weight mean of their values at the end of each of the last ceil(average_last x epochs)
+    epochs (stochastic weight averaging at the constant learning rate), not the last epoch's values."""
     from tqdm import tqdm
 
     parameters = [p for p in parameters if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     history = []
+    averaged_epochs = min(epochs, math.ceil(average_last * epochs)) if average_last > 0 else 0
+    average: Optional[List[torch.Tensor]] = None
+    averaged = 0
     patch_counts = features.valid.flatten(1).sum(1)
     bar = tqdm(range(epochs), desc=name, disable=not progress, leave=False)
     for epoch in bar:
@@ -146,6 +153,19 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
         bar.set_postfix(loss=f"{mean:.4f}")
         if epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             log(f"{name} epoch {epoch + 1}/{epochs} loss {mean:.5f}")
+        if epoch >= epochs - averaged_epochs:
+            with torch.no_grad():
+                if average is None:
+                    average = [p.detach().clone() for p in parameters]
+                else:
+                    for mean_value, p in zip(average, parameters):
+                        mean_value.add_(p.detach() - mean_value, alpha=1.0 / (averaged + 1))
+            averaged += 1
+    if average is not None and averaged > 1:
+        with torch.no_grad():
+            for mean_value, p in zip(average, parameters):
+                p.copy_(mean_value)
+        log(f"{name}: parameters averaged over the last {averaged} epochs")
     return history
 
 
@@ -226,13 +246,14 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
             info["mfm_loss"] = _run_epochs(
                 "MFM", heads.mfm.parameters(), lambda b: mfm_loss(heads, b, generator, device), train,
                 train_config.mfm_epochs, train_config.mfm_lr, train_config.weight_decay, train_config.batch_size,
-                generator, progress, log, train_config.samples_per_epoch, train_config.patches_per_epoch)
+                generator, progress, log, train_config.samples_per_epoch, train_config.patches_per_epoch,
+                train_config.average_last)
             heads.mfm.requires_grad_(False)
             heads.mfm.eval()
         info["mgm_loss"] = _run_epochs(
             "MGM", heads.mgm.parameters(), lambda b: mgm_loss(heads, b, device), train, train_config.mgm_epochs,
             train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log,
-            train_config.samples_per_epoch, train_config.patches_per_epoch)
+            train_config.samples_per_epoch, train_config.patches_per_epoch, train_config.average_last)
         heads.mgm.requires_grad_(False)
         heads.eval()
         if heads.voting is not None:
