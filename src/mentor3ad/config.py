@@ -289,7 +289,8 @@ class TrainConfig(_Section):
         if self.patches_per_epoch < 0:
             raise ConfigError(f"train.patches_per_epoch must be >= 0 (0: no bound), got {self.patches_per_epoch}")
         if not 0.0 <= self.average_last <= 1.0:
-            raise ConfigError(f"train.average_last must be in [0, 1] (0: the last epoch's weights), got {self.average_last}")
+            raise ConfigError("train.average_last must be in [0, 1] (0: the last epoch's weights), "
+                              f"got {self.average_last}")
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

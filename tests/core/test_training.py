@@ -303,12 +303,13 @@ def test_average_last_ends_on_the_mean_of_the_last_epochs_weights(train_features
                              torch.Generator().manual_seed(1), False, messages.append, 0, 0, average_last)
         return torch.cat([layer.weight.detach().flatten(), layer.bias.detach()]), messages
 
-    after = [run(epochs, 0.0)[0] for epochs in (1, 2, 3, 4, 5)]
-    assert not torch.allclose(after[3], after[4])  # the weights still move epoch to epoch
-    averaged, messages = run(5, 0.5)  # ceil(2.5) = the last 3 epochs
-    assert torch.allclose(averaged, torch.stack(after[2:]).mean(0), atol=1e-6)
-    assert "T: parameters averaged over the last 3 epochs" in messages
-    assert torch.equal(run(5, 0.0)[0], after[4]) and torch.equal(run(5, 0.1)[0], after[4])  # one epoch: the last
+    after = [run(epochs, 0.0)[0] for epochs in range(1, 26)]
+    assert not torch.allclose(after[23], after[24])  # the weights still move epoch to epoch
+    averaged, messages = run(25, 0.5)  # ceil(12.5) = the last 13 epochs
+    assert torch.allclose(averaged, torch.stack(after[12:]).mean(0), atol=1e-6)
+    assert "T: parameters averaged over the last 13 epochs" in messages
+    assert torch.allclose(run(25, 0.28)[0], torch.stack(after[18:]).mean(0), atol=1e-6)  # 0.28 x 25 = 7.000000000000001
+    assert torch.equal(run(25, 0.0)[0], after[24]) and torch.equal(run(25, 0.02)[0], after[24])  # one epoch: the last
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="average_last"):
             tiny_config(train={"average_last": bad})

@@ -131,7 +131,7 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
     parameters = [p for p in parameters if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     history = []
-    averaged_epochs = min(epochs, math.ceil(average_last * epochs)) if average_last > 0 else 0
+    averaged_epochs = min(epochs, math.ceil(round(average_last * epochs, 9))) if average_last > 0 else 0  # 0.28 x 25: 7
     average: Optional[List[torch.Tensor]] = None
     averaged = 0
     patch_counts = features.valid.flatten(1).sum(1)
