@@ -6,9 +6,8 @@
 :class:`~mentor3ad.errors.ConfigError` naming the key; ``to_dict`` / ``from_dict`` round-trip exactly.
 Every section is validated once, when it is built, and is frozen afterwards: a changed config is a new
 one (:meth:`Mentor3ADConfig.replace`), never an edited one, so nothing downstream validates again.
-:func:`load_config` reads a YAML file (default: the packaged ``config/model.yaml``) with
-``section.key=value`` overrides. The dataclasses' defaults are the packaged
-``config/model.yaml``'s values (tests/core/test_training.py keeps the two equal).
+:func:`load_config` reads a YAML file (default: the packaged ``config/model.yaml``, whose values are the
+dataclasses' defaults: tests/core/test_training.py keeps the two equal) with ``section.key=value`` overrides.
 """
 from __future__ import annotations
 
@@ -239,22 +238,16 @@ class TrainConfig(_Section):
 
     batch_size: samples (feature maps) per step in the MFM and MGM stages.
     samples_per_epoch: samples an MFM / MGM epoch trains on, a fresh random subset each epoch (0: all), so
-        training time stops growing with the number of parts beyond it. Measured on cable_gland (100 parts,
-        bf16 heads, one thread): 50 per epoch trained in 532 s instead of 938 s, with test I-AUROC / AUPRO@1%
-        0.993 / 0.775 (all 100: 0.986 / 0.778) and dev-real 0.802 / 0.628 (0.770 / 0.623).
-    patches_per_epoch: valid patches an MFM / MGM epoch trains on at most (0: no bound): the epoch's random
-        parts are cut after the part that reaches it, so the cost of an epoch does not grow with how much of
-        the image a part covers either (26000: about 50 cable_gland parts, 17 % of the 56x56 grid each;
-        about 20 parts of the synthetic cell, 41 %).
-    average_last: the MFM / MGM weights kept are the equal-weight mean of their values at the end of each of
-        the last ceil(average_last x epochs) epochs (stochastic weight averaging at the constant learning
-        rate; 0: the last epoch's weights). With 0.5 the held-out good parts' scores spread less, the threshold
-        sits closer to them and more pseudo-defects FAIL at the default, but the ranking came out slightly
-        lower on every validation set: off by default (README: Weight averaging).
+        training time stops growing with the number of parts beyond it (measured: README, Samples per epoch).
+    patches_per_epoch: valid patches an MFM / MGM epoch trains on at most (0: no bound): its random parts are
+        cut after the part that reaches it, so an epoch's cost does not grow with the parts' size either (26000:
+        about 50 cable glands, 17 % of the 56x56 grid each; about 20 synthetic cell parts, 41 %).
+    average_last: MFM / MGM keep the mean of their weights at the ends of the last ceil(average_last x epochs)
+        epochs (weight averaging; 0: the last epoch's). Off by default: the good scores spread less, but the
+        ranking came out lower on every validation set (README: Weight averaging).
     vm_steps: full-batch Adam steps of the Voting Module + OC-SVM stage.
-    vm_anchor_weight: L2 pull of the VM exponent logits / conv kernel logits to their initialisation
-        (keeps the levels close to their initial meaning; the constrained parametrisation and the
-        batch-statistics standardisation already rule out the collapse to constant maps).
+    vm_anchor_weight: L2 pull of the VM exponent / conv kernel logits to their initialisation (keeps the levels'
+        meaning; the constrained parametrisation and batch standardisation already rule out constant maps).
     vm_data: score maps the VM is fitted on: "train" (the MGM training samples, as in the paper) or
         "validation" (held-out normal samples; falls back to train when none are given).
     deterministic: torch.use_deterministic_algorithms during training.
@@ -289,8 +282,7 @@ class TrainConfig(_Section):
         if self.patches_per_epoch < 0:
             raise ConfigError(f"train.patches_per_epoch must be >= 0 (0: no bound), got {self.patches_per_epoch}")
         if not 0.0 <= self.average_last <= 1.0:
-            raise ConfigError("train.average_last must be in [0, 1] (0: the last epoch's weights), "
-                              f"got {self.average_last}")
+            raise ConfigError(f"train.average_last must be in [0, 1] (0: the last epoch's), got {self.average_last}")
         for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
