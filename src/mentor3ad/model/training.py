@@ -132,8 +132,8 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
     optimiser = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     history = []
     averaged_epochs = min(epochs, math.ceil(round(average_last * epochs, 9))) if average_last > 0 else 0  # 0.28 x 25: 7
-    first_averaged = epochs - averaged_epochs
     average: Optional[List[torch.Tensor]] = None
+    averaged = 0
     patch_counts = features.valid.flatten(1).sum(1)
     bar = tqdm(range(epochs), desc=name, disable=not progress, leave=False)
     for epoch in bar:
@@ -153,17 +153,19 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
         bar.set_postfix(loss=f"{mean:.4f}")
         if epoch == 0 or epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             log(f"{name} epoch {epoch + 1}/{epochs} loss {mean:.5f}")
-        if epoch == first_averaged:
-            average = [p.detach().clone() for p in parameters]
-        elif epoch > first_averaged:  # running mean of the epochs first_averaged .. epoch
+        if epoch >= epochs - averaged_epochs:
             with torch.no_grad():
-                for mean_value, p in zip(average, parameters):
-                    mean_value.add_(p.detach() - mean_value, alpha=1.0 / (epoch - first_averaged + 1))
-    if averaged_epochs > 1:
+                if average is None:
+                    average = [p.detach().clone() for p in parameters]
+                else:
+                    for mean_value, p in zip(average, parameters):
+                        mean_value.add_(p.detach() - mean_value, alpha=1.0 / (averaged + 1))
+            averaged += 1
+    if average is not None and averaged > 1:
         with torch.no_grad():
             for mean_value, p in zip(average, parameters):
                 p.copy_(mean_value)
-        log(f"{name}: parameters averaged over the last {averaged_epochs} epochs")
+        log(f"{name}: parameters averaged over the last {averaged} epochs")
     return history
 
 
