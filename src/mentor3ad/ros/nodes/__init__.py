@@ -24,6 +24,7 @@ from ...errors import ConfigError
 from .. import configure_local_discovery
 
 SPIN_PERIOD_S = 0.1  # the executor wakes this often to let Python run the signal handler
+FLUSH_TIMEOUT_S = 5.0  # the longest a node waits at exit for its last messages to be acknowledged
 
 
 def apply_cpu_budget(node, values):
@@ -35,6 +36,21 @@ def apply_cpu_budget(node, values):
     logger = node.get_logger()
     (logger.warning if applied.notes else logger.info)(f"CPU budget: {applied.describe()}")
     return applied
+
+
+def deliver_before_exit(node, publishers, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+    """Wait until every matched reliable subscriber acknowledged what ``publishers`` sent (a process that exits
+    right after its last publish loses any sample DDS has still to resend: Fast DDS re-sends a lost one only
+    after its next heartbeat, seconds later). Logs a warning naming the topics not acknowledged within
+    ``timeout_s`` seconds; True when all were."""
+    from rclpy.duration import Duration
+
+    late = [pub.topic_name for pub in publishers
+            if not pub.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))]
+    if late:
+        node.get_logger().warning(f"not acknowledged by every subscriber within {timeout_s:g} s before exit: "
+                                  f"{', '.join(late)} (their last messages may be lost)")
+    return not late
 
 
 class StopRequest:

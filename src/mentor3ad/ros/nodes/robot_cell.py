@@ -29,7 +29,7 @@ from std_msgs.msg import Bool, String
 from ...types import InspectionResult, Verdict
 from ..inspection_codec import decode
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import run_node
+from . import deliver_before_exit, run_node
 
 ANSWER_MARGIN_S = 10.0  # beyond the goal's timeout: the inspector answers every goal, this only guards a lost node
 ACCEPT_WAIT_S = 5.0  # per try: a goal's acceptance normally arrives in milliseconds
@@ -125,7 +125,7 @@ def run_cell(executor: Any, node: RobotCellExample) -> int:
     errors = sum(1 for _, _, r in node.sorted if not r.verdict.is_decision)
     log.info(f"{len(node.sorted)} parts sorted: {counts['pass']} pass, {counts['reject']} reject "
              f"({errors} without a PASS/FAIL verdict)")
-    _spin_until(executor, lambda: False, 0.5)  # let the last bin and reject messages go out
+    deliver_before_exit(node, [node.reject_line, *node.bins.values()])  # the PLC must get the last part's line
     return 0
 
 

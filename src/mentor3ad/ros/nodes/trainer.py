@@ -26,7 +26,7 @@ from ...io.inputs import INPUT_MODES, TOPICS, input_mode_help
 from .. import configure_local_discovery, log_outcome
 from ..params import (ParamSpec, cpu_budget_parameters, declare_parameters, parse_node_help, topic_parameters,
                       topics_from_parameters)
-from . import apply_cpu_budget
+from . import apply_cpu_budget, deliver_before_exit
 
 # the CPU budget beside a running inspector on the same cores (README "Speed and memory": thread budgets)
 TRAINER_THREADS = 1
@@ -157,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         code = node.run()
-        time.sleep(0.3)  # let the last progress message go out
+        deliver_before_exit(node, [node.progress_pub])  # the last progress message (the outcome) reaches its readers
     except KeyboardInterrupt:
         code = 130
     finally:
