@@ -99,6 +99,11 @@ def test_concat_stacks_the_parts_features_and_checks_its_parts():
     fpfh = FeatureExtractor(FeatureConfig(**{**base, "point_backbone": "fpfh", "point_options": {}}))
     normal = FeatureExtractor(FeatureConfig(**base))
     assert joined.xyz_dim == 33 + 40 and [p["name"] for p in joined.identity()["points"]["parts"]] == ["fpfh", "normal_map"]
+    # the sources name the normal map's own CNN weights (here none: random init), never "weight-free"
+    assert normal.weights_sources["points"] == "normal_map: tf_efficientnet_lite0: random init (weights: none)"
+    assert joined.weights_sources["points"] == ("concat: fpfh: weight-free; normal_map: tf_efficientnet_lite0: "
+                                                "random init (weights: none)")
+    assert fpfh.weights_sources["points"] == "fpfh: weight-free"
     j, f, n = (e.extract(sample.rgb, sample.xyz) for e in (joined, fpfh, normal))
     assert torch.equal(j.xyz, torch.cat([f.xyz, n.xyz])) and torch.equal(j.valid, f.valid & n.valid)
     for parts, why in (([{"backbone": "fpfh"}], "2 to 4"), ([{"backbone": "concat"}, {"backbone": "fpfh"}], "another concat"),

@@ -43,6 +43,8 @@ class ConcatBackbone:
     def __init__(self, parts: List[Any]) -> None:
         self.parts = parts
         self.out_dim = sum(int(p.out_dim) for p in parts)
+        self.weights_source = "; ".join(f"{p.identity()['name']}: {getattr(p, 'weights_source', 'weight-free')}"
+                                        for p in parts)
 
     def identity(self) -> dict:
         return {"name": "concat", "parts": [p.identity() for p in self.parts], "out_dim": self.out_dim}

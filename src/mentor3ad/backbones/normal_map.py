@@ -81,7 +81,8 @@ class NormalMapBackbone:
         self.device = torch.device(device)
         # on torch's meta device (the model file's size check) the architecture alone: no weight file is read
         meta = self.device.type == "meta"
-        weights = "none" if meta else resolve_auto("rgb", options.network, options.weights)[0]
+        weights, source = ("none", "architecture only") if meta else resolve_auto("rgb", options.network, options.weights)
+        self.weights_source = f"{options.network}: {source}"  # what the extractor reports (not "weight-free")
         self.network = TimmRGBBackbone(options.network, weights, options.image_size,
                                        TimmOptions(feature_strides=options.feature_strides), precision)
         self.network = self.network.to(self.device).eval()

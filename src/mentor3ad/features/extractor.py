@@ -90,14 +90,16 @@ class FeatureExtractor:
             raise ConfigError("features.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         rgb_weights, rgb_source = backbones.resolve_weights_of("rgb", config)
         point_weights, point_source = backbones.resolve_weights_of("points", config)
-        self.weights_sources = {"rgb": f"{config.rgb_backbone}: {rgb_source}",
-                                "points": f"{config.point_backbone}: {point_source}"}
-        LOG.info("backbone weights: %s", "; ".join(self.weights_sources.values()))
         resolved = dataclasses.replace(config, rgb_weights=rgb_weights, point_weights=point_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             self.rgb_model = backbones.build("rgb", resolved, self.device)
             self.point_model = backbones.build("points", resolved, self.device)
+        # a "weight-free" 3D backbone may still load a network of its own (normal_map's CNN): it says which
+        point_source = getattr(self.point_model, "weights_source", point_source)
+        self.weights_sources = {"rgb": f"{config.rgb_backbone}: {rgb_source}",
+                                "points": f"{config.point_backbone}: {point_source}"}
+        LOG.info("backbone weights: %s", "; ".join(self.weights_sources.values()))
         self.rgb_dim = int(self.rgb_model.out_dim)
         self.xyz_dim = int(self.point_model.out_dim)
         self.backbone_calls = 0  # number of backbone forward batches run (tests, cache checks)
