@@ -42,11 +42,14 @@ def deliver_before_exit(node, publishers, timeout_s: float = FLUSH_TIMEOUT_S) ->
     """Wait until every matched reliable subscriber acknowledged what ``publishers`` sent (a process that exits
     right after its last publish loses any sample DDS has still to resend: Fast DDS re-sends a lost one only
     after its next heartbeat, seconds later). Logs a warning naming the topics not acknowledged within
-    ``timeout_s`` seconds; True when all were."""
+    ``timeout_s`` seconds (for all of them together); True when all were."""
+    import time
+
     from rclpy.duration import Duration
 
-    late = [pub.topic_name for pub in publishers
-            if not pub.wait_for_all_acked(Duration(nanoseconds=int(timeout_s * 1e9)))]
+    deadline = time.monotonic() + timeout_s
+    late = [pub.topic_name for pub in publishers if not pub.wait_for_all_acked(
+        Duration(nanoseconds=max(0, int((deadline - time.monotonic()) * 1e9))))]
     if late:
         node.get_logger().warning(f"not acknowledged by every subscriber within {timeout_s:g} s before exit: "
                                   f"{', '.join(late)} (their last messages may be lost)")
