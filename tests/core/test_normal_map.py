@@ -121,3 +121,48 @@ def test_model_file_size_check_builds_the_normal_map_network_without_its_weights
 
     assert check_backbone_budget(Path("model.safetensors"), FeatureConfig(**NORMAL_MAP)) > 3_000_000  # Lite0: 3.4 M
     assert not [w for w in recwarn if "meta" in str(w.message)]
+
+
+def test_cells_near_a_sensor_dropout_region_are_not_scored_when_asked():
+    """A region without any point inside the part (specular saturation) is a dropout; background removed by the
+    plane / cluster filters and single missing pixels are not. dropout_margin_px unscores the cells near it."""
+    from mentor3ad.backbones.normal_map import dropout_regions, scored_cells
+
+    grid = _plane((0.0, 0.0, 1.0), size=64)
+    valid = torch.zeros(64, 64, dtype=torch.bool)
+    valid[8:56, 8:56] = True  # the part; outside it: points removed as background (grid keeps them)
+    grid[20:30, 20:30] = 0.0  # a 100-pixel dropout inside the part
+    valid[20:30, 20:30] = False
+    grid[40, 40] = 0.0  # one missing pixel
+    valid[40, 40] = False
+    grid[0:4, 0:20] = 0.0  # a dropout in the background, away from the part
+    valid[0:4, 0:20] = False
+    regions = dropout_regions(grid, valid)
+    assert regions.sum() == 100 and regions[20:30, 20:30].all()
+    cells = scored_cells(grid, valid, 16, margin_px=2)  # 4x4-pixel cells: pixels 18-31 -> cells 4-7
+    assert not cells[4:8, 4:8].any() and cells[:4].all() and cells[8:].all() and cells[:, 8:].all()
+    assert scored_cells(grid, valid, 16, margin_px=0).all()
+
+    plain = NormalMapOptions(weights="none")
+    assert "dropout_margin_px" not in plain.identity()  # model files from before the option keep their identity
+    assert NormalMapOptions(weights="none", dropout_margin_px=8).identity()["dropout_margin_px"] == 8
+    with pytest.raises(ConfigError, match="dropout_margin_px"):
+        NormalMapOptions(dropout_margin_px=-1)
+
+
+def test_the_extractor_leaves_cells_near_a_dropout_out_of_the_valid_patches():
+    sample = synthetic_sample(3)
+    xyz = sample.xyz.copy()
+    rows, cols = np.nonzero(np.isfinite(xyz).all(-1) & (xyz != 0).any(-1))
+    cy, cx = int(np.median(rows)), int(np.median(cols))
+    xyz[cy - 8:cy + 8, cx - 8:cx + 8] = 0.0  # the sensor saw nothing there
+    base = {**NORMAL_MAP, "point_options": {**NORMAL_MAP["point_options"], "weights": "none"}}
+    plain = FeatureExtractor(FeatureConfig(**base)).extract(sample.rgb, xyz)
+    masked = FeatureExtractor(FeatureConfig(**{**base, "point_options": {**base["point_options"],
+                                                                          "dropout_margin_px": 4}})).extract(sample.rgb, xyz)
+    assert torch.equal(plain.xyz, masked.xyz)  # the same features ...
+    dropped = plain.valid & ~masked.valid  # ... fewer cells scored, all near the hole
+    assert dropped.any() and not (masked.valid & ~plain.valid).any()
+    ys, xs = torch.nonzero(dropped, as_tuple=True)
+    scale = 16 / xyz.shape[0]
+    assert ((ys.float() - cy * scale).abs() <= 16 * scale + 2).all() and ((xs.float() - cx * scale).abs() <= 16 * scale + 2).all()

