@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ..config import FEATURE_BOUNDS
 from ..errors import ConfigError, InputError
+from ..geometry.observation import valid_point_mask
 from ..geometry.projection import cell_fraction, maps_to_grid
 from ..geometry.window_fpfh import window_normals
 from ..timing import NO_TIMER, StageTimer
@@ -97,7 +98,7 @@ def dropout_regions(grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     part (specular saturation, shadows). Points removed as background (plane, other clusters) are not dropouts."""
     g = grid.detach().cpu().numpy()
     part = valid.detach().cpu().numpy()
-    missing = ~part & ~(np.isfinite(g).all(-1) & (g != 0).any(-1))
+    missing = ~part & ~valid_point_mask(g)
     labels, _ = ndimage.label(missing)
     sizes = np.bincount(labels.ravel())
     touching = np.unique(labels[ndimage.binary_dilation(part) & missing])
