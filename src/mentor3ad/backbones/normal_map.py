@@ -133,6 +133,13 @@ class NormalMapBackbone:
         return {"name": "normal_map", "weights": self.network.weights_id, "options": self.options.identity(),
                 "out_dim": self.out_dim}
 
+    def _scored(self, grid: torch.Tensor, valid: torch.Tensor, resolution: int) -> torch.Tensor:
+        """(R, R) bool on the device: cells with a point, less those near a dropout when ``dropout_margin_px`` is set
+        (only then the host round trip of the dropout search)."""
+        cells = (cell_fraction(valid, resolution) > 0).to(self.device)
+        margin = self.options.dropout_margin_px
+        return cells & scored_cells(grid, valid, resolution, margin).to(self.device) if margin else cells
+
     @torch.no_grad()
     def encode(self, grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor], resolution: int,
                timer: StageTimer = NO_TIMER) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -148,9 +155,7 @@ class NormalMapBackbone:
         maps = self.network.encode(images)
         started = timer.tick("point_descriptors", started)
         maps = maps_to_grid(maps, resolution)
-        margin = self.options.dropout_margin_px
-        out = [(maps[i].contiguous(),
-                ((cell_fraction(valid, resolution) > 0).cpu() & scored_cells(grid, valid, resolution, margin)).to(self.device))
+        out = [(maps[i].contiguous(), self._scored(grid, valid, resolution))
                for i, (grid, valid) in enumerate(zip(grids, valids))]
         timer.tick("projection", started)
         return out
