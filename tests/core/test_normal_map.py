@@ -8,6 +8,7 @@ from mentor3ad.config import FeatureConfig
 from mentor3ad.backbones.normal_map import NormalMapOptions, normal_image
 from mentor3ad.errors import ConfigError, InputError
 from mentor3ad.features.extractor import FeatureExtractor
+from mentor3ad.geometry.observation import valid_point_mask
 from mentor3ad.timing import StageTimer
 
 NORMAL_MAP = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none",
@@ -153,7 +154,7 @@ def test_cells_near_a_sensor_dropout_region_are_not_scored_when_asked():
 def test_the_extractor_leaves_cells_near_a_dropout_out_of_the_valid_patches():
     sample = synthetic_sample(3)
     xyz = sample.xyz.copy()
-    rows, cols = np.nonzero(np.isfinite(xyz).all(-1) & (xyz != 0).any(-1))
+    rows, cols = np.nonzero(valid_point_mask(xyz))
     cy, cx = int(np.median(rows)), int(np.median(cols))
     xyz[cy - 8:cy + 8, cx - 8:cx + 8] = 0.0  # the sensor saw nothing there
     base = {**NORMAL_MAP, "point_options": {**NORMAL_MAP["point_options"], "weights": "none"}}
