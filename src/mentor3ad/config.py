@@ -75,7 +75,7 @@ class FeatureConfig(_Section):
     point_backbone: str = "fpfh"
     point_weights: str = "none"
     point_options: Dict[str, Any] = field(default_factory=lambda: {
-        "normal_radius_mm": 100.0, "normal_max_nn": 30, "feature_radius_mm": 250.0, "feature_max_nn": 100})
+        "normal_radius_mm": 100.0, "normal_max_nn": 15, "feature_radius_mm": 250.0, "feature_max_nn": 50})
     image_size: int = 448
     point_image_size: int = 224
     feature_resolution: int = 56

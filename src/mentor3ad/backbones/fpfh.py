@@ -6,12 +6,13 @@ largest cluster kept): normals from a hybrid radius / k-NN neighbourhood, FPFH f
 per grid cell the mean over its valid pixels after a small box filter
 (:func:`mentor3ad.geometry.projection.pool_pixel_features`).
 
-The defaults are those of BTF ("Back to the Feature", the reference for FPFH on MVTec 3D-AD): its voxel
-size 0.05 with clouds in metres gives radii of 100 mm (normals, max 30 neighbours) and 250 mm (FPFH, max
-100). Both radii exceed the part, so in effect the neighbourhoods are the 30 and 100 nearest points
-(~1.5 mm and ~2.8 mm at 224 x 224 on cable_gland); a sweep of real radii (1.0-2.5 mm) was not better and
-radius search costs 3-20x more (README, "Measured results"). Normals are not oriented (as BTF).
-No weights: ``point_weights`` must be ``none``.
+The radii are those of BTF ("Back to the Feature", the reference for FPFH on MVTec 3D-AD): its voxel
+size 0.05 with clouds in metres gives 100 mm (normals) and 250 mm (FPFH). Both exceed the part, so in effect
+the neighbourhoods are the ``normal_max_nn`` and ``feature_max_nn`` nearest points: 15 and 50 by default
+(~1.1 mm and ~2 mm at 224 x 224 on cable_gland; at the 56x56 grid half the cost of BTF's 30 and 100 and not
+lower on validation data: README, "FPFH neighbourhoods at the 56x56 grid"); a sweep of real radii
+(1.0-2.5 mm, at the 28x28 grid) was not better and radius search costs 3-20x more (README, "Measured
+results"). Normals are not oriented (as BTF). No weights: ``point_weights`` must be ``none``.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ class FPFHOptions:
     ``feature_radius_px`` sampled every ``feature_step_px`` pixels)."""
 
     normal_radius_mm: float = 100.0
-    normal_max_nn: int = 30
+    normal_max_nn: int = 15
     feature_radius_mm: float = 250.0
-    feature_max_nn: int = 100
+    feature_max_nn: int = 50
     orient_normals: bool = False
     smoothing_kernel: int = 3
     neighbourhood: str = "knn"
