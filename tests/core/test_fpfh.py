@@ -67,3 +67,19 @@ def test_too_few_points_is_bad_input():
     sample = synthetic_sample(5)
     with pytest.raises(InputError, match="FPFH needs at least"):
         extractor.extract(sample.rgb, np.zeros_like(sample.xyz))
+
+
+def test_a_model_that_names_some_fpfh_options_keeps_the_neighbourhoods_it_was_trained_with():
+    """The packaged config names the 15 / 50 nearest points; the option defaults stay BTF's 30 / 100, so a model
+    file written with only some options (`--set 'features.point_options={neighbourhood: window}'`, before or
+    after the packaged default changed) rebuilds the identity it stored and loads."""
+    from mentor3ad.config import load_config
+
+    stored_before = {"normal_radius_mm": 100.0, "normal_max_nn": 30, "feature_radius_mm": 250.0, "feature_max_nn": 100,
+                     "orient_normals": False, "smoothing_kernel": 3, "neighbourhood": "window", "normal_radius_px": 3,
+                     "feature_radius_px": 6.0, "feature_step_px": 2}  # such a model's identity, written 2026-12-05
+    window = FeatureExtractor(FeatureConfig(**{**FPFH, "point_options": {"neighbourhood": "window"}}))
+    assert window.identity()["points"]["options"] == stored_before
+    packaged = load_config().features.point_options
+    assert (packaged["normal_max_nn"], packaged["feature_max_nn"]) == (15, 50)
+    assert (FeatureConfig().point_options["normal_max_nn"], FeatureConfig().point_options["feature_max_nn"]) == (15, 50)

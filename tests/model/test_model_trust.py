@@ -138,7 +138,7 @@ def test_a_pin_admits_only_the_expected_file(models, tmp_path):
 
 @pytest.mark.parametrize("features, message", [
     ({"point_backbone": "fpfh", "point_weights": "none", "point_options": {"feature_max_nn": 5000}},
-     "FPFH radii must be in (0, 1000] mm and max_nn in [3, 256], got radii (100.0, 250.0) and max_nn (15, 5000)"),
+     "FPFH radii must be in (0, 1000] mm and max_nn in [3, 256], got radii (100.0, 250.0) and max_nn (30, 5000)"),
     ({"image_size": 4480, "feature_resolution": 8, "point_image_size": 224}, "features.image_size must be in [8, 1024], got 4480"),
     ({"point_options": {"num_groups": 100000}}, "num_groups must be in [3, 4096]"),
     ({"rgb_options": {"model_kwargs": {"img_size": 4480}}}, "model_kwargs.img_size must be in [8, 1024]"),

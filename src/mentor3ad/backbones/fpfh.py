@@ -8,9 +8,9 @@ per grid cell the mean over its valid pixels after a small box filter
 
 The radii are those of BTF ("Back to the Feature", the reference for FPFH on MVTec 3D-AD): its voxel
 size 0.05 with clouds in metres gives 100 mm (normals) and 250 mm (FPFH). Both exceed the part, so in effect
-the neighbourhoods are the ``normal_max_nn`` and ``feature_max_nn`` nearest points: 15 and 50 by default
-(~1.1 mm and ~2 mm at 224 x 224 on cable_gland; at the 56x56 grid half the cost of BTF's 30 and 100 and not
-lower on validation data: README, "FPFH neighbourhoods at the 56x56 grid"); a sweep of real radii
+the neighbourhoods are the ``normal_max_nn`` and ``feature_max_nn`` nearest points: 15 and 50 in the packaged
+config (~1.1 mm and ~2 mm at 224 x 224 on cable_gland; at the 56x56 grid half the cost of BTF's 30 and 100,
+this class's defaults, and not lower on validation data: README, "FPFH neighbourhoods at the 56x56 grid"); a sweep of real radii
 (1.0-2.5 mm, at the 28x28 grid) was not better and radius search costs 3-20x more (README, "Measured
 results"). Normals are not oriented (as BTF). No weights: ``point_weights`` must be ``none``.
 """
@@ -43,12 +43,14 @@ class FPFHOptions:
     neighbourhood: ``knn`` (open3d, k-nearest / radius search, the fields above) or ``window`` (pixel windows
     of the organized cloud in torch, :mod:`mentor3ad.geometry.window_fpfh`: normals from a (2 r + 1)^2 window
     of ``normal_radius_px`` r, with open3d's sign unless ``orient_normals``; FPFH from a disk of
-    ``feature_radius_px`` sampled every ``feature_step_px`` pixels)."""
+    ``feature_radius_px`` sampled every ``feature_step_px`` pixels). The max_nn defaults stay BTF's 30 / 100 (the
+    packaged config names 15 / 50): a model file that names only some options resolves the others as it was
+    trained with."""
 
     normal_radius_mm: float = 100.0
-    normal_max_nn: int = 15
+    normal_max_nn: int = 30
     feature_radius_mm: float = 250.0
-    feature_max_nn: int = 50
+    feature_max_nn: int = 100
     orient_normals: bool = False
     smoothing_kernel: int = 3
     neighbourhood: str = "knn"
