@@ -10,9 +10,9 @@ The radii are those of BTF ("Back to the Feature", the reference for FPFH on MVT
 size 0.05 with clouds in metres gives 100 mm (normals) and 250 mm (FPFH). Both exceed the part, so in effect
 the neighbourhoods are the ``normal_max_nn`` and ``feature_max_nn`` nearest points: 15 and 50 in the packaged
 config (~1.1 mm and ~2 mm at 224 x 224 on cable_gland; at the 56x56 grid half the cost of BTF's 30 and 100,
-this class's defaults, and not lower on validation data: README, "FPFH neighbourhoods at the 56x56 grid"); a sweep of real radii
-(1.0-2.5 mm, at the 28x28 grid) was not better and radius search costs 3-20x more (README, "Measured
-results"). Normals are not oriented (as BTF). No weights: ``point_weights`` must be ``none``.
+this class's defaults, and not lower on validation data: README, "FPFH neighbourhoods at the 56x56 grid");
+a sweep of real radii (1.0-2.5 mm, at the 28x28 grid) was not better and radius search costs 3-20x more
+(README, "Measured results"). Normals are not oriented (as BTF). No weights: ``point_weights`` must be ``none``.
 """
 from __future__ import annotations
 

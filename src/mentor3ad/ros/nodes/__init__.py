@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable, List, Optional
 
 from ...errors import ConfigError
@@ -43,8 +44,6 @@ def deliver_before_exit(node, publishers, timeout_s: float = FLUSH_TIMEOUT_S) ->
     right after its last publish loses any sample DDS has still to resend: Fast DDS re-sends a lost one only
     after its next heartbeat, seconds later). Logs a warning naming the topics not acknowledged within
     ``timeout_s`` seconds (for all of them together); True when all were."""
-    import time
-
     from rclpy.duration import Duration
 
     deadline = time.monotonic() + timeout_s
