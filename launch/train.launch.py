@@ -4,7 +4,7 @@
         reload_service:=/inspector/reload_model
 
 Parameters come from ``params_file`` (default: the package's config/trainer.yaml); non-empty arguments
-override it (``threads:=`` / ``nice:=``: the trainer's CPU budget; its defaults, 1 thread at nice +10, leave
+override it (``threads:=`` / ``nice:=``: the trainer's CPU budget; its defaults, 1 thread at nice +19, leave
 the inspector on the same cores its pace). The node exits when the model is written (and, with
 ``reload_service``, swapped into the running inspector: a refused swap is a failure); the launch ends with it
 and exits 1 when it failed.

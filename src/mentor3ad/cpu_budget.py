@@ -68,7 +68,7 @@ class AppliedBudget:
     open3d_threads: int = 0  # 0: open3d's default (every core)
 
     def describe(self) -> str:
-        """One log line: 'torch threads 1, interop 1, nice 10, OMP_WAIT_POLICY PASSIVE, open3d threads 1' (+ notes)."""
+        """One log line: 'torch threads 1, interop 1, nice 19, OMP_WAIT_POLICY PASSIVE, open3d threads 1' (+ notes)."""
         text = (f"torch threads {self.threads}, interop threads {self.interop_threads}, nice {self.nice}, "
                 f"OMP_WAIT_POLICY {self.omp_wait_policy or 'default'}, open3d threads {self.open3d_threads or 'all'}")
         return text + "".join(f"; {note}" for note in self.notes)

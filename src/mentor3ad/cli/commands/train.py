@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: one per core); beside a running inspector use 1")
     budget.add_argument("--nice", type=int, default=0,
-                        help="niceness increment, as nice -n (beside a running inspector use 10: it yields, and its "
+                        help="niceness increment, as nice -n (beside a running inspector use 19: it yields, and its "
                              "idle OpenMP threads sleep at once)")
     p.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ the same job as ``mentor3ad train --bag``. Optionally asks a running inspector t
 (``reload_service``). Progress goes to the log and to ``~/progress`` (diagnostic_msgs/DiagnosticStatus:
 message = stage text, values = stage, elapsed_s, ...). Exit code 0 on success, 1 when training failed
 (the reason is logged and published). It yields the CPU to an inspector on the same machine: its budget
-(``threads`` 1, ``nice`` +10, :mod:`mentor3ad.cpu_budget`) is applied before torch is imported.
+(``threads`` 1, ``nice`` +19, :mod:`mentor3ad.cpu_budget`) is applied before torch is imported.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from . import apply_cpu_budget, deliver_before_exit
 
 # the CPU budget beside a running inspector on the same cores (README "Speed and memory": thread budgets)
 TRAINER_THREADS = 1
-TRAINER_NICE = 10
+TRAINER_NICE = 19  # the lowest priority: measured against 10 in the README ("Keeping pace while training")
 TRAINER_PARAMETERS = [
     ParamSpec("bag_paths", [""], "rosbag2 recordings (directories, sqlite3 or mcap) of good parts to train on.",
               read_only=True),
