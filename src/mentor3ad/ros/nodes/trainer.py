@@ -30,7 +30,7 @@ from . import apply_cpu_budget, deliver_before_exit
 
 # the CPU budget beside a running inspector on the same cores (README "Speed and memory": thread budgets)
 TRAINER_THREADS = 1
-TRAINER_NICE = 19  # the lowest priority: measured against 10 in the README ("Keeping pace while training")
+TRAINER_NICE = 19  # the lowest priority; against 10: README "Speed and memory", thread budgets
 TRAINER_PARAMETERS = [
     ParamSpec("bag_paths", [""], "rosbag2 recordings (directories, sqlite3 or mcap) of good parts to train on.",
               read_only=True),
