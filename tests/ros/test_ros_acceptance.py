@@ -97,6 +97,7 @@ def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_no
     collector = ResultCollector(ros_node, "/inspector/result")
     with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
         assert collector.wait_for_publisher(60.0), inspector.output()
+        assert collector.wait_for_readers(2, 60.0), evaluator.output()  # the evaluator must not miss a result
         replay_cmd = [_exe("replay_node"), str(bags["test"]), "--rate", "5", "--clock", "--wait-for-subscribers",
                       "--topics", "/camera/image", "/camera/points"]
         with NodeProcess(replay_cmd) as replay:
@@ -145,6 +146,7 @@ def test_evaluator_lists_pairs_it_could_not_evaluate(bags, ros_node, tmp_path):
     collector = ResultCollector(ros_node, "/inspector/result")
     with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
         assert collector.wait_for_publisher(60.0), inspector.output()
+        assert collector.wait_for_readers(2, 60.0), evaluator.output()  # the evaluator must not miss a result
         with NodeProcess([_exe("replay_node"), str(bags["test"]), "--rate", "10", "--wait-for-subscribers",
                           "--topics", "/camera/image", "/camera/points"]) as replay:
             assert replay.wait(60.0) == 0, replay.output()

@@ -183,3 +183,21 @@ def test_replay_fails_without_playing_when_nothing_gets_ready(tmp_path):
                       "--wait-timeout", "1"]) as replay:
         assert replay.wait(60.0) == 1
     assert "replay_node: error: no publisher on /nobody/result after 1 s" in replay.output(), replay.output()
+
+
+def test_replay_evaluation_waits_for_a_late_reader_of_the_results(ros_node):
+    """Results are volatile: an evaluator that subscribes after a replay started misses the first ones and waits
+    for ever, so the replay starts only once it reads them (``ResultCollector.wait_for_readers``)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from mentor3ad.ros.tooling.graph import ResultCollector
+
+    topic = "/late_reader_check/result"
+    collector = ResultCollector(ros_node, topic)
+    assert collector.wait_for_readers(1, 5.0)  # the collector itself
+    assert not collector.wait_for_readers(2, 0.5)  # no evaluator yet
+    evaluator = rclpy.create_node("late_evaluator", context=ros_node.context)
+    try:
+        evaluator.create_subscription(DiagnosticArray, topic, lambda msg: None, 10)
+        assert collector.wait_for_readers(2, 10.0)
+    finally:
+        evaluator.destroy_node()

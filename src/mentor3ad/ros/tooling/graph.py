@@ -170,6 +170,12 @@ class ResultCollector:
         """True once the node's result publisher is matched with this subscription."""
         return spin_until(self.node, lambda: self.sub.get_publisher_count() > 0, timeout)
 
+    def wait_for_readers(self, count: int, timeout: float) -> bool:
+        """True once ``count`` subscriptions to the result topic (this one included) are in the graph. Results are
+        volatile: a reader that joins after a replay started (an evaluator still importing torch) misses the
+        first ones and waits for them for ever, so wait for it before replaying."""
+        return spin_until(self.node, lambda: self.node.count_subscribers(self.topic) >= count, timeout)
+
     def wait_for(self, count: int, timeout: float) -> List[InspectionResult]:
         spin_until(self.node, lambda: len(self.results) >= count, timeout)
         return list(self.results)
@@ -212,6 +218,8 @@ def run_replay_evaluation(model_path: Path, bag_path: Path, out_dir: Path, n_pai
         with NodeProcess(inspector_cmd, node_env) as inspector, NodeProcess(evaluator_cmd, node_env) as evaluator:
             if not collector.wait_for_publisher(120.0):
                 raise RuntimeError("inspector_node did not come up:\n" + inspector.output()[-2000:])
+            if not collector.wait_for_readers(2, 120.0):  # this collector + the evaluator
+                raise RuntimeError("evaluator_node did not subscribe to the results:\n" + evaluator.output()[-2000:])
             with NodeProcess(replay_cmd, node_env) as replay:
                 collector.wait_for(n_pairs, timeout_s)
                 if replay.wait(120.0) != 0:
