@@ -66,6 +66,15 @@ def test_trainer_refuses_a_bag_without_the_topics_and_lists_them(bags):
     assert not (bags["root"] / "never.m3ad").exists()
 
 
+def wait_for_a_clean_graph(ros_node, collector) -> None:
+    """No inspector, evaluator or camera reader of an earlier test left in the DDS graph: a stale one there (its
+    endpoints can outlive its process for a while) would let this test's replay start before its own nodes are
+    up, and the evaluator would wait for results that never come."""
+    assert spin_until(ros_node, lambda: collector.sub.get_publisher_count() == 0
+                      and ros_node.count_subscribers("/inspector/result") == 1  # the collector alone
+                      and ros_node.count_subscribers("/camera/image") == 0, 30.0), ros_node.get_node_names()
+
+
 def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_node, tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -95,6 +104,7 @@ def test_train_from_bag_then_replay_through_inspector_and_evaluator(bags, ros_no
                      "-p", f"output_dir:={report_dir}", "-p", "exit_when_done:=true", "-p", "use_sim_time:=true",
                      "-r", "result:=/inspector/result", "-r", "anomaly_map:=/inspector/anomaly_map"]
     collector = ResultCollector(ros_node, "/inspector/result")
+    wait_for_a_clean_graph(ros_node, collector)
     with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
         assert collector.wait_for_publisher(60.0), inspector.output()
         assert collector.wait_for_readers(2, 60.0), evaluator.output()  # the evaluator must not miss a result
@@ -144,6 +154,7 @@ def test_evaluator_lists_pairs_it_could_not_evaluate(bags, ros_node, tmp_path):
                      "-p", f"output_dir:={report_dir}", "-p", "exit_when_done:=true",
                      "-r", "result:=/inspector/result", "-r", "anomaly_map:=/inspector/anomaly_map"]
     collector = ResultCollector(ros_node, "/inspector/result")
+    wait_for_a_clean_graph(ros_node, collector)
     with NodeProcess(inspector_cmd) as inspector, NodeProcess(evaluator_cmd) as evaluator:
         assert collector.wait_for_publisher(60.0), inspector.output()
         assert collector.wait_for_readers(2, 60.0), evaluator.output()  # the evaluator must not miss a result
