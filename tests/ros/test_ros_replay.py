@@ -185,9 +185,10 @@ def test_replay_fails_without_playing_when_nothing_gets_ready(tmp_path):
     assert "replay_node: error: no publisher on /nobody/result after 1 s" in replay.output(), replay.output()
 
 
-def test_replay_evaluation_waits_for_a_late_reader_of_the_results(ros_node):
+def test_result_collector_counts_a_late_reader_of_the_results(ros_node):
     """Results are volatile: an evaluator that subscribes after a replay started misses the first ones and waits
-    for ever, so the replay starts only once it reads them (``ResultCollector.wait_for_readers``)."""
+    for ever, so ``run_replay_evaluation`` replays only once ``ResultCollector.wait_for_readers`` sees it; that
+    wait fails while the reader is missing and holds once it joins."""
     from diagnostic_msgs.msg import DiagnosticArray
     from mentor3ad.ros.tooling.graph import ResultCollector
 
