@@ -7,7 +7,8 @@ With ``bag`` empty, play the recording yourself (``ros2 bag play --clock /bags/t
 inspector's results by stamp and writes the same report as ``mentor3ad evaluate`` into ``output_dir``;
 with ``exit_when_done:=true`` (default) the whole launch ends once the report is written (exit code 1 when
 the evaluator, the inspector or the replay failed). The replay plays once the inspector is ready (its
-``~/result`` advertised; at most ``ready_timeout`` seconds, then the launch fails). With
+``~/result`` advertised) and the evaluator reads it (results are volatile: a late evaluator would miss the first
+parts); at most ``ready_timeout`` seconds, then the launch fails. With
 ``pace:=true`` (default) the replay waits for the inspector's results (at most ``max_in_flight`` parts
 unanswered), so a CPU slower than the recording still evaluates every part; the inspector's inputs are
 reliable here (``input_reliability`` defaults to ``reliable``), so no recorded part is lost on the way. The topic
@@ -41,7 +42,8 @@ EVALUATION_ARGUMENTS = {
                      "are answered SKIPPED and not evaluated)."),
     "max_in_flight": ("2", "Parts published without a result, at most, when `pace` is true."),
     "ready_timeout": ("300", "Seconds the replay waits for the inspector to be ready (its ~/result advertised: model "
-                             "loaded, self-tested, warmed up) before it plays; the launch fails (exit 1) after that."),
+                             "loaded, self-tested, warmed up) and the evaluator to read it before it plays; the "
+                             "launch fails (exit 1) after that."),
     "output_dir": ("", "Report directory; empty keeps the evaluator params file's value."),
     "expected_pairs": ("", "Write the report after this many pairs; empty keeps the params file's value."),
     "exit_when_done": ("true", "End the launch (all nodes) once the evaluator has written its report."),
@@ -77,6 +79,7 @@ def _nodes(context):
         replay = Node(package="mentor3ad", executable="replay_node", name="replay", namespace=namespace,
                       arguments=[argument(context, "bag"), "--rate", argument(context, "rate"), "--clock",
                                  "--wait-for-subscribers", "--wait-for-publisher", "inspector/result",
+                                 "--wait-for-reader", "inspector/result",
                                  "--wait-timeout", str(number(context, "ready_timeout")), "--topics", *topics, *pacing,
                                  *log], output="screen")
         actions += [replay, end_with(replay, "replay_node", None)]

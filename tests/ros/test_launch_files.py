@@ -148,6 +148,8 @@ def test_evaluation_replays_the_input_modes_topics_and_ends_after_the_report(mon
     assert topics[topics.index("--max-in-flight") + 1] == "2"
     # it plays once the inspector is ready (its ~/result advertised), waiting up to ready_timeout seconds
     assert topics[topics.index("--wait-for-publisher") + 1] == "inspector/result"
+    # and once the evaluator reads the results (volatile: a late evaluator would miss the first parts)
+    assert topics[topics.index("--wait-for-reader") + 1] == "inspector/result"
     assert float(topics[topics.index("--wait-timeout") + 1]) == 300.0
     assert declared(module)["input_reliability"][0] == "reliable"  # a recording: nothing may be lost
     unpaced, _ = run(module, bag="/bags/test", pace="false")

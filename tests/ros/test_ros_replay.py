@@ -202,3 +202,32 @@ def test_result_collector_counts_a_late_reader_of_the_results(ros_node):
         assert collector.wait_for_readers(2, 10.0)
     finally:
         evaluator.destroy_node()
+
+
+def test_replay_waits_for_another_reader_of_the_results(tmp_path, ros_node):
+    """``--wait-for-reader`` (evaluate.launch's replay: the evaluator must read ``inspector/result`` before the
+    first part is played, or it misses that part's volatile result): the replay's own result pacer does not
+    count, nothing is played while no other node reads the topic, and it plays once one does."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    bag = tmp_path / "bag"
+    write_bag(bag)
+    replay = package_executable("replay_node")
+    with NodeProcess([replay, str(bag), "--wait-for-reader", "/own_reader/result", "--pace-on", "/image",
+                      "--pace-results", "/own_reader/result", "--wait-timeout", "1"]) as alone:
+        assert alone.wait(60.0) == 1
+    assert "no other node reads /own_reader/result after 1 s" in alone.output(), alone.output()
+
+    images = []
+    ros_node.create_subscription(Image, "/image", images.append, 10)
+    with NodeProcess([replay, str(bag), "--wait-for-reader", "/late_reader/result", "--wait-for-subscribers",
+                      "--wait-timeout", "60", "--topics", "/image", "--linger", "0.5"]) as waiting:
+        spin_until(ros_node, lambda: ros_node.count_publishers("/image") > 0, 20.0)
+        spin_until(ros_node, lambda: waiting.proc.poll() is not None, 2.0)
+        assert waiting.proc.poll() is None and images == [], waiting.output()  # held: no reader yet
+        ros_node.create_subscription(DiagnosticArray, "/late_reader/result", lambda msg: None, 10)
+        assert spin_until(ros_node, lambda: waiting.proc.poll() is not None and len(images) == 3, 30.0), \
+            waiting.output()
+        assert waiting.wait(10.0) == 0, waiting.output()
+    assert "/late_reader/result has a reader" in waiting.output(), waiting.output()

@@ -56,8 +56,14 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                              "ready signal: advertised once the model is loaded, self-tested and warmed up); "
                              "repeatable (every TOPIC, e.g. also a robot program's topic); exit 1 without playing "
                              "when one has none after --wait-timeout")
+    parser.add_argument("--wait-for-reader", action="append", default=[], metavar="TOPIC",
+                        help="before playing, wait until another node subscribes to TOPIC, e.g. an evaluator of the "
+                             "inspector's ~/result (results are volatile: a reader that subscribes late misses the "
+                             "first parts' results); repeatable; exit 1 without playing when one has none after "
+                             "--wait-timeout")
     parser.add_argument("--wait-timeout", type=float, default=20.0,
-                        help="seconds to wait for subscribers and for the --wait-for-publisher topic")
+                        help="seconds to wait for subscribers and for the --wait-for-publisher / --wait-for-reader "
+                             "topics")
     parser.add_argument("--start-delay", type=float, default=0.2, help="seconds between discovery and the first message")
     parser.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last message")
     parser.add_argument("--pace-on", default="", metavar="TOPIC",
@@ -76,8 +82,9 @@ class NotReady(Mentor3ADError, RuntimeError):
 
 def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Namespace) -> None:
     """Wait (up to ``args.wait_timeout`` seconds, graph changes need no spinning) for a publisher on each of
-    ``args.wait_for_publisher`` (NotReady when one does not come), then for a subscriber on every played topic with
-    ``args.wait_for_subscribers`` (a warning when one is missing: other consumers may be late or absent)."""
+    ``args.wait_for_publisher`` and for a subscriber of another node on each of ``args.wait_for_reader`` (NotReady
+    when one does not come), then for a subscriber on every played topic with ``args.wait_for_subscribers`` (a
+    warning when one is missing: other consumers may be late or absent)."""
     deadline = time.monotonic() + args.wait_timeout
     start = time.monotonic()
     for topic in args.wait_for_publisher:
@@ -87,6 +94,13 @@ def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Names
                                "replay is not ready (its log says why; --wait-timeout waits longer)")
             time.sleep(0.05)
         node.get_logger().info(f"{topic} is advertised (after {time.monotonic() - start:.1f} s)")
+    for topic in getattr(args, "wait_for_reader", []):
+        while other_readers(node, topic) == 0:
+            if time.monotonic() > deadline:
+                raise NotReady(f"no other node reads {topic} after {args.wait_timeout:g} s: what should read the "
+                               "results is not ready (its log says why; --wait-timeout waits longer)")
+            time.sleep(0.05)
+        node.get_logger().info(f"{topic} has a reader (after {time.monotonic() - start:.1f} s)")
     if args.wait_for_subscribers:
         while any(p.get_subscription_count() == 0 for p in publishers.values()):
             if time.monotonic() > deadline:
@@ -94,6 +108,15 @@ def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Names
                 node.get_logger().warning(f"no subscriber on {lonely} after {args.wait_timeout} s; playing")
                 break
             time.sleep(0.05)
+
+
+def other_readers(node: Any, topic: str) -> int:
+    """Subscriptions to ``topic`` (resolved in ``node``'s namespace) of nodes other than ``node`` itself (its
+    own result pacer does not count)."""
+    name = node.resolve_topic_name(topic)
+    mine = (node.get_name(), node.get_namespace())
+    return sum(1 for info in node.get_subscriptions_info_by_topic(name)
+               if (info.node_name, info.node_namespace) != mine)
 
 
 class ResultPacer:
