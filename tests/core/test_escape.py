@@ -58,7 +58,7 @@ def test_the_alternatives_table_and_the_chosen_row(trained):
     rows = record.alternatives
     assert [r["target_false_reject_rate"] for r in rows] == [0.005, 0.01, 0.02, 0.05, None]
     assert rows[-1]["at"] == "max"
-    assert [r["chosen"] for r in rows] == [False, True, False, False, False] and rows[1]["threshold"] == record.value
+    assert [r["chosen"] for r in rows] == [False, False, True, False, False] and rows[2]["threshold"] == record.value
     scores = list(record.calibration_scores)
     assert rows[3]["threshold"] == pytest.approx(calibrate_by_config(scores, detector.config.calibration, 0.05))
     assert rows[-1]["threshold"] == max(scores)
@@ -66,9 +66,11 @@ def test_the_alternatives_table_and_the_chosen_row(trained):
     assert [r["pseudo_defect_escape_rate"] for r in by_threshold] == sorted(r["pseudo_defect_escape_rate"] for r in rows)
     assert [r["expected_false_reject_rate"] for r in by_threshold] == \
         sorted((r["expected_false_reject_rate"] for r in rows), reverse=True)
-    assert rows[1]["expected_false_reject_rate"] == pytest.approx(record.expected_false_reject_rate["expected"],
-                                                                  rel=1e-9)
-    assert rows[1]["pseudo_defect_escape_rate"] == record.expected_escape_rate["rate"]
+    # the rows' estimates come from the stored (6 significant digits) scores, the record's from the exact ones: far
+    # out in the tail (here ~1e-8) the rounding shows in the 4th digit
+    assert rows[2]["expected_false_reject_rate"] == pytest.approx(record.expected_false_reject_rate["expected"],
+                                                                  rel=1e-3)
+    assert rows[2]["pseudo_defect_escape_rate"] == record.expected_escape_rate["rate"]
 
 
 def test_the_training_log_says_both_rates_and_the_table(trained):

@@ -28,7 +28,7 @@ def test_default_yaml_loads_and_round_trips():
     assert (config.features.rgb_backbone, config.features.point_backbone) == ("tf_efficientnet_lite0", "fpfh")
     assert config.model.use_mentor and config.model.use_voting and config.model.score_maps == ["rgb", "xyz"]
     assert (config.features.image_size, config.features.feature_resolution) == (448, 56)  # dev-real choice
-    assert config.calibration.target_false_reject_rate == 0.01 and config.calibration.rule == "tail"
+    assert config.calibration.target_false_reject_rate == 0.02 and config.calibration.rule == "tail"
     data = config.to_dict()
     assert Mentor3ADConfig.from_dict(data).to_dict() == data
     assert Mentor3ADConfig().to_dict() == data  # one set of defaults: the dataclasses' are the YAML's

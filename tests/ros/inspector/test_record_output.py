@@ -40,9 +40,10 @@ def tiny_model(tmp_path_factory):
 def raw_max_model(tmp_path_factory):
     """The tiny model scoring the raw map's maximum (model.level_percentile 0): a light change over the whole
     part moves its scores. With the default part-level score that change is mostly subtracted, which is the
-    point of it (README, "Image score: the peak above the part's level")."""
+    point of it (README, "Image score: the peak above the part's level"). Calibrated at a 1 % target (the default
+    is 2 %): the drift test's light change is sized for that threshold."""
     path = tmp_path_factory.mktemp("model") / "tiny_raw_max.safetensors"
-    return path, train_tiny_model(path, model={"level_percentile": 0.0})
+    return path, train_tiny_model(path, model={"level_percentile": 0.0}, calibration={"target_false_reject_rate": 0.01})
 
 
 def part_messages(seed: int, stamp_ns: int, tint: float = 0.0, size=(64, 64)):
@@ -172,7 +173,7 @@ def test_every_answered_part_is_recorded_once_with_its_evidence_and_model(ros_no
     assert rows[-1]["reason"] == "inspection disabled (~/enable)"
     (registered,) = models
     assert registered.model_id == detector.model_id and registered.threshold == pytest.approx(detector.threshold)
-    assert registered.path == str(model) and registered.target_false_reject_rate == pytest.approx(0.01)
+    assert registered.path == str(model) and registered.target_false_reject_rate == pytest.approx(0.02)
     assert registered.calibration_scores == pytest.approx(detector.training_info["threshold"]["calibration_scores"])
 
 
