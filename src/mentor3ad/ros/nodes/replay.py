@@ -94,7 +94,7 @@ def wait_until_ready(node: Any, publishers: Dict[str, Any], args: argparse.Names
                                "replay is not ready (its log says why; --wait-timeout waits longer)")
             time.sleep(0.05)
         node.get_logger().info(f"{topic} is advertised (after {time.monotonic() - start:.1f} s)")
-    for topic in getattr(args, "wait_for_reader", []):
+    for topic in args.wait_for_reader:
         while other_readers(node, topic) == 0:
             if time.monotonic() > deadline:
                 raise NotReady(f"no other node reads {topic} after {args.wait_timeout:g} s: what should read the "
