@@ -298,9 +298,7 @@ class TrainConfig(_Section):
 class CalibrationConfig(_Section):
     """Decision threshold (:mod:`mentor3ad.model.calibration`).
 
-    target_false_reject_rate: fraction of good parts allowed to FAIL (0.02 since 2026-12-07; 0.01 before: on the
-        synthetic cell's heavy tail the tail rule at 1 % rejected about 2 % of fresh good parts, at 2 % about
-        3 %, and let 19-58 % fewer defects pass; README "The target, raised to 2 %").
+    target_false_reject_rate: fraction of good parts allowed to FAIL (README "The target, raised to 2 %").
     rule: "tail" (a robust model of the good parts' log-score tail; default) or "quantile" (the
         ceil((1 - rate) * n)-th smallest of n scores: the maximum when n < 1/rate).
     cv_folds: also score the training parts by K-fold cross-validation of the heads (K more head
