@@ -60,6 +60,7 @@ def cell():
         yield node, spin_until, publish, send
     finally:
         node.stop()
+        client.destroy()  # rclpy's destroy_node leaves action clients
         for n in (client_node, node):
             n.destroy_node()
         rclpy.shutdown(context=context)
@@ -116,3 +117,29 @@ def test_waiting_goals_get_an_error_when_the_node_shuts_down(cell):
     for future in futures:
         status, result = answer(future)
         assert status == ABORTED and result.reason == "the inspector is shutting down"
+
+
+
+def test_a_destroyed_inspector_leaves_the_graph_with_its_inspect_server():
+    """rclpy's destroy_node leaves action servers, and with them the node, in the DDS graph until the garbage
+    collector finds them: a robot program then sends its goals to a dead ~/inspect server."""
+    from mentor3ad.ros.nodes.inspector import InspectorNode
+    from mentor3ad.ros.tooling.graph import spin_until
+
+    contexts = [rclpy.context.Context(), rclpy.context.Context()]
+    for context in contexts:
+        rclpy.init(context=context)
+    node = InspectorNode(context=contexts[0], namespace="/destroyed_test")
+    observer = rclpy.create_node("observer", context=contexts[1])
+    server = "/destroyed_test/inspector/inspect/_action/send_goal"
+    seen = lambda: (observer.count_services(server),  # noqa: E731
+                    ("inspector", "/destroyed_test") in observer.get_node_names_and_namespaces())
+    try:
+        assert spin_until(observer, lambda: seen() == (1, True), 10.0), seen()
+        node.stop()
+        node.destroy_node()  # `node` stays referenced: nothing is left to the garbage collector
+        assert spin_until(observer, lambda: seen() == (0, False), 10.0), seen()
+    finally:
+        observer.destroy_node()
+        for context in contexts:
+            rclpy.shutdown(context=context)

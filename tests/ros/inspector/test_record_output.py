@@ -276,7 +276,8 @@ def in_process_inspector(context, model, **parameters):
 
     overrides = [Parameter("model_path", value=str(model)), Parameter("device", value="cpu")]
     overrides += [Parameter(name, value=value) for name, value in parameters.items()]
-    return InspectorNode(context=context, parameter_overrides=overrides)
+    return InspectorNode(context=context, namespace="/record_test", parameter_overrides=overrides)  # not the
+    # /inspector of the process tests
 
 
 def judge(inspector, messages, answered: int, timeout: float = 60.0) -> None:

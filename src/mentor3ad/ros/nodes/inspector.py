@@ -25,6 +25,7 @@ from rclpy.node import Node
 from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
+from ..inspector.lifecycle import destroy_waitables
 from ..params import ParamSpec, declare_parameters, parse_node_help
 from . import apply_cpu_budget, run_node
 
@@ -57,6 +58,10 @@ class InspectorNode(Node):
 
     def stop(self) -> None:
         self.inspector.stop()
+
+    def destroy_node(self) -> None:
+        destroy_waitables(self)  # the ~/inspect server: rclpy would leave it, and the node, in the graph
+        super().destroy_node()
 
 
 class LifecycleInspectorNode(LifecycleNode):
@@ -107,6 +112,10 @@ class LifecycleInspectorNode(LifecycleNode):
 
     def stop(self) -> None:
         self.inspector.stop()
+
+    def destroy_node(self) -> None:
+        destroy_waitables(self)  # the ~/inspect server: rclpy would leave it, and the node, in the graph
+        super().destroy_node()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -101,6 +101,10 @@ class RobotCellExample(Node):
         self.sorted.append((part_id, bin_name, result))
         return bin_name
 
+    def destroy_node(self) -> None:
+        self.client.destroy()  # rclpy's destroy_node leaves action clients (and the node) to the garbage collector
+        super().destroy_node()
+
 
 def _spin_until(executor: Any, done: Any, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
