@@ -73,8 +73,13 @@ class NodeProcess:
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
 
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout=timeout)
+    def wait(self, timeout: float) -> Optional[int]:
+        """The exit code, or None while the process still runs after ``timeout`` seconds (callers compare it with
+        the code they expect and show :meth:`output`, which a raised TimeoutExpired would hide)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, timeout: float = 5.0) -> Optional[int]:
         """SIGINT, then SIGKILL after ``timeout`` seconds; returns the exit code."""
