@@ -62,8 +62,8 @@ def test_the_robot_cell_example_inspects_and_sorts_every_part_it_asks_for(ros_no
     assert spin_until(ros_node, lambda: ros_node.count_services("/inspector/inspect/_action/send_goal") == 0, 30.0), \
         ros_node.get_node_names_and_namespaces()
     matched = lambda subs: all(sub.get_publisher_count() > 0 for sub in subs)  # noqa: E731
-    # results are volatile: this test's readers are matched with each node before any part is judged (on a loaded
-    # machine discovery has taken longer than the inspector's start and its first answer)
+    # results are volatile: this test's readers match each node before any part is judged, so a slow discovery
+    # cannot take an answer from them
     with NodeProcess(inspector) as node, NodeProcess(robot) as cell:
         assert spin_until(ros_node, lambda: matched([typed_sub, legacy.sub]), 120.0), node.output()
         assert spin_until(ros_node, lambda: matched(robot_subs), 60.0), cell.output()
