@@ -119,7 +119,6 @@ def test_waiting_goals_get_an_error_when_the_node_shuts_down(cell):
         assert status == ABORTED and result.reason == "the inspector is shutting down"
 
 
-
 def test_a_destroyed_inspector_leaves_the_graph_with_its_inspect_server():
     """rclpy's destroy_node leaves action servers, and with them the node, in the DDS graph until the garbage
     collector finds them: a robot program then sends its goals to a dead ~/inspect server."""

@@ -6,7 +6,6 @@ destroyed on cleanup and created again on configure (:meth:`Inspector.destroy_ou
 <mentor3ad.ros.inspector.Inspector.destroy_outputs>`). Outputs do not track what they create, so
 :func:`created_entities` records every entity the node gained while they were built and
 :func:`destroy_entities` destroys exactly those. :class:`Unconfigured` stands in for the outputs meanwhile.
-:func:`destroy_waitables` takes the action server down with the node (rclpy's ``destroy_node`` does not).
 """
 from __future__ import annotations
 
@@ -45,13 +44,6 @@ def destroy_entities(node: Any, entities: List[Tuple[str, Any]]) -> None:
         else:
             destroy[kind](entity)
     entities.clear()
-
-
-def destroy_waitables(node: Any) -> None:
-    """Destroy the node's action servers and clients (waitables): rclpy's ``destroy_node`` leaves them alive, and
-    with them the node itself stays in the DDS graph (a dead ``~/inspect`` server that takes goals) until the
-    garbage collector finds it. Nodes call this in their ``destroy_node`` before rclpy's."""
-    destroy_entities(node, [("waitables", entity) for entity in list(node.waitables)])
 
 
 class Unconfigured:

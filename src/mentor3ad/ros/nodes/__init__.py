@@ -55,6 +55,15 @@ def deliver_before_exit(node, publishers, timeout_s: float = FLUSH_TIMEOUT_S) ->
     return not late
 
 
+def destroy_waitables(node) -> None:
+    """Destroy the node's action servers and clients (waitables): rclpy's ``destroy_node`` leaves them alive, and
+    with them the node itself stays in the DDS graph (a dead ``~/inspect`` server that takes goals) until the
+    garbage collector finds it. The nodes call this in their ``destroy_node`` before rclpy's."""
+    from ..inspector.lifecycle import destroy_entities
+
+    destroy_entities(node, [("waitables", entity) for entity in list(node.waitables)])
+
+
 class StopRequest:
     """SIGINT / SIGTERM handler: the first one raises KeyboardInterrupt in the main thread (the spin ends)
     and arms faulthandler on SIGTERM (an escalation then dumps every thread's stack); later ones are ignored."""

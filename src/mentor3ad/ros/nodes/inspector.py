@@ -25,9 +25,8 @@ from rclpy.node import Node
 from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
-from ..inspector.lifecycle import destroy_waitables
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import apply_cpu_budget, run_node
+from . import apply_cpu_budget, destroy_waitables, run_node
 
 LIFECYCLE_PARAMETERS = [
     ParamSpec("autostart", False, "Configure (load + self-test the model) and activate (subscribe) at start-up "

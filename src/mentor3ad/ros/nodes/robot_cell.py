@@ -29,7 +29,7 @@ from std_msgs.msg import Bool, String
 from ...types import InspectionResult, Verdict
 from ..inspection_codec import decode
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import deliver_before_exit, run_node
+from . import deliver_before_exit, destroy_waitables, run_node
 
 ANSWER_MARGIN_S = 10.0  # beyond the goal's timeout: the inspector answers every goal, this only guards a lost node
 ACCEPT_WAIT_S = 5.0  # per try: a goal's acceptance normally arrives in milliseconds
@@ -102,7 +102,7 @@ class RobotCellExample(Node):
         return bin_name
 
     def destroy_node(self) -> None:
-        self.client.destroy()  # rclpy's destroy_node leaves action clients (and the node) to the garbage collector
+        destroy_waitables(self)  # the action client: rclpy would leave it, and the node, in the graph
         super().destroy_node()
 
 
