@@ -55,13 +55,17 @@ def deliver_before_exit(node, publishers, timeout_s: float = FLUSH_TIMEOUT_S) ->
     return not late
 
 
-def destroy_waitables(node) -> None:
-    """Destroy the node's action servers and clients (waitables): rclpy's ``destroy_node`` leaves them alive, and
-    with them the node itself stays in the DDS graph (a dead ``~/inspect`` server that takes goals) until the
-    garbage collector finds it. The nodes call this in their ``destroy_node`` before rclpy's."""
-    from ..inspector.lifecycle import destroy_entities
+class DestroysWaitables:
+    """Mixin (before ``Node`` / ``LifecycleNode`` in the bases) for nodes with action servers or clients
+    (waitables): rclpy's ``destroy_node`` leaves those alive, and with them the node itself stays in the DDS graph
+    (a dead ``~/inspect`` server that takes goals) until the garbage collector finds it; this ``destroy_node``
+    destroys them first."""
 
-    destroy_entities(node, [("waitables", entity) for entity in list(node.waitables)])
+    def destroy_node(self) -> None:
+        from ..inspector.lifecycle import destroy_entities
+
+        destroy_entities(self, [("waitables", entity) for entity in list(self.waitables)])
+        super().destroy_node()
 
 
 class StopRequest:

@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from ...io.inputs import INPUT_MODES
 from ..inspector import INSPECTOR_PARAMETERS, Inspector
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import apply_cpu_budget, destroy_waitables, run_node
+from . import DestroysWaitables, apply_cpu_budget, run_node
 
 LIFECYCLE_PARAMETERS = [
     ParamSpec("autostart", False, "Configure (load + self-test the model) and activate (subscribe) at start-up "
@@ -37,7 +37,7 @@ DESCRIPTION = ("Mentor3AD inspector: subscribes image + 3D data (" + ", ".join(I
                "/diagnostics, serves the ~/inspect action (inspection on request). ROS arguments follow --ros-args.")
 
 
-class InspectorNode(Node):
+class InspectorNode(DestroysWaitables, Node):
     """The inspector as a plain node (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -58,12 +58,8 @@ class InspectorNode(Node):
     def stop(self) -> None:
         self.inspector.stop()
 
-    def destroy_node(self) -> None:
-        destroy_waitables(self)  # the ~/inspect server: rclpy would leave it, and the node, in the graph
-        super().destroy_node()
 
-
-class LifecycleInspectorNode(LifecycleNode):
+class LifecycleInspectorNode(DestroysWaitables, LifecycleNode):
     """The inspector as a managed (lifecycle) node (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -111,10 +107,6 @@ class LifecycleInspectorNode(LifecycleNode):
 
     def stop(self) -> None:
         self.inspector.stop()
-
-    def destroy_node(self) -> None:
-        destroy_waitables(self)  # the ~/inspect server: rclpy would leave it, and the node, in the graph
-        super().destroy_node()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

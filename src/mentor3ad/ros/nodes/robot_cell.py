@@ -29,7 +29,7 @@ from std_msgs.msg import Bool, String
 from ...types import InspectionResult, Verdict
 from ..inspection_codec import decode
 from ..params import ParamSpec, declare_parameters, parse_node_help
-from . import deliver_before_exit, destroy_waitables, run_node
+from . import DestroysWaitables, deliver_before_exit, run_node
 
 ANSWER_MARGIN_S = 10.0  # beyond the goal's timeout: the inspector answers every goal, this only guards a lost node
 ACCEPT_WAIT_S = 5.0  # per try: a goal's acceptance normally arrives in milliseconds
@@ -53,7 +53,7 @@ ROBOT_PARAMETERS = [
 ]
 
 
-class RobotCellExample(Node):
+class RobotCellExample(DestroysWaitables, Node):
     """The robot program (see the module docstring): :meth:`inspect` one part, :meth:`sort` it."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -100,10 +100,6 @@ class RobotCellExample(Node):
                                f"{result.threshold:.4g}, image stamped {stamp}) -> {bin_name} bin{why}")
         self.sorted.append((part_id, bin_name, result))
         return bin_name
-
-    def destroy_node(self) -> None:
-        destroy_waitables(self)  # the action client: rclpy would leave it, and the node, in the graph
-        super().destroy_node()
 
 
 def _spin_until(executor: Any, done: Any, timeout_s: float) -> bool:
