@@ -167,3 +167,29 @@ def test_the_extractor_leaves_cells_near_a_dropout_out_of_the_valid_patches():
     ys, xs = torch.nonzero(dropped, as_tuple=True)
     scale = 16 / xyz.shape[0]
     assert ((ys.float() - cy * scale).abs() <= 16 * scale + 2).all() and ((xs.float() - cx * scale).abs() <= 16 * scale + 2).all()
+
+
+def test_fill_dropouts_paints_a_dropout_inside_the_part_with_its_nearest_normal_not_the_shadow_around_it():
+    """fill_dropouts: a dropout within the part's outline takes the surrounding surface's colour (no hole edge for
+    the CNN to read); the sensor's shadow beside the part (outside its convex hull) and the background stay
+    ``background``; without the option nothing changes."""
+    from mentor3ad.backbones.normal_map import inside_convex_hull
+
+    grid = _plane((0.2, 0.1, 1.0), size=64)
+    valid = torch.zeros(64, 64, dtype=torch.bool)
+    valid[8:56, 8:40] = True
+    grid[20:30, 20:30] = 0.0  # a 100-pixel dropout inside the part
+    valid[20:30, 20:30] = False
+    grid[8:56, 40:46] = 0.0  # the sensor's shadow along the part's right edge
+    plain = normal_image(grid, valid, radius_px=2, background=0.5)
+    filled = normal_image(grid, valid, radius_px=2, background=0.5, fill_dropouts=True)
+    assert torch.all(plain[:, 20:30, 20:30] == 0.5)
+    surface = plain[:, 12, 12]
+    assert torch.allclose(filled[:, 20:30, 20:30], surface[:, None, None].expand(3, 10, 10), atol=1e-4)
+    assert torch.equal(filled[:, valid], plain[:, valid])
+    assert torch.all(filled[:, 8:56, 40:46] == 0.5) and torch.all(filled[:, :, 50:] == 0.5)
+    hull = inside_convex_hull(valid.numpy())
+    assert hull[20:30, 20:30].all() and not hull[:, 41:].any() and not hull[:7].any()
+
+    assert "fill_dropouts" not in NormalMapOptions(weights="none").identity()
+    assert NormalMapOptions(weights="none", fill_dropouts=True).identity()["fill_dropouts"] is True

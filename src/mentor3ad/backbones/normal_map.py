@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..config import FEATURE_BOUNDS
 from ..errors import ConfigError, InputError
@@ -41,7 +42,8 @@ class NormalMapOptions:
     image_size: the normal image's side in the CNN (px); feature_strides: the CNN maps used (concatenated);
     normal_radius_px: normal window radius r in point-image pixels; background: colour of pixels without a
     point, in [0, 1]; dropout_margin_px: grid cells within this many point-image pixels of a sensor dropout
-    region (:func:`dropout_regions`) are not scored (0: off; the CNN reads a dropout's edge as it reads a hole)."""
+    region (:func:`dropout_regions`) are not scored (0: off; the CNN reads a dropout's edge as it reads a hole);
+    fill_dropouts: paint a dropout region with the normal of its nearest point instead of ``background``."""
 
     network: str = "tf_efficientnet_lite0"
     weights: str = "auto"
@@ -50,13 +52,15 @@ class NormalMapOptions:
     normal_radius_px: int = 3
     background: float = 0.5
     dropout_margin_px: int = 0
+    fill_dropouts: bool = False
 
     def identity(self) -> dict:
-        """The options as stored in a model's feature identity (``dropout_margin_px`` only when set: model files
-        from before the option keep their identity)."""
+        """The options as stored in a model's feature identity (``dropout_margin_px`` and ``fill_dropouts`` only
+        when set: model files from before the options keep their identity)."""
         out = options_dict(self)
-        if not self.dropout_margin_px:
-            out.pop("dropout_margin_px")
+        for key in ("dropout_margin_px", "fill_dropouts"):
+            if not out[key]:
+                out.pop(key)
         return out
 
     def __post_init__(self):
@@ -76,9 +80,11 @@ class NormalMapOptions:
             raise ConfigError(str(err).replace("rgb_options", "point_options")) from None
 
 
-def normal_image(grid: torch.Tensor, valid: torch.Tensor, radius_px: int, background: float) -> torch.Tensor:
+def normal_image(grid: torch.Tensor, valid: torch.Tensor, radius_px: int, background: float,
+                 fill_dropouts: bool = False) -> torch.Tensor:
     """grid (S, S, 3) metres, valid (S, S) bool -> (3, S, S) float32 in [0, 1]: camera-oriented unit normals
-    as (n + 1) / 2 on valid pixels, ``background`` elsewhere."""
+    as (n + 1) / 2 on valid pixels, ``background`` elsewhere; with ``fill_dropouts`` the pixels of a sensor
+    dropout region (:func:`dropout_regions`) take the colour of their nearest valid pixel."""
     size = grid.shape[0]
     if int(valid.sum()) < MIN_POINTS:
         raise InputError(f"only {int(valid.sum())} valid 3D points after preprocessing (plane removal, cluster "
@@ -86,6 +92,13 @@ def normal_image(grid: torch.Tensor, valid: torch.Tensor, radius_px: int, backgr
     normals, index = window_normals(grid.cpu(), valid.cpu(), radius_px, orient=True)
     image = torch.full((size * size, 3), float(background), dtype=torch.float32)
     image[index] = (normals + 1.0) * 0.5
+    if fill_dropouts:
+        part = valid.detach().cpu().numpy()
+        holes = (dropout_regions(grid, valid).numpy() & inside_convex_hull(part)).ravel()
+        if holes.any():
+            _, (rows, cols) = ndimage.distance_transform_edt(~part, return_indices=True)
+            nearest = torch.from_numpy((rows * size + cols).ravel()[holes])
+            image[torch.from_numpy(np.flatnonzero(holes))] = image[nearest]
     return image.T.reshape(3, size, size)
 
 
@@ -104,6 +117,21 @@ def dropout_regions(grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     touching = np.unique(labels[ndimage.binary_dilation(part) & missing])
     keep = touching[(touching > 0) & (sizes[touching] >= DROPOUT_MIN_PIXELS)]
     return torch.from_numpy(np.isin(labels, keep))
+
+
+def inside_convex_hull(mask: np.ndarray) -> np.ndarray:
+    """(S, S) bool -> (S, S) bool: the pixels inside the convex hull of ``mask``'s pixels (a dropout within the
+    part's outline, not the sensor's shadow around it)."""
+    points = np.argwhere(mask).astype(np.float64)
+    if len(points) < 3:
+        return mask.copy()
+    try:
+        hull = ConvexHull(points)
+    except QhullError:  # all pixels on one line
+        return mask.copy()
+    grid = np.indices(mask.shape).reshape(2, -1).T.astype(np.float64)
+    inside = np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5, axis=1)
+    return inside.reshape(mask.shape) | mask
 
 
 def scored_cells(grid: torch.Tensor, valid: torch.Tensor, resolution: int, margin_px: int) -> torch.Tensor:
@@ -146,7 +174,8 @@ class NormalMapBackbone:
         """(S, S, 3) metres + (S, S) bool per sample -> [(features (out_dim, R, R), valid (R, R))] on the
         device; ``timer`` gets point_neighbourhoods (normal images), point_descriptors (CNN) and projection."""
         started = timer.now()
-        images = torch.stack([normal_image(g, v, self.options.normal_radius_px, self.options.background)
+        images = torch.stack([normal_image(g, v, self.options.normal_radius_px, self.options.background,
+                                           self.options.fill_dropouts)
                               for g, v in zip(grids, valids)]).to(self.device)
         size = self.options.image_size
         if images.shape[-1] != size:
