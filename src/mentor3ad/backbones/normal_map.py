@@ -129,9 +129,16 @@ def inside_convex_hull(mask: np.ndarray) -> np.ndarray:
         hull = ConvexHull(points)
     except QhullError:  # all pixels on one line
         return mask.copy()
-    grid = np.indices(mask.shape).reshape(2, -1).T.astype(np.float64)
-    inside = np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5, axis=1)
-    return inside.reshape(mask.shape) | mask
+    # half-plane tests within the bounding box, elementwise: a numpy matmul here would wake OpenBLAS's
+    # threads, whose spin-waits then halved the speed of the CNN forward that follows (measured 45 -> 82 ms)
+    (top, left), (bottom, right) = points.min(0).astype(int), points.max(0).astype(int) + 1
+    rows, cols = np.mgrid[top:bottom, left:right]
+    box = np.ones(rows.shape, dtype=bool)
+    for a, b, c in hull.equations:
+        box &= a * rows + b * cols + c <= 0.5
+    inside = mask.copy()
+    inside[top:bottom, left:right] |= box
+    return inside
 
 
 def scored_cells(grid: torch.Tensor, valid: torch.Tensor, resolution: int, margin_px: int) -> torch.Tensor:
