@@ -43,7 +43,8 @@ class NormalMapOptions:
     normal_radius_px: normal window radius r in point-image pixels; background: colour of pixels without a
     point, in [0, 1]; dropout_margin_px: grid cells within this many point-image pixels of a sensor dropout
     region (:func:`dropout_regions`) are not scored (0: off; the CNN reads a dropout's edge as it reads a hole);
-    fill_dropouts: paint a dropout region with the normal of its nearest point instead of ``background``."""
+    fill_dropouts: paint a dropout region, where it lies within the convex hull of the part's pixels, with the
+    normal of its nearest point instead of ``background`` (the sensor's shadow around the part stays background)."""
 
     network: str = "tf_efficientnet_lite0"
     weights: str = "auto"
@@ -84,7 +85,8 @@ def normal_image(grid: torch.Tensor, valid: torch.Tensor, radius_px: int, backgr
                  fill_dropouts: bool = False) -> torch.Tensor:
     """grid (S, S, 3) metres, valid (S, S) bool -> (3, S, S) float32 in [0, 1]: camera-oriented unit normals
     as (n + 1) / 2 on valid pixels, ``background`` elsewhere; with ``fill_dropouts`` the pixels of a sensor
-    dropout region (:func:`dropout_regions`) take the colour of their nearest valid pixel."""
+    dropout region (:func:`dropout_regions`) within the part's convex hull take the colour of their nearest valid
+    pixel."""
     size = grid.shape[0]
     if int(valid.sum()) < MIN_POINTS:
         raise InputError(f"only {int(valid.sum())} valid 3D points after preprocessing (plane removal, cluster "
