@@ -72,10 +72,9 @@ class FeatureConfig(_Section):
     rgb_backbone: str = "tf_efficientnet_lite0"
     rgb_weights: str = "auto"
     rgb_options: Dict[str, Any] = field(default_factory=lambda: {"feature_strides": [8, 16]})
-    point_backbone: str = "fpfh"
+    point_backbone: str = "normal_map"
     point_weights: str = "none"
-    point_options: Dict[str, Any] = field(default_factory=lambda: {
-        "normal_radius_mm": 100.0, "normal_max_nn": 15, "feature_radius_mm": 250.0, "feature_max_nn": 50})
+    point_options: Dict[str, Any] = field(default_factory=lambda: {"fill_dropouts": "auto"})
     image_size: int = 448
     point_image_size: int = 224
     feature_resolution: int = 56

@@ -13,7 +13,9 @@ from mentor3ad.timing import StageTimer
 pytest.importorskip("open3d")
 FPFH = dict(rgb_backbone="vit_base_patch8_224.dino", rgb_weights="none", rgb_options=TINY_RGB_OPTIONS,
             point_backbone="fpfh", point_weights="none", image_size=64, point_image_size=0, feature_resolution=8,
-            min_cell_fraction=0.0)
+            min_cell_fraction=0.0,  # FPFH's 15 / 50 nearest points, the packaged default until 2026-12-07
+            point_options={"normal_radius_mm": 100.0, "normal_max_nn": 15, "feature_radius_mm": 250.0,
+                           "feature_max_nn": 50})
 
 
 def test_fpfh_features_on_the_grid_are_deterministic_and_see_geometry():
@@ -70,7 +72,7 @@ def test_too_few_points_is_bad_input():
 
 
 def test_a_model_that_names_some_fpfh_options_keeps_the_neighbourhoods_it_was_trained_with():
-    """The packaged config names the 15 / 50 nearest points; the option defaults stay BTF's 30 / 100, so a model
+    """FPFH's configs name the 15 / 50 nearest points; the option defaults stay BTF's 30 / 100, so a model
     file written with only some options (`--set 'features.point_options={neighbourhood: window}'`, before or
     after the packaged default changed) rebuilds the identity it stored and loads."""
     from mentor3ad.config import load_config
@@ -80,6 +82,11 @@ def test_a_model_that_names_some_fpfh_options_keeps_the_neighbourhoods_it_was_tr
                      "feature_radius_px": 6.0, "feature_step_px": 2}  # such a model's identity, written 2026-12-05
     window = FeatureExtractor(FeatureConfig(**{**FPFH, "point_options": {"neighbourhood": "window"}}))
     assert window.identity()["points"]["options"] == stored_before
-    packaged = load_config().features.point_options
-    assert (packaged["normal_max_nn"], packaged["feature_max_nn"]) == (15, 50)
-    assert (FeatureConfig().point_options["normal_max_nn"], FeatureConfig().point_options["feature_max_nn"]) == (15, 50)
+    from mentor3ad.backbones.fpfh import FPFHOptions
+
+    assert (FPFHOptions().normal_max_nn, FPFHOptions().feature_max_nn) == (30, 100)
+    # the 15 / 50 that FPFH models trained as the packaged default (until 2026-12-07) name in full
+    named = load_config(None, ["features.point_backbone=fpfh", "features.point_options={normal_radius_mm: 100.0, "
+                               "normal_max_nn: 15, feature_radius_mm: 250.0, feature_max_nn: 50}"]).features
+    options = FeatureExtractor(named).identity()["points"]["options"]
+    assert (options["normal_max_nn"], options["feature_max_nn"]) == (15, 50)

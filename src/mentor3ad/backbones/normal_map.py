@@ -34,6 +34,7 @@ from .weights import resolve_auto
 
 MIN_POINTS = 16
 MAX_RADIUS_PX = 16
+FILL_AUTO = "auto"
 
 
 @dataclass
@@ -44,7 +45,8 @@ class NormalMapOptions:
     point, in [0, 1]; dropout_margin_px: grid cells within this many point-image pixels of a sensor dropout
     region (:func:`dropout_regions`) are not scored (0: off; the CNN reads a dropout's edge as it reads a hole);
     fill_dropouts: paint a dropout region, where it lies within the convex hull of the part's pixels, with the
-    normal of its nearest point instead of ``background`` (the sensor's shadow around the part stays background)."""
+    normal of its nearest point instead of ``background`` (the sensor's shadow around the part stays background);
+    ``"auto"``: training decides from its parts (:func:`decide_fill`) and the model stores true or false."""
 
     network: str = "tf_efficientnet_lite0"
     weights: str = "auto"
@@ -53,7 +55,7 @@ class NormalMapOptions:
     normal_radius_px: int = 3
     background: float = 0.5
     dropout_margin_px: int = 0
-    fill_dropouts: bool = False
+    fill_dropouts: Union[bool, str] = False
 
     def identity(self) -> dict:
         """The options as stored in a model's feature identity (``dropout_margin_px`` and ``fill_dropouts`` only
@@ -75,6 +77,8 @@ class NormalMapOptions:
         if not 0 <= self.dropout_margin_px <= MAX_RADIUS_PX * 2:
             raise ConfigError(f"point_options.dropout_margin_px must be in [0, {MAX_RADIUS_PX * 2}], got "
                               f"{self.dropout_margin_px}")
+        if self.fill_dropouts not in (True, False, FILL_AUTO):
+            raise ConfigError(f"point_options.fill_dropouts must be true, false or {FILL_AUTO!r}, got {self.fill_dropouts!r}")
         try:  # the same stride checks as the RGB network's
             TimmOptions(feature_strides=self.feature_strides)
         except ConfigError as err:
@@ -143,6 +147,39 @@ def inside_convex_hull(mask: np.ndarray) -> np.ndarray:
     return inside
 
 
+FACE_PRESENCE = 0.8  # a pixel lies on the part's faces where >= 80 % of the training parts have a point there
+FACE_SHARE_TO_FILL = 0.25  # auto fills when >= 25 % of the training parts' dropout pixels lie on faces
+MIN_PARTS_TO_DECIDE = 5  # below, no pixel can reach FACE_PRESENCE on another part's dropout: grey
+
+
+def face_dropout_share(grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> float:
+    """The training parts' cleaned clouds, grid (S, S, 3) metres + valid (S, S) bool each (N >= 1) -> the share
+    of their dropout pixels (:func:`dropout_regions`) that lie where >= FACE_PRESENCE of the parts show the part:
+    the sensor losing a face (specular saturation), not the part's own openings and steep walls, which are
+    empty on every part (0 without dropouts)."""
+    presence = torch.stack([v.detach().cpu() for v in valids]).float().mean(0).numpy()
+    on_face = total = 0
+    for grid, valid in zip(grids, valids):
+        drops = dropout_regions(grid, valid).numpy()
+        total += int(drops.sum())
+        on_face += int((drops & (presence >= FACE_PRESENCE)).sum())
+    return on_face / total if total else 0.0
+
+
+def decide_fill(grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> Tuple[bool, str]:
+    """``fill_dropouts: auto`` -> (fill, why): fill when the sensor drops points on the part's faces (measured,
+    README "Dropouts filled, decided per cell": the synthetic cell 0.58-0.69 of its dropout pixels, the cable
+    gland 0.07-0.08, whose dropouts are its opening and silhouette and lose accuracy when filled)."""
+    if len(valids) < MIN_PARTS_TO_DECIDE:
+        return False, (f"{len(valids)} training parts (< {MIN_PARTS_TO_DECIDE}) cannot tell a dropped face from the "
+                       "part's own openings: dropouts stay background")
+    share = face_dropout_share(grids, valids)
+    verb = "filled" if share >= FACE_SHARE_TO_FILL else "left background"
+    return share >= FACE_SHARE_TO_FILL, (
+        f"{share:.0%} of the {len(valids)} training parts' sensor dropout pixels lie where >= {FACE_PRESENCE:.0%} of "
+        f"the parts have a point (threshold {FACE_SHARE_TO_FILL:.0%}): dropouts {verb}")
+
+
 def scored_cells(grid: torch.Tensor, valid: torch.Tensor, resolution: int, margin_px: int) -> torch.Tensor:
     """(R, R) bool: False for the grid cells within ``margin_px`` pixels of a dropout region (all True at 0)."""
     if not margin_px:
@@ -155,6 +192,9 @@ class NormalMapBackbone:
     """Normal images through a frozen ImageNet CNN (module docstring); ``encode`` as every 3D backbone."""
 
     def __init__(self, options: NormalMapOptions, precision: str, device) -> None:
+        if options.fill_dropouts == FILL_AUTO:
+            raise ConfigError("point_options.fill_dropouts: auto is decided by training from its parts (the model "
+                              "stores true or false); extracting features outside training needs true or false")
         self.options = options
         self.device = torch.device(device)
         # on torch's meta device (the model file's size check) the architecture alone: no weight file is read

@@ -80,6 +80,42 @@ def stack_features(features: Sequence[Features]) -> FeatureSet:
                       torch.stack([f.valid.bool().cpu() for f in features]))
 
 
+def without_plane(config: FeatureConfig, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """grid (P, P, 3) metres, valid (P, P) bool -> valid less the background plane (``plane_*`` keys)."""
+    return remove_plane(grid, valid, config.plane_removal, config.plane_distance_m, config.plane_border_px,
+                        config.plane_iterations, config.init_seed)
+
+
+def cluster_options(config: FeatureConfig) -> Tuple[float, int, float]:
+    return config.cluster_eps_m, config.cluster_radius_px, config.cluster_min_fraction
+
+
+def cleaned_part(config: FeatureConfig, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """grid (P, P, 3) metres, valid (P, P) bool -> the part's points: plane removed, cluster filter applied."""
+    valid = without_plane(config, grid, valid)
+    return largest_cluster(grid, valid, *cluster_options(config)) if config.cluster_filter else valid
+
+
+def settle_auto_options(config: FeatureConfig, samples: Sequence, device="cpu") -> Tuple[FeatureConfig, str]:
+    """Backbone options left to training (``normal_map``'s ``fill_dropouts: auto``) -> decided from the training
+    parts' cleaned clouds (``samples``: the parts as given); returns (the config with the decision, a log line;
+    the config unchanged and "" when nothing is left to decide)."""
+    from ..backbones.normal_map import FILL_AUTO, decide_fill
+
+    options = config.point_options
+    if config.point_backbone != "normal_map" or options.get("fill_dropouts") != FILL_AUTO:
+        return config, ""
+    grids, valids = [], []
+    for sample in samples:
+        grid, valid = preprocessing.resize_xyz(preprocessing.upload(sample.rgb, sample.xyz, torch.device(device))[1],
+                                               config.cloud_size)
+        grids.append(grid.cpu())
+        valids.append(cleaned_part(config, grid, valid).cpu())
+    fill, why = decide_fill(grids, valids)
+    settled = dataclasses.replace(config, point_options={**options, "fill_dropouts": fill})
+    return settled, f"point_options.fill_dropouts auto -> {str(fill).lower()}: {why}"
+
+
 class FeatureExtractor:
     """Frozen RGB + 3D backbones with preprocessing (see module doc)."""
 
@@ -132,19 +168,9 @@ class FeatureExtractor:
         image = preprocessing.resize_rgb(rgb_t, cfg.image_size)
         grid, valid = preprocessing.resize_xyz(xyz_t, cfg.cloud_size)
         start = timer.tick("preprocess", start)
-        valid = self._without_plane(grid, valid)
-        if cfg.cluster_filter:
-            valid = largest_cluster(grid, valid, *self._cluster_options())
+        valid = cleaned_part(cfg, grid, valid)
         timer.tick("plane_removal", start)
         return image, grid, valid
-
-    def _without_plane(self, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        return remove_plane(grid, valid, cfg.plane_removal, cfg.plane_distance_m, cfg.plane_border_px,
-                            cfg.plane_iterations, cfg.init_seed)
-
-    def _cluster_options(self) -> Tuple[float, int, float]:
-        return self.config.cluster_eps_m, self.config.cluster_radius_px, self.config.cluster_min_fraction
 
     def dropped_cluster_share(self, rgb, xyz) -> float:
         """One observation (as :meth:`extract`) -> the largest point cluster the cluster filter drops from its
@@ -152,7 +178,7 @@ class FeatureExtractor:
         if not self.config.cluster_filter:
             return 0.0
         grid, valid = preprocessing.resize_xyz(preprocessing.upload(rgb, xyz, self.device)[1], self.config.cloud_size)
-        return largest_dropped_share(grid, self._without_plane(grid, valid), *self._cluster_options())
+        return largest_dropped_share(grid, without_plane(self.config, grid, valid), *cluster_options(self.config))
 
     def _rgb_features(self, images: torch.Tensor, timer: StageTimer) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] -> (B, C_rgb, R, R)."""

@@ -284,7 +284,8 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
 
     val_samples: held-out normal samples for threshold calibration (and the VM when train.vm_data is
     "validation"); without them the threshold is calibrated on the training scores (optimistic, logged).
-    extractor: an existing FeatureExtractor built from config.features (else one is created).
+    extractor: an existing FeatureExtractor built from config.features (else one is created, with the options
+    left to training, e.g. ``fill_dropouts: auto``, decided from ``train_samples``: the model stores the decision).
     """
     from ..features.cache import extract_features
     from ..features.extractor import cluster_filter_note
@@ -299,11 +300,15 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
         if sample.label not in (None, 0):
             raise InputError(f"train_detector: sample {sample.name!r} is labelled anomalous; train and calibrate "
                              "on good parts only")
-    if extractor is None:
-        from ..features.extractor import FeatureExtractor
-
-        extractor = FeatureExtractor(config.features, device)
     parts = list(train_samples)
+    if extractor is None:
+        from ..features.extractor import FeatureExtractor, settle_auto_options
+
+        features, note = settle_auto_options(config.features, parts, device)
+        if note:
+            log(note)
+            config = config.replace(features={"point_options": features.point_options})
+        extractor = FeatureExtractor(config.features, device)
     augmentation = augmentation_for(config.train.view_augmentation, len(parts), config.train.augment_below)
     train_views = training_views(parts, augmentation)
     if augmentation != "none":

@@ -94,7 +94,7 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     """Feature extraction once for the largest set, then one cached training per --cost-parts count, each
     with the scoring time of the heads and of a PatchCore bank of that training set's size."""
     from ...features.cache import extract_features
-    from ...features.extractor import FeatureExtractor, stack_features
+    from ...features.extractor import FeatureExtractor, settle_auto_options, stack_features
     from ...io.datasets.synthetic import cell_sample
     from ...model.training import train_detector
 
@@ -102,6 +102,10 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     size = parse_size(args.cost_part_size)
     parts = [cell_sample("train", "good", i, size) for i in range(max(counts))]
     val = [cell_sample("validation", "good", i, size) for i in range(max(1, args.val_samples))]
+    features, note = settle_auto_options(config.features, parts, str(device))  # once, for every count
+    if note:
+        log(note)
+        config = config.replace(features={"point_options": features.point_options})
     extractor = FeatureExtractor(config.features, str(device))
     cache = work_dir / "cost_features"
     started = time.perf_counter()

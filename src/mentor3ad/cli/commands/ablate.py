@@ -240,7 +240,7 @@ def _naive_row(splits: Dict[str, Split]) -> Dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ...eval.report import json_safe
     from ...eval.tables import format_metric_table, format_threshold_table
-    from ...features.extractor import FeatureExtractor
+    from ...features.extractor import FeatureExtractor, settle_auto_options
     from ...jobs import load_samples
 
     given = _given_model(args) if args.model is not None else None
@@ -249,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
     if given is not None and given.training_info.get("num_train_samples") not in (None, len(train_samples)):
         LOG.warning("the given model was trained on %s samples, the other rows train on %d (see --shots)",
                     given.training_info.get("num_train_samples"), len(train_samples))
+    if given is None:  # options left to training are decided once, from the training parts, for every row
+        features, note = settle_auto_options(base.features, train_samples, args.device)
+        if note:
+            LOG.info(note)
+            base = base.replace(features={"point_options": features.point_options})
     extractor = given.extractor if given is not None else FeatureExtractor(base.features, args.device)
     with contextlib.ExitStack() as stack:
         cache_dir = args.cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mentor3ad-ablate-")))
