@@ -197,18 +197,21 @@ def test_fill_dropouts_paints_a_dropout_inside_the_part_with_its_nearest_normal_
 
 
 def _plate_parts(count, dropout_at):
-    """``count`` cleaned clouds of a 40x40-pixel plate (grid (48, 48, 3) metres, valid (48, 48) bool) with a
+    """``count`` parts' dropout regions and cleaned parts ((48, 48) bool each) of a 40x40-pixel plate with a
     9x9-pixel sensor dropout at ``dropout_at(i)`` (row, col) on part i."""
-    grids, valids = [], []
+    from mentor3ad.backbones.normal_map import dropout_regions
+
+    dropouts, valids = [], []
     for i in range(count):
         grid, valid = _plane((0.1, 0.0, 1.0), size=48), torch.zeros(48, 48, dtype=torch.bool)
         valid[4:44, 4:44] = True
         r, c = dropout_at(i)
         grid[r:r + 9, c:c + 9] = 0.0
         valid[r:r + 9, c:c + 9] = False
-        grids.append(grid)
+        dropouts.append(dropout_regions(grid, valid))
         valids.append(valid)
-    return grids, valids
+    assert all(int(d.sum()) == 81 for d in dropouts)
+    return dropouts, valids
 
 
 def test_fill_dropouts_auto_fills_where_the_sensor_drops_faces_not_the_parts_own_openings():
@@ -251,6 +254,7 @@ def test_training_decides_fill_dropouts_auto_and_the_model_keeps_the_decision(tm
     decided = [line for line in lines if line.startswith("point_options.fill_dropouts auto -> ")]
     assert len(decided) == 1 and "6 training parts'" in decided[0]
     assert detector.config.features.point_options["fill_dropouts"] in (True, False)
+    assert detector.training_info["settled_options"] == decided[0]
     detector.save(tmp_path / "m.m3ad")
     loaded = Detector.load(tmp_path / "m.m3ad")
     assert loaded.config.features.point_options["fill_dropouts"] == detector.config.features.point_options["fill_dropouts"]

@@ -152,28 +152,26 @@ FACE_SHARE_TO_FILL = 0.25  # auto fills when >= 25 % of the training parts' drop
 MIN_PARTS_TO_DECIDE = 5  # below, no pixel can reach FACE_PRESENCE on another part's dropout: grey
 
 
-def face_dropout_share(grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> float:
-    """The training parts' cleaned clouds, grid (S, S, 3) metres + valid (S, S) bool each (N >= 1) -> the share
-    of their dropout pixels (:func:`dropout_regions`) that lie where >= FACE_PRESENCE of the parts show the part:
-    the sensor losing a face (specular saturation), not the part's own openings and steep walls, which are
-    empty on every part (0 without dropouts)."""
-    presence = torch.stack([v.detach().cpu() for v in valids]).float().mean(0).numpy()
-    on_face = total = 0
-    for grid, valid in zip(grids, valids):
-        drops = dropout_regions(grid, valid).numpy()
-        total += int(drops.sum())
-        on_face += int((drops & (presence >= FACE_PRESENCE)).sum())
-    return on_face / total if total else 0.0
+def face_dropout_share(dropouts: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> float:
+    """The training parts' dropout regions (:func:`dropout_regions`) and cleaned parts, (S, S) bool each (N >= 1)
+    -> the share of the dropout pixels that lie where >= FACE_PRESENCE of the parts show the part: the sensor
+    losing a face (specular saturation), not the part's own openings and steep walls, which are empty on every
+    part (0 without dropouts)."""
+    presence = torch.stack([v.detach().cpu() for v in valids]).float().mean(0) >= FACE_PRESENCE
+    drops = torch.stack([d.detach().cpu() for d in dropouts])
+    total = int(drops.sum())
+    return int((drops & presence).sum()) / total if total else 0.0
 
 
-def decide_fill(grids: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> Tuple[bool, str]:
-    """``fill_dropouts: auto`` -> (fill, why): fill when the sensor drops points on the part's faces (measured,
-    README "Dropouts filled, decided per cell": the synthetic cell 0.58-0.69 of its dropout pixels, the cable
-    gland 0.07-0.08, whose dropouts are its opening and silhouette and lose accuracy when filled)."""
+def decide_fill(dropouts: Sequence[torch.Tensor], valids: Sequence[torch.Tensor]) -> Tuple[bool, str]:
+    """``fill_dropouts: auto`` from the training parts' dropout regions and cleaned parts ((S, S) bool each) ->
+    (fill, why): fill when the sensor drops points on the parts' faces (measured, README "Dropouts filled,
+    decided per cell": the synthetic cell 0.58-0.69 of its dropout pixels, the cable gland 0.07-0.08, whose
+    dropouts are its opening and silhouette and lose accuracy when filled)."""
     if len(valids) < MIN_PARTS_TO_DECIDE:
         return False, (f"{len(valids)} training parts (< {MIN_PARTS_TO_DECIDE}) cannot tell a dropped face from the "
                        "part's own openings: dropouts stay background")
-    share = face_dropout_share(grids, valids)
+    share = face_dropout_share(dropouts, valids)
     verb = "filled" if share >= FACE_SHARE_TO_FILL else "left background"
     return share >= FACE_SHARE_TO_FILL, (
         f"{share:.0%} of the {len(valids)} training parts' sensor dropout pixels lie where >= {FACE_PRESENCE:.0%} of "

@@ -100,18 +100,19 @@ def settle_auto_options(config: FeatureConfig, samples: Sequence, device="cpu") 
     """Backbone options left to training (``normal_map``'s ``fill_dropouts: auto``) -> decided from the training
     parts' cleaned clouds (``samples``: the parts as given); returns (the config with the decision, a log line;
     the config unchanged and "" when nothing is left to decide)."""
-    from ..backbones.normal_map import FILL_AUTO, decide_fill
+    from ..backbones.normal_map import FILL_AUTO, decide_fill, dropout_regions
 
     options = config.point_options
     if config.point_backbone != "normal_map" or options.get("fill_dropouts") != FILL_AUTO:
         return config, ""
-    grids, valids = [], []
+    dropouts, valids = [], []  # two (S, S) bool masks per part, not its cloud
     for sample in samples:
         grid, valid = preprocessing.resize_xyz(preprocessing.upload(sample.rgb, sample.xyz, torch.device(device))[1],
                                                config.cloud_size)
-        grids.append(grid.cpu())
-        valids.append(cleaned_part(config, grid, valid).cpu())
-    fill, why = decide_fill(grids, valids)
+        valid = cleaned_part(config, grid, valid)
+        dropouts.append(dropout_regions(grid, valid))
+        valids.append(valid.cpu())
+    fill, why = decide_fill(dropouts, valids)
     settled = dataclasses.replace(config, point_options={**options, "fill_dropouts": fill})
     return settled, f"point_options.fill_dropouts auto -> {str(fill).lower()}: {why}"
 

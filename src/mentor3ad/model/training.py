@@ -301,12 +301,13 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
             raise InputError(f"train_detector: sample {sample.name!r} is labelled anomalous; train and calibrate "
                              "on good parts only")
     parts = list(train_samples)
+    settled = ""  # the log line of options training decided (fill_dropouts auto), when it built the extractor
     if extractor is None:
         from ..features.extractor import FeatureExtractor, settle_auto_options
 
-        features, note = settle_auto_options(config.features, parts, device)
-        if note:
-            log(note)
+        features, settled = settle_auto_options(config.features, parts, device)
+        if settled:
+            log(settled)
             config = config.replace(features={"point_options": features.point_options})
         extractor = FeatureExtractor(config.features, device)
     augmentation = augmentation_for(config.train.view_augmentation, len(parts), config.train.augment_below)
@@ -327,6 +328,8 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
                                                      desc="validation features"))
     heads, info = train_heads(train, config, validation, device, progress, log)
     info["weights_sources"] = dict(getattr(extractor, "weights_sources", {}))
+    if settled:
+        info["settled_options"] = settled  # why the model holds the option it does
     info["num_train_samples"] = len(parts)  # parts, as given; their views in view_augmentation
     info["view_augmentation"] = {"mode": augmentation, "parts": len(parts), "views": len(train_views)}
     # the inputs' checks know the parts as the camera gives them (a quarter turn of a 4:3 image is 3:4)
