@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import backbones
-from ..config import FeatureConfig
+from ..config import FeatureConfig, Mentor3ADConfig
 from ..errors import ConfigError, InputError
 from ..geometry.cluster import largest_cluster, largest_dropped_share
 from ..geometry.plane import remove_plane
@@ -96,24 +96,25 @@ def cleaned_part(config: FeatureConfig, grid: torch.Tensor, valid: torch.Tensor)
     return largest_cluster(grid, valid, *cluster_options(config)) if config.cluster_filter else valid
 
 
-def settle_auto_options(config: FeatureConfig, samples: Sequence, device="cpu") -> Tuple[FeatureConfig, str]:
-    """Backbone options left to training (``normal_map``'s ``fill_dropouts: auto``) -> decided from the training
-    parts' cleaned clouds (``samples``: the parts as given); returns (the config with the decision, a log line;
-    the config unchanged and "" when nothing is left to decide)."""
+def settle_auto_options(config: Mentor3ADConfig, samples: Sequence, device="cpu") -> Tuple[Mentor3ADConfig, str]:
+    """A config whose backbone options leave something to training
+    (``normal_map``'s ``fill_dropouts: auto``) -> decided from the training parts' cleaned clouds (``samples``: the
+    parts as given); returns (the config with the decision, a log line), or (config, "") when nothing is left."""
     from ..backbones.normal_map import FILL_AUTO, decide_fill, dropout_regions
 
-    options = config.point_options
-    if config.point_backbone != "normal_map" or options.get("fill_dropouts") != FILL_AUTO:
+    features = config.features
+    options = features.point_options
+    if features.point_backbone != "normal_map" or options.get("fill_dropouts") != FILL_AUTO:
         return config, ""
     dropouts, valids = [], []  # two (S, S) bool masks per part, not its cloud
     for sample in samples:
         grid, valid = preprocessing.resize_xyz(preprocessing.upload(sample.rgb, sample.xyz, torch.device(device))[1],
-                                               config.cloud_size)
-        valid = cleaned_part(config, grid, valid)
+                                               features.cloud_size)
+        valid = cleaned_part(features, grid, valid)
         dropouts.append(dropout_regions(grid, valid))
         valids.append(valid.cpu())
     fill, why = decide_fill(dropouts, valids)
-    settled = dataclasses.replace(config, point_options={**options, "fill_dropouts": fill})
+    settled = config.replace(features={"point_options": {**options, "fill_dropouts": fill}})
     return settled, f"point_options.fill_dropouts auto -> {str(fill).lower()}: {why}"
 
 

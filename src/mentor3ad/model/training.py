@@ -300,15 +300,13 @@ def train_detector(train_samples: Sequence, config: Optional[Mentor3ADConfig] = 
         if sample.label not in (None, 0):
             raise InputError(f"train_detector: sample {sample.name!r} is labelled anomalous; train and calibrate "
                              "on good parts only")
-    parts = list(train_samples)
-    settled = ""  # the log line of options training decided (fill_dropouts auto), when it built the extractor
+    parts, settled = list(train_samples), ""  # settled: why training decided an option (fill_dropouts: auto)
     if extractor is None:
         from ..features.extractor import FeatureExtractor, settle_auto_options
 
-        features, settled = settle_auto_options(config.features, parts, device)
+        config, settled = settle_auto_options(config, parts, device)
         if settled:
             log(settled)
-            config = config.replace(features={"point_options": features.point_options})
         extractor = FeatureExtractor(config.features, device)
     augmentation = augmentation_for(config.train.view_augmentation, len(parts), config.train.augment_below)
     train_views = training_views(parts, augmentation)

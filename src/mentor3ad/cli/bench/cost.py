@@ -102,10 +102,9 @@ def training_rows(config, args: argparse.Namespace, device, work_dir: Path,
     size = parse_size(args.cost_part_size)
     parts = [cell_sample("train", "good", i, size) for i in range(max(counts))]
     val = [cell_sample("validation", "good", i, size) for i in range(max(1, args.val_samples))]
-    features, note = settle_auto_options(config.features, parts, str(device))  # once, for every count
+    config, note = settle_auto_options(config, parts, str(device))  # once, for every count
     if note:
         log(note)
-        config = config.replace(features={"point_options": features.point_options})
     extractor = FeatureExtractor(config.features, str(device))
     cache = work_dir / "cost_features"
     started = time.perf_counter()

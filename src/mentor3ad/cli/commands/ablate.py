@@ -250,10 +250,9 @@ def run(args: argparse.Namespace) -> int:
         LOG.warning("the given model was trained on %s samples, the other rows train on %d (see --shots)",
                     given.training_info.get("num_train_samples"), len(train_samples))
     if given is None:  # options left to training are decided once, from the training parts, for every row
-        features, note = settle_auto_options(base.features, train_samples, args.device)
+        base, note = settle_auto_options(base, train_samples, args.device)
         if note:
             LOG.info(note)
-            base = base.replace(features={"point_options": features.point_options})
     extractor = given.extractor if given is not None else FeatureExtractor(base.features, args.device)
     with contextlib.ExitStack() as stack:
         cache_dir = args.cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mentor3ad-ablate-")))
