@@ -80,6 +80,12 @@ def stack_features(features: Sequence[Features]) -> FeatureSet:
                       torch.stack([f.valid.bool().cpu() for f in features]))
 
 
+def cloud_grid(config: FeatureConfig, rgb, xyz, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One observation (checked as :meth:`FeatureExtractor.extract` checks it) -> its cloud at the point image size:
+    grid (P, P, 3) metres (invalid 0), valid (P, P) bool, on ``device``."""
+    return preprocessing.resize_xyz(preprocessing.upload(rgb, xyz, torch.device(device))[1], config.cloud_size)
+
+
 def without_plane(config: FeatureConfig, grid: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """grid (P, P, 3) metres, valid (P, P) bool -> valid less the background plane (``plane_*`` keys)."""
     return remove_plane(grid, valid, config.plane_removal, config.plane_distance_m, config.plane_border_px,
@@ -87,6 +93,7 @@ def without_plane(config: FeatureConfig, grid: torch.Tensor, valid: torch.Tensor
 
 
 def cluster_options(config: FeatureConfig) -> Tuple[float, int, float]:
+    """(cluster_eps_m, cluster_radius_px, cluster_min_fraction): the cluster filter's arguments."""
     return config.cluster_eps_m, config.cluster_radius_px, config.cluster_min_fraction
 
 
@@ -108,8 +115,7 @@ def settle_auto_options(config: Mentor3ADConfig, samples: Sequence, device="cpu"
         return config, ""
     dropouts, valids = [], []  # two (S, S) bool masks per part, not its cloud
     for sample in samples:
-        grid, valid = preprocessing.resize_xyz(preprocessing.upload(sample.rgb, sample.xyz, torch.device(device))[1],
-                                               features.cloud_size)
+        grid, valid = cloud_grid(features, sample.rgb, sample.xyz, device)
         valid = cleaned_part(features, grid, valid)
         dropouts.append(dropout_regions(grid, valid))
         valids.append(valid.cpu())
@@ -179,7 +185,7 @@ class FeatureExtractor:
         cloud, as a share of the largest cluster's points (0 when none is dropped or the filter is off)."""
         if not self.config.cluster_filter:
             return 0.0
-        grid, valid = preprocessing.resize_xyz(preprocessing.upload(rgb, xyz, self.device)[1], self.config.cloud_size)
+        grid, valid = cloud_grid(self.config, rgb, xyz, self.device)
         return largest_dropped_share(grid, without_plane(self.config, grid, valid), *cluster_options(self.config))
 
     def _rgb_features(self, images: torch.Tensor, timer: StageTimer) -> torch.Tensor:
