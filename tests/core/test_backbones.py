@@ -190,24 +190,78 @@ def efficientnet_pytorch_layout(model):
     return out
 
 
-def test_efficientnet_pytorch_layout_converts_and_multi_stride(tmp_path):
-    torch.manual_seed(6)
-    source = timm_backbone("tf_efficientnet_lite0", "none", feature_strides=[8, 16])
-    for module in source.modules():
+def lite0_with_random_norms(seed):
+    """timm's tf_efficientnet_lite0 (no classifier, eval) whose batch norms have random statistics and affine
+    parameters: folding them into the convolutions is visible in the output if it is wrong."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_()
+            module.running_mean.normal_(0.0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.5)
+    return model
+
+
+def unfolded_features(model, backbone, images):
+    """The backbone's features computed by the unfolded timm ``model``: its stride maps, the later ones
+    brought to the first one's grid (bilinear), concatenated."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        maps = model.forward_intermediates(backbone.normalize(images), indices=backbone.feature_index,
+                                           intermediates_only=True, stop_early=True)
+    size = maps[0].shape[-2:]
+    return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size
+                      else m for m in maps], dim=1)
+
+
+def test_efficientnet_pytorch_layout_converts_and_multi_stride(tmp_path):
+    source = lite0_with_random_norms(6)
     path = tmp_path / "effnet.pth"
-    torch.save(efficientnet_pytorch_layout(source.model), path)
+    torch.save(efficientnet_pytorch_layout(source), path)
     loaded = timm_backbone("tf_efficientnet_lite0", str(path), feature_strides=[8, 16])
     images = torch.rand(1, 3, 224, 224)
-    out = loaded(images)
+    out = loaded.encode(images)
     assert out.shape == (1, 40 + 112, 28, 28) and loaded.out_dim == 152
-    assert torch.allclose(out, source(images), atol=1e-5)
-    broken = efficientnet_pytorch_layout(source.model)
+    # the backbone runs with its 49 batch norms folded into the convolutions: the same features
+    assert loaded.folded_norms == 49
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())
+    assert torch.allclose(out, unfolded_features(source, loaded, images), rtol=1e-4, atol=1e-4)
+    broken = efficientnet_pytorch_layout(source)
     broken.pop(next(k for k in broken if k.startswith("_blocks.3.")))
     torch.save(broken, path)
     with pytest.raises(ValueError, match="not the same architecture"):
         timm_backbone("tf_efficientnet_lite0", str(path))
+
+
+def test_a_fold_that_changes_the_output_is_not_kept(caplog):
+    """A norm registered right after a convolution that it does not follow in the forward pass: folding it
+    would change the network's output; the checked fold keeps the network unfolded and says why."""
+    from torch import nn
+
+    from mentor3ad.backbones.folding import fold_batch_norms, fold_batch_norms_checked
+
+    class NormBeforeConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.conv(self.norm(x))
+
+    torch.manual_seed(8)
+    model = NormBeforeConv().eval()
+    model.norm.running_mean.normal_(0.0, 1.0)
+    model.norm.running_var.uniform_(0.5, 2.0)
+    kept, count = fold_batch_norms_checked(model, lambda m, x: m(x), "norm-before-conv")
+    assert kept is model and count == 0 and isinstance(model.norm, nn.BatchNorm2d)
+    assert "changed its output" in caplog.text and "kept unfolded" in caplog.text
+    assert fold_batch_norms(NormBeforeConv().eval()) == 1  # the unchecked fold would have done it
 
 
 def test_real_efficientnet_lite0_package_weights_if_installed():
@@ -223,10 +277,15 @@ def test_real_efficientnet_lite0_package_weights_if_installed():
     # whole classifier: reuse the converted backbone weights + the file's _fc head
     import timm
 
+    from mentor3ad.backbones.timm_rgb import convert_efficientnet_pytorch_layout
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     classifier = timm.create_model("tf_efficientnet_lite0").eval()
-    weights = {**backbone.model.state_dict(), "classifier.weight": state["_fc.weight"], "classifier.bias": state["_fc.bias"]}
-    classifier.load_state_dict(weights)
+    converted = convert_efficientnet_pytorch_layout(state, timm.create_model("tf_efficientnet_lite0", num_classes=0))
+    classifier.load_state_dict({**converted, "classifier.weight": state["_fc.weight"], "classifier.bias": state["_fc.bias"]})
+    # the backbone (its norms folded) gives the classifier's own stride-8 features
+    images = torch.rand(1, 3, 224, 224)
+    assert torch.allclose(backbone.encode(images), unfolded_features(classifier, backbone, images), rtol=1e-4, atol=1e-4)
     with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
         image = torch.from_numpy(np.asarray(photo.convert("RGB").resize((224, 224), Image.BICUBIC)).copy())
     x = backbone.normalize(image.permute(2, 0, 1)[None].float() / 255)
