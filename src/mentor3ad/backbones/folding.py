@@ -55,6 +55,8 @@ def fold_batch_norms_checked(model: nn.Module, forward: Callable[[nn.Module, tor
     """(model with its norms folded, count) when the folded copy's ``forward`` (model, (1, 3, P, P) probe) ->
     tensor or tensors matches the original's within ``FOLD_TOLERANCE``; else (model unchanged, 0) with a
     WARNING naming the difference (the network then runs at its unfolded speed, with the same features)."""
+    if any(p.is_meta for p in model.parameters()):
+        return model, 0  # built on torch's meta device to count its parameters: nothing runs
     folded = copy.deepcopy(model).eval()
     count = fold_batch_norms(folded)
     if count == 0:
