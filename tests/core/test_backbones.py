@@ -261,6 +261,9 @@ def test_a_fold_that_changes_the_output_is_not_kept(caplog):
     kept, count = fold_batch_norms_checked(model, lambda m, x: m(x), "norm-before-conv")
     assert kept is model and count == 0 and isinstance(model.norm, nn.BatchNorm2d)
     assert "changed its output" in caplog.text and "kept unfolded" in caplog.text
+    # a network that cannot take the probe is kept as it was built, with the reason
+    kept, count = fold_batch_norms_checked(model, lambda m, x: m(x[:, :2]), "two-channel probe")
+    assert kept is model and count == 0 and "the probe check failed" in caplog.text
     assert fold_batch_norms(NormBeforeConv().eval()) == 1  # the unchecked fold would have done it
 
 

@@ -1,9 +1,9 @@
 """Batch norms folded into the convolutions before them: the frozen CNN backbones' inference path.
 
 A frozen network in eval mode applies each BatchNorm2d as a fixed per-channel scale and shift; folded into the
-preceding convolution's weight and bias it costs nothing. On 2 CPU cores this halves a Lite0 forward at 448
-(channels-last: 45 -> 21 ms; timm's BatchNormAct2d runs a separate pass over the activations), with features
-equal to 1e-6 of their range. :func:`fold_batch_norms_checked` folds a copy and keeps it only when it answers a
+preceding convolution's weight and bias it costs nothing. On 2 CPU cores a Lite0 forward at 448 alone takes
+21-30 instead of 45-54 ms, in the inspector's pipeline about a third less (timm's BatchNormAct2d runs a separate
+pass over the activations), with features equal to 1e-6 of their range. :func:`fold_batch_norms_checked` folds a copy and keeps it only when it answers a
 probe input like the original (a norm registered beside a convolution it does not follow is caught there).
 """
 from __future__ import annotations
@@ -63,7 +63,12 @@ def fold_batch_norms_checked(model: nn.Module, forward: Callable[[nn.Module, tor
         return model, 0
     probe = torch.rand(1, 3, PROBE_SIZE, PROBE_SIZE, generator=torch.Generator().manual_seed(0))
     probe = probe.to(next(model.parameters()).device)
-    expected, got = forward(model, probe), forward(folded, probe)
+    try:
+        expected, got = forward(model, probe), forward(folded, probe)
+    except Exception as err:  # noqa: BLE001 - a network that cannot take the probe runs as it was built
+        LOG.warning("%s: its batch norms were not folded (the probe check failed: %s: %s)", name,
+                    type(err).__name__, err)
+        return model, 0
     expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     got = list(got) if isinstance(got, (list, tuple)) else [got]
     worst = 0.0
