@@ -191,6 +191,10 @@ def test_fill_dropouts_paints_a_dropout_inside_the_part_with_its_nearest_normal_
     assert torch.all(filled[:, 8:56, 40:46] == 0.5) and torch.all(filled[:, :, 50:] == 0.5)
     hull = inside_convex_hull(valid.numpy())
     assert hull[20:30, 20:30].all() and not hull[:, 41:].any() and not hull[:7].any()
+    # tested on candidate pixels only (the dropouts): the same answer there, the part as it is elsewhere
+    candidates = ~valid.numpy()
+    candidates[:, 30:] = False
+    assert np.array_equal(inside_convex_hull(valid.numpy(), candidates), valid.numpy() | (hull & candidates))
 
     assert "fill_dropouts" not in NormalMapOptions(weights="none").identity()
     assert NormalMapOptions(weights="none", fill_dropouts=True).identity()["fill_dropouts"] is True
