@@ -14,7 +14,7 @@ Cost: one CNN forward per part instead of open3d's k-NN FPFH (both cores, 95-310
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
