@@ -3,8 +3,9 @@
 A frozen network in eval mode applies each BatchNorm2d as a fixed per-channel scale and shift; folded into the
 preceding convolution's weight and bias it costs nothing. On 2 CPU cores a Lite0 forward at 448 alone takes
 21-30 instead of 45-54 ms, in the inspector's pipeline about a third less (timm's BatchNormAct2d runs a separate
-pass over the activations), with features equal to 1e-6 of their range. :func:`fold_batch_norms_checked` folds a copy and keeps it only when it answers a
-probe input like the original (a norm registered beside a convolution it does not follow is caught there).
+pass over the activations), with features equal to 1e-6 of their range. :func:`fold_batch_norms_checked` folds a
+copy and keeps it only when it answers a probe input like the original (a norm registered beside a convolution it
+does not follow is caught there).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def fold_batch_norms_checked(model: nn.Module, forward: Callable[[nn.Module, tor
         return model, 0
     expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     got = list(got) if isinstance(got, (list, tuple)) else [got]
-    worst = 0.0
+    worst = 0.0 if len(expected) == len(got) else float("inf")
     for want, have in zip(expected, got):
         if want.shape != have.shape:
             worst = float("inf")
