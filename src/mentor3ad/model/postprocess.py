@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Tuple
 
@@ -21,33 +22,66 @@ from ..geometry.observation import valid_point_mask
 from ..types import InspectionResult, Region, Verdict
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (B, H, W) maps, kernel radius 4 sigma, reflect padding."""
+def _blur_radius(sigma: float, size: int) -> int:
+    """The smoothing kernel's radius in pixels: 4 sigma, at most ``size`` - 1 (reflect padding); 0: no blur."""
     if sigma <= 0:
-        return maps
-    radius = max(1, int(4.0 * sigma + 0.5))
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+        return 0
+    return max(0, min(max(1, int(4.0 * sigma + 0.5)), size - 1))
+
+
+def blur_matrix(size: int, sigma: float, radius: Optional[int] = None) -> torch.Tensor:
+    """(size, size) float64 operator B of the 1-D Gaussian smoothing: ``B @ x`` smooths x along its first axis
+    (kernel radius 4 sigma unless given, normalised, reflect padding); the identity without blur."""
+    radius = _blur_radius(sigma, size) if radius is None else radius
+    eye = torch.eye(size, dtype=torch.float64)
     if radius < 1:
-        return maps
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+        return eye
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)
-    x = F.pad(x, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
+    rows = F.conv1d(F.pad(eye.unsqueeze(1), (radius, radius), mode="reflect"), kernel.view(1, 1, -1))
+    return rows.squeeze(1).T.contiguous()  # row i of ``rows`` is the smoothed unit vector e_i: column i of B
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) float64 operator of 1-D bilinear resampling (``align_corners=False``, torch's
+    ``interpolate``): the map's bilinear resize is ``U_rows @ X @ U_cols.T``."""
+    eye = torch.eye(size_in, dtype=torch.float64).view(1, 1, size_in, size_in)
+    return F.interpolate(eye, size=(size_out, size_in), mode="bilinear", align_corners=False)[0, 0]
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_operator(size_in: int, image_size: int, radius: int, sigma: float, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) float64: bilinear to image_size, smoothing, bilinear to size_out, along one axis."""
+    operator = blur_matrix(image_size, sigma, radius) @ bilinear_matrix(size_in, image_size)
+    if size_out != image_size:
+        operator = bilinear_matrix(image_size, size_out) @ operator
+    return operator
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (B, H, W) maps, kernel radius 4 sigma (at most min(H, W) - 1),
+    reflect padding."""
+    height, width = int(maps.shape[-2]), int(maps.shape[-1])
+    radius = _blur_radius(sigma, min(height, width))
+    if radius < 1:
+        return maps
+    rows, cols = (blur_matrix(n, sigma, radius).to(maps.device, maps.dtype) for n in (height, width))
+    return rows @ maps @ cols.T
 
 
 def upsample_maps(maps: torch.Tensor, image_size: int, sigma: float, output_size: Tuple[int, int]) -> torch.Tensor:
-    """(B, R, R) -> (B, H, W): bilinear to image_size, Gaussian blur (sigma in pixels of that grid),
-    bilinear to ``output_size``."""
-    x = F.interpolate(maps.unsqueeze(1).float(), size=(image_size, image_size), mode="bilinear", align_corners=False)
-    x = gaussian_blur(x.squeeze(1), sigma)
-    if tuple(output_size) != (image_size, image_size):
-        x = F.interpolate(x.unsqueeze(1), size=tuple(output_size), mode="bilinear", align_corners=False).squeeze(1)
-    return x
+    """(B, R, R) -> (B, H, W) float32: bilinear to image_size, Gaussian blur (sigma in pixels of that grid),
+    bilinear to ``output_size`` = (H, W).
+
+    The three steps are linear and separable, so they run as one (H, R) and one (W, R) operator per axis
+    (``A_rows @ X @ A_cols.T``, cached per size): the same map to float rounding, in a fraction of the
+    time of resampling a 448x448 intermediate (5 ms -> well under 1 ms per part on 2 cores)."""
+    x = maps.float()
+    radius = _blur_radius(sigma, image_size)
+    rows, cols = (_axis_operator(int(size_in), int(image_size), radius, float(sigma), int(size_out))
+                  .to(x.device, torch.float32) for size_in, size_out in zip(x.shape[-2:], output_size))
+    return rows @ x @ cols.T
 
 
 def decide(anomaly_map: np.ndarray, threshold: float, xyz: Optional[np.ndarray] = None,
@@ -82,36 +116,39 @@ def pixel_footprint_m2(xyz: np.ndarray, rows: Optional[np.ndarray] = None,
     xyz: (H, W, 3) metres, invalid = 0 or NaN; rows, cols: (N,) the pixels to compute (default: all).
     Returns float64 m^2, (H, W) for all pixels or (N,) for the given ones: |dP/du x dP/dv| from the
     differences to the valid neighbours (central, one-sided at holes); 0 where the pixel is invalid or has
-    no valid neighbour along an axis. Region areas compute their pixels only (the whole image took ~150 ms
-    per FAIL part at 1280x720).
-    """
+    no valid neighbour along an axis. Given pixels are computed on their bounding box only (plus a margin of
+    one pixel), by array shifts: the whole 1280x720 image by per-pixel gathers took ~150 ms."""
     points = np.asarray(xyz)
     height, width = points.shape[:2]
     whole = rows is None
     if whole:
-        rows, cols = (axis.ravel() for axis in np.indices((height, width)))
+        top, bottom, left, right = 0, height, 0, width
+    elif len(rows) == 0:
+        return np.zeros(0, dtype=np.float64)
+    else:
+        top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    # the box with a margin of one pixel; outside the image: invalid (0)
+    window = np.zeros((bottom - top + 2, right - left + 2, 3), dtype=np.float64)
+    inner_top, inner_left = max(top - 1, 0), max(left - 1, 0)
+    inner = points[inner_top:min(bottom + 1, height), inner_left:min(right + 1, width)]
+    window[inner_top - top + 1:inner_top - top + 1 + inner.shape[0],
+           inner_left - left + 1:inner_left - left + 1 + inner.shape[1]] = inner
+    ok = valid_point_mask(window)
+    window[~ok] = 0.0
+    centre, valid = window[1:-1, 1:-1], ok[1:-1, 1:-1]
 
-    def at(dr: int, dc: int):
-        """Points (float64, 0 where invalid) and validity at (rows + dr, cols + dc); invalid outside the image."""
-        r, c = rows + dr, cols + dc
-        inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
-        q = np.asarray(points[np.clip(r, 0, height - 1), np.clip(c, 0, width - 1)], dtype=np.float64)
-        ok = inside & valid_point_mask(q)
-        return np.where(ok[:, None], q, 0.0), ok
-
-    centre, valid = at(0, 0)
-
-    def step(forward, backward):
+    def step(forward: Tuple[slice, slice], backward: Tuple[slice, slice]) -> np.ndarray:
         """Metric step to the next pixel: central difference, one-sided at holes, else 0."""
-        (q_fwd, ok_fwd), (q_bwd, ok_bwd) = forward, backward
-        fwd_ok, bwd_ok = valid & ok_fwd, valid & ok_bwd
-        fwd = np.where(fwd_ok[:, None], q_fwd - centre, 0.0)
-        bwd = np.where(bwd_ok[:, None], centre - q_bwd, 0.0)
-        return (fwd + bwd) / np.maximum(fwd_ok.astype(np.float64) + bwd_ok, 1.0)[:, None]
+        fwd_ok, bwd_ok = valid & ok[forward], valid & ok[backward]
+        fwd = np.where(fwd_ok[..., None], window[forward] - centre, 0.0)
+        bwd = np.where(bwd_ok[..., None], centre - window[backward], 0.0)
+        return (fwd + bwd) / np.maximum(fwd_ok.astype(np.float64) + bwd_ok, 1.0)[..., None]
 
-    area = np.where(valid, np.linalg.norm(np.cross(step(at(0, 1), at(0, -1)), step(at(1, 0), at(-1, 0))), axis=-1),
-                    0.0)
-    return area.reshape(height, width) if whole else area
+    middle = slice(1, -1)
+    across = step((middle, slice(2, None)), (middle, slice(None, -2)))
+    down = step((slice(2, None), middle), (slice(None, -2), middle))
+    area = np.where(valid, np.linalg.norm(np.cross(across, down), axis=-1), 0.0)
+    return area if whole else area[np.asarray(rows) - top, np.asarray(cols) - left]
 
 
 def extract_regions(
@@ -147,11 +184,12 @@ def extract_regions(
         centroid = extent = (float("nan"),) * 3
         if area_of is not None:
             area_mm2 = float(area_of[idx] * 1e6)
-            pts = np.asarray(xyz[sl][inside], dtype=np.float64)
-            ok = valid_point_mask(pts)
-            if ok.any():
-                centroid = tuple(float(c) for c in pts[ok].mean(0))
-                extent = tuple(float(c) for c in pts[ok].max(0) - pts[ok].min(0))
+            pts = np.asarray(xyz[sl][inside])
+            # (3, N) float64 of the valid points: contiguous per coordinate (reductions 3x faster than on (N, 3))
+            coords = np.ascontiguousarray(pts[valid_point_mask(pts)].T, dtype=np.float64)
+            if coords.shape[1]:
+                centroid = tuple(float(c) for c in coords.mean(1))
+                extent = tuple(float(c) for c in coords.max(1) - coords.min(1))
         regions.append(
             Region(
                 bbox=(sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1),
