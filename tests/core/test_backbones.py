@@ -228,7 +228,7 @@ def test_efficientnet_pytorch_layout_converts_and_multi_stride(tmp_path):
     out = loaded.encode(images)
     assert out.shape == (1, 40 + 112, 28, 28) and loaded.out_dim == 152
     # the backbone runs with its 49 batch norms folded into the convolutions: the same features
-    assert loaded.folded_norms == 49
+    assert loaded.rewrites.folded_norms == 49 and loaded.rewrites.unpadded_convs == 5
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())
     assert torch.allclose(out, unfolded_features(source, loaded, images), rtol=1e-4, atol=1e-4)
     broken = efficientnet_pytorch_layout(source)
@@ -243,7 +243,7 @@ def test_a_fold_that_changes_the_output_is_not_kept(caplog):
     would change the network's output; the checked fold keeps the network unfolded and says why."""
     from torch import nn
 
-    from mentor3ad.backbones.folding import fold_batch_norms, fold_batch_norms_checked
+    from mentor3ad.backbones.inference_rewrites import Rewrites, fold_batch_norms, rewrite_for_inference
 
     class NormBeforeConv(nn.Module):
         def __init__(self):
@@ -258,13 +258,37 @@ def test_a_fold_that_changes_the_output_is_not_kept(caplog):
     model = NormBeforeConv().eval()
     model.norm.running_mean.normal_(0.0, 1.0)
     model.norm.running_var.uniform_(0.5, 2.0)
-    kept, count = fold_batch_norms_checked(model, lambda m, x: m(x), "norm-before-conv")
-    assert kept is model and count == 0 and isinstance(model.norm, nn.BatchNorm2d)
-    assert "changed its output" in caplog.text and "kept unfolded" in caplog.text
+    kept, done = rewrite_for_inference(model, lambda m, x: m(x), "norm-before-conv")
+    assert kept is model and done == Rewrites() and isinstance(model.norm, nn.BatchNorm2d)
+    assert "changed its output" in caplog.text and "kept as built" in caplog.text
     # a network that cannot take the probe is kept as it was built, with the reason
-    kept, count = fold_batch_norms_checked(model, lambda m, x: m(x[:, :2]), "two-channel probe")
-    assert kept is model and count == 0 and "the probe check failed" in caplog.text
+    kept, done = rewrite_for_inference(model, lambda m, x: m(x[:, :2]), "two-channel probe")
+    assert kept is model and done == Rewrites() and "the probe check failed" in caplog.text
     assert fold_batch_norms(NormBeforeConv().eval()) == 1  # the unchecked fold would have done it
+
+
+def test_same_padded_stride_two_convolution_without_its_padding_copy():
+    """timm's Conv2dSame at stride 2 (TF padding: one more zero after the input than before) and its unpadded
+    form: the same output on even inputs (the plain convolution) and odd ones (the original runs), for 3x3 and
+    5x5 kernels, dense and depthwise; other convolutions are left as they are."""
+    from timm.layers.conv2d_same import Conv2dSame
+    from torch import nn
+
+    from mentor3ad.backbones.inference_rewrites import EvenInputSameConv, unpad_same_convolutions
+
+    torch.manual_seed(3)
+    for k, groups in ((3, 1), (3, 8), (5, 8)):
+        same = Conv2dSame(8, 8, k, stride=2, groups=groups, bias=True).eval()
+        unpadded = EvenInputSameConv(same).eval()
+        for size in ((32, 32), (30, 18), (31, 31), (17, 24)):
+            x = torch.randn(2, 8, *size)
+            with torch.no_grad():
+                want, got = same(x), unpadded(x)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (k, groups, size)
+    net = nn.Sequential(Conv2dSame(3, 4, 3, stride=2), nn.Conv2d(4, 4, 3, padding=1), Conv2dSame(4, 4, 3, stride=1))
+    assert unpad_same_convolutions(net) == 1
+    assert isinstance(net[0], EvenInputSameConv) and type(net[1]) is nn.Conv2d and type(net[2]) is Conv2dSame
 
 
 def test_real_efficientnet_lite0_package_weights_if_installed():
