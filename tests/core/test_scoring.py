@@ -153,3 +153,41 @@ def test_a_minus_infinite_pixel_is_not_replaced_by_the_background_value():
     grid[0, 4, 4] = float("-inf")
     amap, _ = PostProcessing(32, 0.0, 90.0, level_cap=0.5).upsample(grid, (32, 32))
     assert np.isneginf(amap).any() and decide(amap, 1.0).verdict is Verdict.ERROR
+
+
+def test_upsampling_and_smoothing_as_one_operator_per_axis_is_the_three_step_resample():
+    """upsample_maps runs bilinear -> Gaussian (reflect padding) -> bilinear as one (H, R) and one (W, R) matrix;
+    the reference below does the three steps on the images: the same maps to float rounding, for a smoothed
+    448 intermediate, camera sizes, no smoothing, and a kernel clipped by a small image."""
+    import torch
+    import torch.nn.functional as F
+
+    from mentor3ad.model.postprocess import gaussian_blur, upsample_maps
+
+    def blur(x, sigma):  # (B, 1, H, W): separable convolutions on reflect-padded images
+        radius = min(max(1, int(4.0 * sigma + 0.5)), min(x.shape[-2:]) - 1) if sigma > 0 else 0
+        if radius < 1:
+            return x
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+
+    def reference(maps, image_size, sigma, output_size):
+        x = F.interpolate(maps.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False)
+        x = blur(x, sigma)
+        if tuple(output_size) != (image_size, image_size):
+            x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return x.squeeze(1)
+
+    generator = torch.Generator().manual_seed(4)
+    for grid, image_size, sigma, output_size in ((56, 448, 8.0, (224, 224)), (56, 224, 4.0, (720, 1280)),
+                                                 (28, 224, 0.0, (480, 640)), (7, 8, 4.0, (9, 5)), (16, 16, 2.0, (16, 16))):
+        maps = torch.rand(2, grid, grid, generator=generator) * 5.0
+        got, want = upsample_maps(maps, image_size, sigma, output_size), reference(maps, image_size, sigma, output_size)
+        assert got.shape == want.shape == (2, *output_size) and got.dtype == torch.float32
+        assert torch.allclose(got, want, rtol=0.0, atol=2e-5), (grid, image_size, sigma, output_size)
+    maps = torch.rand(3, 20, 30, generator=generator)  # not square: the radius is clipped by the shorter side
+    for sigma in (2.0, 6.0):
+        assert torch.allclose(gaussian_blur(maps, sigma), blur(maps.unsqueeze(1), sigma).squeeze(1), atol=1e-6)
