@@ -97,12 +97,13 @@ def reference_footprint(xyz):
     return np.where(valid, np.linalg.norm(np.cross(step(1), step(0)), axis=-1), 0.0)
 
 
-def test_footprint_at_some_pixels_is_the_whole_image_footprint_there():
+def test_footprint_of_a_box_is_the_whole_image_footprint_there():
     rng = np.random.default_rng(5)
     xyz = rng.normal(0.0, 0.01, (30, 40, 3)).astype(np.float32) + np.float32([0.0, 0.0, 0.5])
     xyz[rng.random((30, 40)) < 0.15] = 0.0
     xyz[3, 7] = np.nan
     expected = reference_footprint(xyz)
     assert np.array_equal(pixel_footprint_m2(xyz), expected)  # bit-identical
-    rows, cols = np.nonzero(rng.random((30, 40)) < 0.3)
-    assert np.array_equal(pixel_footprint_m2(xyz, rows, cols), expected[rows, cols])
+    for box in ((slice(0, 30), slice(0, 40)), (slice(0, 1), slice(39, 40)), (slice(2, 9), slice(5, 30)),
+                (slice(29, 30), slice(0, 40)), (slice(3, 4), slice(7, 8))):  # whole, corners, inside, a NaN pixel
+        assert np.array_equal(pixel_footprint_m2(xyz, box), expected[box])
