@@ -79,9 +79,13 @@ class EvenInputSameConv(nn.Module):
     @staticmethod
     def applies(module: nn.Module) -> bool:
         """A timm Conv2dSame of stride 2, odd square kernel, no dilation."""
+        try:
+            from timm.layers import Conv2dSame
+        except ImportError:
+            return False
         k = getattr(module, "kernel_size", (0, 0))
-        return (type(module).__name__ == "Conv2dSame" and isinstance(module, nn.Conv2d) and module.stride == (2, 2)
-                and k[0] == k[1] and k[0] % 2 == 1 and module.dilation == (1, 1))
+        return (type(module) is Conv2dSame and module.stride == (2, 2) and k[0] == k[1] and k[0] % 2 == 1
+                and module.dilation == (1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2 or x.shape[-2] % 2:

@@ -59,17 +59,6 @@ def _axis_operator(size_in: int, image_size: int, radius: int, sigma: float, siz
     return operator
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (B, H, W) maps, kernel radius 4 sigma (at most min(H, W) - 1),
-    reflect padding."""
-    height, width = int(maps.shape[-2]), int(maps.shape[-1])
-    radius = _blur_radius(sigma, min(height, width))
-    if radius < 1:
-        return maps
-    rows, cols = (blur_matrix(n, sigma, radius).to(maps.device, maps.dtype) for n in (height, width))
-    return rows @ maps @ cols.T
-
-
 def upsample_maps(maps: torch.Tensor, image_size: int, sigma: float, output_size: Tuple[int, int]) -> torch.Tensor:
     """(B, R, R) -> (B, H, W) float32: bilinear to image_size, Gaussian blur (sigma in pixels of that grid),
     bilinear to ``output_size`` = (H, W).
