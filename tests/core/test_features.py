@@ -11,7 +11,7 @@ from mentor3ad.errors import ConfigError
 from mentor3ad.features import preprocessing
 from mentor3ad.features.cache import FeatureCache, input_sha256
 from mentor3ad.features.extractor import FeatureExtractor, Features, cluster_filter_note
-from mentor3ad.geometry.cluster import largest_cluster
+from mentor3ad.geometry.cluster import cluster_labels, largest_cluster
 from mentor3ad.geometry.plane import remove_plane
 from mentor3ad.geometry.projection import project_point_features, project_point_features_reference
 from mentor3ad.timing import StageTimer
@@ -52,6 +52,50 @@ def test_preprocessing_removes_plane_and_keeps_largest_cluster():
     kept = largest_cluster(grid, no_plane, eps=0.006)
     assert not kept[_blob_mask()].any() and torch.equal(kept[disc_t], no_plane[disc_t])
     assert torch.equal(remove_plane(grid, valid, "none"), valid)
+
+
+def _components_by_search(xyz, valid, eps, radius):
+    """Reference labels from the definition: a breadth-first search over the links; a cluster's label is its
+    largest pixel index, -1 where invalid."""
+    height, width = valid.shape
+    labels = np.full((height, width), -1, dtype=np.int64)
+    for start in zip(*np.nonzero(valid)):
+        if labels[start] >= 0:
+            continue
+        members, frontier, seen = [], [start], {start}
+        while frontier:
+            y, x = frontier.pop()
+            members.append((y, x))
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    ny, nx = y + dy, x + dx
+                    if (0 <= ny < height and 0 <= nx < width and valid[ny, nx] and (ny, nx) not in seen
+                            and ((xyz[ny, nx] - xyz[y, x]) ** 2).sum() < eps * eps):
+                        seen.add((ny, nx))
+                        frontier.append((ny, nx))
+        label = max(y * width + x for y, x in members)
+        for member in members:
+            labels[member] = label
+    return labels
+
+
+def test_cluster_labels_are_the_connected_components_of_the_links():
+    """Labels propagated on the valid pixels' bounding box = the components a search finds, wherever the part
+    lies in the grid (a corner, the whole grid, nowhere, one pixel)."""
+    generator = np.random.default_rng(3)
+    for case in range(24):
+        size = 18
+        xyz = (generator.normal(0, 0.003, (size, size, 3)) + np.linspace(0, 0.04, size)[:, None, None]).astype(np.float32)
+        valid = generator.random((size, size)) < 0.75
+        if case % 4 == 1:
+            valid[:9] = False
+            valid[:, 11:] = False  # the part in a corner: propagation on a window
+        elif case % 4 == 2:
+            valid[:] = False
+            valid[case % size, 5] = case % 8 == 2  # nothing or a single pixel
+        radius = 1 + case % 2
+        ours = cluster_labels(torch.from_numpy(xyz), torch.from_numpy(valid), eps=0.006, radius_px=radius)
+        assert np.array_equal(ours.numpy(), _components_by_search(xyz, valid, 0.006, radius)), case
 
 
 def test_cluster_filter_keeps_a_raised_boss_beyond_a_wall_without_points():

@@ -12,7 +12,7 @@ from mentor3ad.config import FeatureConfig
 from mentor3ad.errors import ConfigError
 from mentor3ad.features.extractor import FeatureExtractor
 from mentor3ad.geometry.window_fpfh import (_pair_bins, half_disk_offsets, smallest_eigenvector, window_fpfh_image,
-                                            window_normals)
+                                            window_means, window_normals)
 
 from test_fpfh import FPFH
 
@@ -163,3 +163,15 @@ def test_normals_are_open3d_normals_sign_included():
     assert torch.allclose(smallest_eigenvector(matrices).abs(), vectors[:, :, 0].abs(), atol=1e-6)
     diagonal = torch.diag_embed(torch.tensor([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0]], dtype=torch.float64))
     assert torch.equal(smallest_eigenvector(diagonal), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("radius", [1, 3, 4])
+def test_window_means_are_the_zero_padded_box_filter(radius):
+    """Shifted adds (the normals' window moments) = avg_pool2d's square window with zero padding, divided by the
+    whole window, to float64 rounding; a non-square map, windows clipped at every border."""
+    maps = torch.randn(4, 23, 31, dtype=torch.float64, generator=torch.Generator().manual_seed(radius)) * 0.01
+    size = 2 * radius + 1
+    reference = torch.nn.functional.avg_pool2d(maps[None], size, 1, radius, count_include_pad=True)[0]
+    ours = window_means(maps, radius)
+    assert ours.shape == maps.shape and ours.dtype == torch.float64
+    assert torch.allclose(ours, reference, rtol=1e-13, atol=1e-17)

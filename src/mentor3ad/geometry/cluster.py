@@ -23,15 +23,30 @@ def cluster_labels(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, r
     below ``eps`` metres. Labels propagate by max over links plus pointer jumping until stable.
     xyz (S, S, 3), valid (S, S) bool -> (S, S) int64: a cluster's label (a pixel index), -1 where invalid.
     """
+    full_height, full_width = valid.shape
+    index = torch.arange(full_height * full_width, device=xyz.device).reshape(full_height, full_width)
+    rows, cols = torch.nonzero(valid.any(1)).squeeze(1), torch.nonzero(valid.any(0)).squeeze(1)
+    if not rows.numel():
+        return torch.full_like(index, -1)
+    # the same labels on the valid pixels' bounding box (links never leave it): less to propagate over
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    labels = torch.full_like(index, -1)
+    labels[box] = _propagate(xyz[box], valid[box], index[box], eps, radius_px, max_iterations)
+    return labels
+
+
+def _propagate(xyz: torch.Tensor, valid: torch.Tensor, index: torch.Tensor, eps: float, radius_px: int,
+               max_iterations: int) -> torch.Tensor:
+    """:func:`cluster_labels` on a window: ``index`` (h, w) the pixels' indices in the whole grid (the labels)."""
     height, width = valid.shape
-    device = xyz.device
-    index = torch.arange(height * width, device=device).reshape(height, width)
     labels = torch.where(valid, index, torch.full_like(index, -1))
+    position = torch.zeros(int(index.max()) + 1, dtype=torch.long, device=index.device)  # label -> window pixel
+    position[index.reshape(-1)] = torch.arange(index.numel(), device=index.device)
     # links as (offset, mask over the overlapping window); symmetric, so both directions are stored
     links = []
     for dy, dx in _offsets(radius_px):
-        ys_a, ys_b = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy) or None)
-        xs_a, xs_b = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx) or None)
+        ys_a, ys_b = slice(max(0, -dy), height - max(0, dy)), slice(max(0, dy), height - max(0, -dy))
+        xs_a, xs_b = slice(max(0, -dx), width - max(0, dx)), slice(max(0, dx), width - max(0, -dx))
         a, b = (ys_a, xs_a), (ys_b, xs_b)
         close = valid[a] & valid[b] & ((xyz[a] - xyz[b]).square().sum(-1) < eps * eps)
         links.append((a, b, close))
@@ -46,7 +61,7 @@ def cluster_labels(xyz: torch.Tensor, valid: torch.Tensor, eps: float = 0.006, r
             labels[b] = torch.where(close, torch.maximum(labels[b], best), labels[b])
         # pointer jumping: a pixel adopts its representative's label
         flat = labels.reshape(-1)
-        jumped = torch.where(flat_valid, flat[flat.clamp_min(0)], flat)
+        jumped = torch.where(flat_valid, flat[position[flat.clamp_min(0)]], flat)
         labels = torch.maximum(flat, jumped).reshape(height, width)
         if torch.equal(labels, previous):
             break
