@@ -1,6 +1,7 @@
-"""Mixed precision: the backbones' (``features.precision``, a run-time option: a model trained in fp32 can run
-its backbones in bf16/fp16) and the heads' (``model.head_precision``, part of the model: training, the
-threshold's calibration and scoring use the same arithmetic; a fallback to fp32 is a warning at load)."""
+"""Mixed precision: the backbones' (``features.precision``: fp32 by default, auto = bf16 where the CPU computes it
+natively; a model may run in another arithmetic, with a warning when its threshold was calibrated in a different one) and the heads'
+(``model.head_precision``, part of the model: training, the threshold's calibration and scoring use the same
+arithmetic; a fallback to fp32 is a warning at load)."""
 import numpy as np
 import pytest
 
@@ -176,3 +177,87 @@ def test_bf16_scoring_pads_the_patch_count_without_changing_the_scores(monkeypat
     for name in ("rgb", "xyz", "mtr"):
         assert padded[name].dtype == torch.float32 and bool((padded[name][~valid] == 0).all())
         assert torch.allclose(padded[name], exact[name], atol=1e-6), name
+
+
+# ---------------------------------------------------------------- the backbones' arithmetic (features.precision)
+def test_feature_precision_auto_resolves_in_the_extractor_and_keys_its_cache(monkeypatch):
+    from mentor3ad.config import FeatureConfig
+    from mentor3ad.features.extractor import FeatureExtractor
+    from helpers import TINY_FEATURES
+
+    assert FeatureConfig().precision == "fp32"  # auto is an opt-in (README "Backbones in bf16")
+    _probe(monkeypatch, True)
+    auto = FeatureExtractor(FeatureConfig(**{**TINY_FEATURES, "precision": "auto"}))
+    explicit = FeatureExtractor(FeatureConfig(**{**TINY_FEATURES, "precision": "bf16"}))
+    assert auto.precision == "bf16" and auto.identity_hash() == explicit.identity_hash()  # one cache per arithmetic
+    _probe(monkeypatch, False)
+    fallback = FeatureExtractor(FeatureConfig(**{**TINY_FEATURES, "precision": "auto"}))
+    assert fallback.precision == "fp32"
+    assert fallback.identity() == auto.identity() and fallback.identity_hash() != auto.identity_hash()
+    sample = generate_sample(903, (64, 64))
+    a, b = auto.extract(sample.rgb, sample.xyz), fallback.extract(sample.rgb, sample.xyz)
+    assert not torch.equal(a.rgb, b.rgb)  # the bf16 arithmetic really ran where auto chose it
+
+
+@pytest.fixture(scope="module")
+def auto_feature_model(tmp_path_factory):
+    """A model trained with features.precision auto on a CPU that has bf16 (backbones in bf16)."""
+    from mentor3ad.config import Mentor3ADConfig
+    from mentor3ad.model.training import train_detector
+    from helpers import TINY_MODEL_CONFIG
+
+    path = tmp_path_factory.mktemp("feature_precision") / "auto.safetensors"
+    config = Mentor3ADConfig.from_dict({**TINY_MODEL_CONFIG,
+                                        "features": {**TINY_MODEL_CONFIG["features"], "precision": "auto"}})
+    with pytest.MonkeyPatch.context() as patch:
+        _probe(patch, True)
+        train = [generate_sample(i, (64, 64), name=f"train/{i}") for i in range(6)]
+        val = [generate_sample(100 + i, (64, 64), name=f"val/{i}") for i in range(3)]
+        detector = train_detector(train, config, val, progress=False)
+        detector.save(path)
+    return detector, path
+
+
+def test_the_threshold_records_its_backbone_arithmetic_and_another_one_warns(auto_feature_model, monkeypatch, caplog):
+    trained, path = auto_feature_model
+    assert trained.feature_precision == "bf16" and trained.training_info["feature_precision"] == "bf16"
+    _probe(monkeypatch, True)
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        same = Detector.load(path)
+    assert same.feature_precision == "bf16" and "calibrated with the backbones" not in caplog.text
+    _probe(monkeypatch, False)  # a CPU without native bf16: auto runs the backbones in fp32
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        other = Detector.load(path)
+    warnings = [r.getMessage() for r in caplog.records if "calibrated with the backbones" in r.getMessage()]
+    assert other.feature_precision == "fp32"
+    assert len(warnings) == 1 and "in bf16" in warnings[0] and "run in fp32" in warnings[0], warnings
+    # re-calibrating here records the arithmetic it scored with
+    from mentor3ad.model import threshold as records
+
+    other.set_threshold(records.manual(other.threshold * 1.01, replaced=other.threshold))
+    assert other.training_info["feature_precision"] == "fp32"
+
+
+def test_a_model_file_from_before_the_record_keeps_its_stored_arithmetic(auto_feature_model, monkeypatch, tmp_path,
+                                                                         caplog):
+    """Files without ``feature_precision`` were calibrated in their stored ``features.precision`` (fp32 then)."""
+    import json
+
+    from safetensors import safe_open
+    from mentor3ad.model import checkpoint
+
+    _, path = auto_feature_model
+    with safe_open(str(path), "pt") as handle:
+        metadata = json.loads(handle.metadata()[checkpoint.METADATA_KEY])
+    metadata["training_info"].pop("feature_precision")
+    metadata["config"]["features"]["precision"] = "fp32"
+    old = checkpoint.write_checkpoint(tmp_path / "old.safetensors", checkpoint.read_checkpoint(path)[1], metadata)
+    _probe(monkeypatch, True)
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        detector = Detector.load(old)
+    assert detector.feature_precision == "fp32" and "calibrated with the backbones" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mentor3ad"):
+        Detector.load(old, precision="bf16")  # the run-time override of an old fp32 file: warned
+    assert "calibrated with the backbones in fp32" in caplog.text

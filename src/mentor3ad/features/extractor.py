@@ -125,16 +125,19 @@ def settle_auto_options(config: Mentor3ADConfig, samples: Sequence, device="cpu"
 
 
 class FeatureExtractor:
-    """Frozen RGB + 3D backbones with preprocessing (see module doc)."""
+    """Frozen RGB + 3D backbones with preprocessing (see module doc); ``precision``: the arithmetic the
+    backbones run in (``config.precision`` resolved for the device: "fp32", "bf16" or "fp16")."""
 
     def __init__(self, config: FeatureConfig, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        if config.precision == "fp16" and self.device.type != "cuda":
+        self.precision = backbones.resolve_precision(config.precision, self.device)  # the arithmetic that runs
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("features.precision 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
         rgb_weights, rgb_source = backbones.resolve_weights_of("rgb", config)
         point_weights, point_source = backbones.resolve_weights_of("points", config)
-        resolved = dataclasses.replace(config, rgb_weights=rgb_weights, point_weights=point_weights)
+        resolved = dataclasses.replace(config, rgb_weights=rgb_weights, point_weights=point_weights,
+                                       precision=self.precision)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             self.rgb_model = backbones.build("rgb", resolved, self.device)
@@ -163,8 +166,8 @@ class FeatureExtractor:
         }))
 
     def identity_hash(self) -> str:
-        """sha256 of the identity plus the precision: the feature cache's key."""
-        keyed = {**self.identity(), "precision": self.config.precision}
+        """sha256 of the identity plus the resolved precision: the feature cache's key."""
+        keyed = {**self.identity(), "precision": self.precision}
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
     def _prepare(self, rgb, xyz, timer: StageTimer) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -33,13 +33,12 @@ from ..types import InspectionResult, Verdict
 from . import checkpoint
 from .heads import Mentor3ADHeads
 from .input_profile import InputProfile
+from .load_checks import LEVEL_CAP_KEY, check_plausible, warn_precisions
 from .scoring import FeatureScorer, PostProcessing, score_feature_set
 from .threshold import LEGACY_KEYS, ThresholdRecord
 from .threshold import manual as manual_threshold
-from .threshold_bounds import plausible_range, threshold_problem
 from .voting import OCSVM_SCORE_CLAMP
 
-LEVEL_CAP_KEY = "part_level_cap"
 
 LOG = logging.getLogger(__name__)
 HEAD_STAGES = {"heads_mfm": "mfm", "heads_mgm": "mgm", "heads_vm": "voting"}
@@ -64,8 +63,9 @@ class Detector(FeatureScorer):
 
     threshold: image-score decision threshold (settable: a manual record; calibration writes its own via
     :meth:`set_threshold`); threshold_record: where it came from; identity: dict with a short ``model_id``.
-    The heads score in ``model.head_precision`` resolved for ``device`` (``heads.precision``); the one
-    the threshold was set with is ``training_info["head_precision"]`` (absent: "fp32").
+    The heads score in ``model.head_precision`` resolved for ``device`` (``heads.precision``), the backbones
+    in ``features.precision`` resolved (``extractor.precision``); the ones the threshold was set with are
+    ``training_info["head_precision"]`` / ``["feature_precision"]`` (absent: "fp32" / the stored setting).
     """
 
     def __init__(self, config: Mentor3ADConfig, heads: Mentor3ADHeads, extractor=None, threshold: float = float("inf"),
@@ -99,6 +99,7 @@ class Detector(FeatureScorer):
             self.training_info.pop(key, None)
         if self.training_info.get("threshold") != record.to_dict():  # a new threshold: scored in this precision
             self.training_info["head_precision"] = self.heads.precision
+            self.training_info["feature_precision"] = self.feature_precision
         self.training_info["threshold"] = record.to_dict()
 
     @property
@@ -132,6 +133,13 @@ class Detector(FeatureScorer):
 
             self._extractor = FeatureExtractor(self.config.features, self.device)
         return self._extractor
+
+    @property
+    def feature_precision(self) -> str:
+        """The arithmetic the backbones run in: the extractor's, else ``features.precision`` resolved here."""
+        if self._extractor is not None:
+            return str(getattr(self._extractor, "precision", self.config.features.precision))
+        return resolve_precision(self.config.features.precision, self.device)
 
     @property
     def backbone_identity(self) -> dict:
@@ -367,41 +375,8 @@ class Detector(FeatureScorer):
             except ModelLoadError as err:
                 raise ModelLoadError(f"{path}: {err}") from None
         check_plausible(path, detector, metadata.get("training_info"))
-        calibrated = str(info.get("head_precision", "fp32"))
-        if calibrated != detector.heads.precision:
-            LOG.warning("%s: its threshold was calibrated with the heads in %s, but on %s they score in %s "
-                        "(model.head_precision %s): image scores may differ by about 1-2 %%; re-calibrate it here "
-                        "(mentor3ad calibrate) for a threshold of this arithmetic", path, calibrated, detector.device,
-                        detector.heads.precision, config.model.head_precision)
+        warn_precisions(path, detector, info, checked.config.features.precision)
         return detector
-
-
-def check_plausible(path: Path, detector: Detector, stored_info) -> None:
-    """A loaded model's threshold within the plausible range of its calibration scores
-    (:mod:`mentor3ad.model.threshold_bounds`; without scores a warning), its threshold record naming its
-    threshold, its input profile well-formed, its part-level cap a finite number >= 0 when its maps are
-    relative to the part level; ModelLoadError naming the file otherwise."""
-    stored = stored_info.get("threshold") if isinstance(stored_info, dict) else None
-    if isinstance(stored, dict) and stored.get("value") != detector.threshold:
-        raise ModelLoadError(f"{path}: the threshold {detector.threshold:.6g} is not the one its threshold record "
-                             f"names ({stored.get('value')!r}): edited after calibration; refusing the model")
-    record = detector.threshold_record
-    problem = threshold_problem(detector.threshold, record, "the model's threshold")
-    if problem:
-        raise ModelLoadError(f"{path}: {problem}; refusing the model")
-    if plausible_range(record) is None:
-        LOG.warning("%s: its threshold %.6g cannot be checked against calibration scores (its record, set by %s, "
-                    "has none); re-calibrate it (mentor3ad calibrate) to store them", path, detector.threshold,
-                    record.set_by if record is not None else "nobody")
-    try:
-        detector.input_profile
-        cap = detector.level_cap
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{path}: {err}") from None
-    if detector.config.model.level_percentile > 0 and not np.isfinite(cap):
-        raise ModelLoadError(f"{path}: its maps are relative to the part level (model.level_percentile "
-                             f"{detector.config.model.level_percentile:g}) but it has no calibrated cap "
-                             f"(training_info {LEVEL_CAP_KEY}): a whole-part anomaly could hide; re-train it")
 
 
 def _flatten(value, prefix: str = "") -> Dict[str, str]:
@@ -413,4 +388,4 @@ def _flatten(value, prefix: str = "") -> Dict[str, str]:
     return {prefix: json.dumps(value, sort_keys=True, default=checkpoint.json_default)}
 
 
-__all__ = ["Detector", "warmup_scene", "check_plausible"]
+__all__ = ["Detector", "warmup_scene"]

@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=20, help="timed frames (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up frames")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
-                   help="mixed precision of the backbones (features.precision); fp16 needs CUDA")
+    p.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="the backbones' arithmetic (features.precision; default: the config's, auto = bf16 where the "
+                        "device computes it natively); fp16 needs CUDA")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (also OMP_NUM_THREADS of the --ros inspector); default: torch's")
     p.add_argument("--ros", action="store_true", help="also measure publish -> ~/result through a real inspector_node")
@@ -202,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
 
             if not args.model.is_file():
                 raise SystemExit(f"--model {args.model}: no such file")
-            detector = Detector.load(args.model, device=str(device))
+            detector = Detector.load(args.model, device=str(device), precision=args.amp)
+            if args.amp and args.ros:
+                print(f"NOTE: --amp {args.amp} applies in-process; the --ros inspector runs the model's own "
+                      f"features.precision ({detector.config.features.precision} in the file)", flush=True)
             model_path, feature_cache = args.model, work_dir / "features"
         else:
             feature_cache = work_dir / "features" if args.train else args.cache_dir
@@ -225,8 +229,9 @@ def run(args: argparse.Namespace) -> int:
         report["model"] = {"model_id": detector.model_id, "threshold": detector.threshold,
                            "rgb_backbone": config.features.rgb_backbone, "rgb_weights": config.features.rgb_weights,
                            "point_weights": config.features.point_weights,
-                           "precision": getattr(detector.config.features, "precision", "fp32"),
+                           "precision": detector.feature_precision, "head_precision": detector.heads.precision,
                            "features": dataclasses.asdict(detector.config.features)}
+        print(f"arithmetic: backbones {detector.feature_precision}, heads {detector.heads.precision}", flush=True)
         peak_before_inference = peak_rss_mb()
 
         # -- in-process pipeline ------------------------------------------------------------------
