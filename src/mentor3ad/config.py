@@ -64,10 +64,9 @@ class FeatureConfig(_Section):
     cluster_filter: keep the largest connected cluster (cluster_eps_m: 3D link distance in metres, cluster_radius_px:
         grid neighbourhood for links) and every cluster of >= cluster_min_fraction of its points (a raised face
         beyond a steep wall without points; stray points are small clusters); 1 = the largest alone.
-    precision: the backbones' arithmetic "auto" (bf16 where the device computes it natively: a CPU with
-        AVX512-BF16/AMX, a CUDA GPU with bf16; else fp32) | "fp32" | "bf16" | "fp16" (CUDA); not part of the
-        feature identity (a model may run in another), but the one its threshold was calibrated with is recorded
-        (``training_info["feature_precision"]``); the heads' arithmetic is ``model.head_precision``.
+    precision: the backbones' arithmetic "fp32" | "auto" (bf16 where the device computes it natively, else fp32) |
+        "bf16" | "fp16" (CUDA); not in the feature identity (a model may run in another), but its threshold's is
+        recorded (``training_info["feature_precision"]``); the heads' arithmetic is ``model.head_precision``.
     init_seed: seeds random-init weights and RANSAC so that random backbones are reproducible.
     """
 
