@@ -137,9 +137,8 @@ class Detector(FeatureScorer):
     @property
     def feature_precision(self) -> str:
         """The arithmetic the backbones run in: the extractor's, else ``features.precision`` resolved here."""
-        if self._extractor is not None:
-            return str(getattr(self._extractor, "precision", self.config.features.precision))
-        return resolve_precision(self.config.features.precision, self.device)
+        own = getattr(self._extractor, "precision", None) if self._extractor is not None else None
+        return str(own or resolve_precision(self.config.features.precision, self.device))
 
     @property
     def backbone_identity(self) -> dict:
