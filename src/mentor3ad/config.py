@@ -246,6 +246,8 @@ class TrainConfig(_Section):
         epochs (weight averaging; 0: the last epoch's). Off by default: the good scores spread less, but the
         ranking came out lower on every validation set (README: Weight averaging).
     vm_steps: full-batch Adam steps of the Voting Module + OC-SVM stage.
+    vm_max_samples: score maps the VM is fitted on at most, a seeded random subset (0: all), so its cost stops
+        growing with the number of parts too (README: Training's fixed cost).
     vm_anchor_weight: L2 pull of the VM exponent / conv kernel logits to their initialisation (keeps the levels'
         meaning; the constrained parametrisation and batch standardisation already rule out constant maps).
     vm_data: score maps the VM is fitted on: "train" (the MGM training samples, as in the paper) or
@@ -267,6 +269,7 @@ class TrainConfig(_Section):
     weight_decay: float = 0.0
     average_last: float = 0.0
     vm_steps: int = 500
+    vm_max_samples: int = 50
     vm_lr: float = 1e-2
     vm_anchor_weight: float = 1.0
     vm_data: str = "train"
@@ -283,15 +286,13 @@ class TrainConfig(_Section):
             raise ConfigError(f"train.patches_per_epoch must be >= 0 (0: no bound), got {self.patches_per_epoch}")
         if not 0.0 <= self.average_last <= 1.0:
             raise ConfigError(f"train.average_last must be in [0, 1] (0: the last epoch's), got {self.average_last}")
-        for key in ("mfm_epochs", "mgm_epochs", "vm_steps"):
+        for key in ("mfm_epochs", "mgm_epochs", "vm_steps", "vm_max_samples", "augment_below"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         check_choice("train.vm_data", self.vm_data, ("train", "validation"))
         if self.view_augmentation not in VIEW_AUGMENTATIONS:
             raise ConfigError("train.view_augmentation must be 'auto', 'none' or 'rot90', got "
                               f"{self.view_augmentation!r}")
-        if self.augment_below < 0:
-            raise ConfigError(f"train.augment_below must be >= 0, got {self.augment_below}")
 
 
 @dataclass(frozen=True)
@@ -304,9 +305,8 @@ class CalibrationConfig(_Section):
     cv_folds: also score the training parts by K-fold cross-validation of the heads (K more head
         trainings) and calibrate on held-out + cross-validated scores; 0 = held-out parts only.
     margin: relative margin added on top: threshold * (1 + margin).
-    pseudo_defects_per_kind: seeded pseudo-defects of each kind per held-out good part, scored at
-        calibration for the pseudo-defect escape rate and the alternatives table (:mod:`mentor3ad.model.escape`);
-        0 = off.
+    pseudo_defects_per_kind: seeded pseudo-defects of each kind per held-out good part, scored at calibration
+        for the pseudo-defect escape rate and the alternatives table (:mod:`mentor3ad.model.escape`); 0 = off.
     image_score: with model.level_percentile > 0, which image score the model keeps: "level" (the peak
         above the part's level), "max" (the raw map's maximum: the model is stored with level_percentile 0)
         or "auto" (default): "max" only when, each at its threshold by this section's rule from the held-out

@@ -159,7 +159,7 @@ def test_voting_levels_are_each_levels_own_refinement():
 
 def test_trained_voting_keeps_level_maps_informative():
     """The OC-SVM objective prefers constant features; the constrained VM must not collapse to them."""
-    from mentor3ad.model.training import fit_voting
+    from mentor3ad.model.voting import fit_voting
 
     torch.manual_seed(0)
     heads = Mentor3ADHeads(RGB_DIM, XYZ_DIM, tiny_config(vote_levels=4))
@@ -167,7 +167,7 @@ def test_trained_voting_keeps_level_maps_informative():
     maps = torch.rand(6, 3, RES, RES, generator=generator) * 0.5 + 0.05
     valid = torch.ones(6, RES, RES, dtype=torch.bool)
     before = heads.voting.levels(maps).detach()
-    history = fit_voting(heads, maps, valid, steps=300, lr=0.05, anchor_weight=0.0)
+    history = fit_voting(heads.voting, maps, valid, steps=300, lr=0.05, anchor_weight=0.0)
     after = heads.voting.levels(maps).detach()
     assert history[-1] < history[0]
     assert torch.allclose(heads.voting.exponents.sum(dim=1), torch.tensor([3.0, 1.0, 1.0, 1.0]), atol=1e-5)

@@ -136,6 +136,50 @@ def test_patches_per_epoch_cuts_the_epoch_after_the_part_that_reaches_it(train_f
         tiny_config(train={"patches_per_epoch": -1})
 
 
+def test_the_voting_module_is_fitted_on_at_most_vm_max_samples_maps(train_features, monkeypatch):
+    """train.vm_max_samples bounds the VM stage by score maps (a seeded random subset of the training parts,
+    the same for the same seed), so its cost stops growing with the parts; 0 or more than there are: all."""
+    from mentor3ad.model import training
+
+    seen = []
+    original = training.compute_score_maps
+    monkeypatch.setattr(training, "compute_score_maps",
+                        lambda heads, features, device: seen.append(features) or original(heads, features, device))
+
+    def fitted_on(vm_max_samples, seed=0):
+        config = tiny_config(train={"vm_max_samples": vm_max_samples, "seed": seed, "mfm_epochs": 1,
+                                    "mgm_epochs": 1, "vm_steps": 3})
+        _, info = training.train_heads(train_features, config, progress=False, log=lambda msg: None)
+        features = seen.pop()
+        assert info["vm_samples"] == len(features)
+        rows = [next(i for i in range(len(train_features)) if torch.equal(train_features.rgb[i], features.rgb[j]))
+                for j in range(len(features))]
+        assert rows == sorted(set(rows))  # distinct training parts, in their order
+        return rows
+
+    assert len(train_features) == 6
+    assert fitted_on(0) == fitted_on(6) == fitted_on(50) == list(range(6))
+    subset = fitted_on(3)
+    assert len(subset) == 3 and fitted_on(3) == subset  # seeded
+    assert any(fitted_on(3, seed) != subset for seed in (1, 2, 3))
+    with pytest.raises(ValueError, match="vm_max_samples"):
+        tiny_config(train={"vm_max_samples": -1})
+
+
+def test_model_files_from_before_vm_max_samples_fitted_the_vm_on_every_map(tmp_path):
+    """A model file whose stored train config lacks the key loads with 0 (all maps), as it was trained."""
+    import json
+
+    from mentor3ad.model import checkpoint
+
+    metadata = {"config": Mentor3ADConfig().to_dict(), "threshold": 1.0, "rgb_dim": 1, "xyz_dim": 1,
+                "backbone_identity": {"rgb_dim": 1, "xyz_dim": 1}}
+    assert checkpoint.validate_metadata(tmp_path / "m.safetensors", json.loads(json.dumps(metadata)))[0] \
+        .train.vm_max_samples == 50
+    del metadata["config"]["train"]["vm_max_samples"]
+    assert checkpoint.validate_metadata(tmp_path / "m.safetensors", metadata)[0].train.vm_max_samples == 0
+
+
 def test_training_is_deterministic(train_features):
     from mentor3ad.model.training import train_heads
 

@@ -164,8 +164,10 @@ def _metadata(path: Path, header: dict) -> dict:
 
 
 # keys added after models were trained, per section, with the value that reproduces what those models did:
-# the raw map as calibrated (level_percentile), fp32 heads (head_precision), the largest cluster alone
-KEYS_ADDED = {"model": {"head_precision": "fp32", "level_percentile": 0.0}, "features": {"cluster_min_fraction": 1.0}}
+# the raw map as calibrated (level_percentile), fp32 heads (head_precision), the largest cluster alone, every map
+# in the VM (a re-training of the heads from such a file, e.g. calibration.cv_folds, trains them as they were)
+KEYS_ADDED = {"model": {"head_precision": "fp32", "level_percentile": 0.0}, "features": {"cluster_min_fraction": 1.0},
+              "train": {"vm_max_samples": 0}}
 
 
 def validate_metadata(path: Path, metadata: dict) -> Tuple[Mentor3ADConfig, float, dict, int, int]:

@@ -22,6 +22,7 @@ from ..config import Mentor3ADConfig
 from ..errors import InputError
 from ..features.extractor import FeatureSet, stack_features
 from .heads import Mentor3ADHeads, cosine_loss, info_nce, padded_count, to_patches
+from .voting import fit_voting
 from .input_profile import PROFILE_KEY, InputProfile
 
 LOG = logging.getLogger(__name__)
@@ -180,43 +181,12 @@ def compute_score_maps(heads: Mentor3ADHeads, features: FeatureSet, device, batc
     return torch.cat(out)
 
 
-def fit_voting(heads: Mentor3ADHeads, score_maps: torch.Tensor, valid: torch.Tensor, steps: int, lr: float,
-               anchor_weight: float, progress: bool = False, log: Callable[[str], None] = LOG.info) -> List[float]:
-    """Train the Voting Module (exponents, refinement convs, OC-SVM) on normal score maps (M, num_maps, R, R).
-
-    Loss: Schoelkopf's OC-SVM objective on the per-pixel level features of the valid pixels, standardised
-    with their own (differentiable) statistics, so rescaling every map cannot lower it
-    + anchor_weight * |theta - theta_0|^2 over the exponents and conv weights (keeps the levels close
-    to their initial meaning). The final statistics are then frozen into the OC-SVM.
-    """
-    from tqdm import tqdm
-
-    voting = heads.voting
-    if voting is None:
-        return []
-    valid = valid.bool()
-    if int(valid.sum()) < 2:
-        raise InputError("the Voting Module needs at least two valid training pixels")
-    with torch.no_grad():
-        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
-    anchored = [p for n, p in voting.named_parameters() if not n.startswith("ocsvm.")]
-    initial = [p.detach().clone() for p in anchored]
-    optimiser = torch.optim.Adam(voting.parameters(), lr=lr)
-    history = []
-    for step in tqdm(range(steps), desc="VM", disable=not progress, leave=False):
-        features = voting.pixel_features(score_maps)[valid]
-        loss = voting.ocsvm.objective(features, batch_statistics=True)
-        if anchor_weight > 0:
-            loss = loss + anchor_weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, initial))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        history.append(float(loss.detach()))
-        if step == 0 or step == steps - 1 or (step + 1) % max(1, steps // 5) == 0:
-            log(f"VM step {step + 1}/{steps} loss {history[-1]:.5f}")
-    with torch.no_grad():  # freeze the standardisation the last steps were trained with
-        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
-    return history
+def _at_most(features: FeatureSet, count: int, seed: int) -> FeatureSet:
+    """A seeded random subset of ``count`` samples, in their order (0 or at least as many: all of them)."""
+    if count <= 0 or len(features) <= count:
+        return features
+    chosen = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:count]
+    return features.subset(chosen.sort().values)
 
 
 def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optional[FeatureSet] = None,
@@ -263,8 +233,12 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
                     source = vm_features
                 else:
                     log("train.vm_data=validation but no validation samples: fitting the VM on the training maps")
+            chosen = _at_most(source, train_config.vm_max_samples, train_config.seed)
+            if len(chosen) < len(source):
+                log(f"VM: fitted on the score maps of {len(chosen)} of the {len(source)} samples (train.vm_max_samples)")
+            source = chosen
             maps = compute_score_maps(heads, source, device)
-            info["vm_loss"] = fit_voting(heads, maps.to(device), source.valid.to(device), train_config.vm_steps,
+            info["vm_loss"] = fit_voting(heads.voting, maps.to(device), source.valid.to(device), train_config.vm_steps,
                                          train_config.vm_lr, train_config.vm_anchor_weight, progress, log)
             info["vm_samples"] = len(source)
         heads.requires_grad_(False)

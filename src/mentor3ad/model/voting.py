@@ -5,16 +5,22 @@ Shapes: score maps (B, M, R, R) float32 in [0, 2] (M used maps), validity (B, R,
 - :class:`RefinementConv`: f = C^U(C^L(S)), two non-negative, normalised convolutions.
 - :class:`VotingModule`: levels f_n(prod_m S_m^{e_nm}), then :class:`OneClassSVM` on the per-pixel levels.
 - :class:`OneClassSVM`: learnable one-class SVM (Schoelkopf et al. 2001), linear or RBF (random features).
+- :func:`fit_voting`: its training stage on good parts' score maps (after MFM / MGM, :mod:`.training`).
 """
 from __future__ import annotations
 
+import logging
 import math
+from typing import Callable, List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import InputError
+
+LOG = logging.getLogger("mentor3ad.model.training")  # the training log it is part of
 
 OCSVM_SCORE_CLAMP = 60.0  # the final map is exp(min(OC-SVM score, 60)): +inf saturates (a FAIL), never overflows
 
@@ -203,3 +209,39 @@ class VotingModule(nn.Module):
         out = torch.exp(raw.clamp(max=OCSVM_SCORE_CLAMP))
         out = torch.where(torch.isneginf(raw), torch.full_like(out, math.nan), out)
         return torch.where(valid, out, torch.zeros_like(out))
+
+
+def fit_voting(voting: VotingModule, score_maps: torch.Tensor, valid: torch.Tensor, steps: int, lr: float,
+               anchor_weight: float, progress: bool = False, log: Callable[[str], None] = LOG.info) -> List[float]:
+    """Train ``voting`` (exponents, refinement convs, OC-SVM) on normal score maps (M, num_maps, R, R).
+
+    Loss: Schoelkopf's OC-SVM objective on the per-pixel level features of the valid pixels, standardised
+    with their own (differentiable) statistics, so rescaling every map cannot lower it
+    + anchor_weight * |theta - theta_0|^2 over the exponents and conv weights (keeps the levels close
+    to their initial meaning). The final statistics are then frozen into the OC-SVM.
+    """
+    from tqdm import tqdm
+
+    valid = valid.bool()
+    if int(valid.sum()) < 2:
+        raise InputError("the Voting Module needs at least two valid training pixels")
+    with torch.no_grad():
+        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
+    anchored = [p for n, p in voting.named_parameters() if not n.startswith("ocsvm.")]
+    initial = [p.detach().clone() for p in anchored]
+    optimiser = torch.optim.Adam(voting.parameters(), lr=lr)
+    history = []
+    for step in tqdm(range(steps), desc="VM", disable=not progress, leave=False):
+        features = voting.pixel_features(score_maps)[valid]
+        loss = voting.ocsvm.objective(features, batch_statistics=True)
+        if anchor_weight > 0:
+            loss = loss + anchor_weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(anchored, initial))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        history.append(float(loss.detach()))
+        if step == 0 or step == steps - 1 or (step + 1) % max(1, steps // 5) == 0:
+            log(f"VM step {step + 1}/{steps} loss {history[-1]:.5f}")
+    with torch.no_grad():  # freeze the standardisation the last steps were trained with
+        voting.ocsvm.set_standardisation(voting.pixel_features(score_maps)[valid])
+    return history
