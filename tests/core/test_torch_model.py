@@ -50,6 +50,27 @@ def test_info_nce_is_the_symmetric_cross_entropy():
     assert torch.allclose(info_nce(query, key, 0.07), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 0.02])  # 0.02: logits span 100, the log-sum-exps' own path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_info_nce_value_and_gradients_are_the_symmetric_cross_entropys(temperature, dtype):
+    """The one-exp InfoNCE (forward and backward) against torch's cross entropy, on float32 and bf16 inputs."""
+    generator = torch.Generator().manual_seed(2)
+    query = torch.randn(96, 16, generator=generator)
+    key = query + torch.randn(96, 16, generator=generator)
+    query, key = query.to(dtype).requires_grad_(), key.to(dtype).requires_grad_()
+    loss = info_nce(query, key, temperature)
+    gradients = torch.autograd.grad(loss, (query, key))
+    logits = (F.normalize(query, dim=1) @ F.normalize(key, dim=1).t()).float() / temperature
+    targets = torch.arange(96)
+    expected = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    expected_gradients = torch.autograd.grad(expected, (query, key))
+    assert loss.dtype == torch.float32 and torch.allclose(loss, expected, rtol=1e-5)
+    for gradient, reference in zip(gradients, expected_gradients):
+        assert gradient.dtype == dtype
+        scale = float(reference.float().abs().max())
+        assert float((gradient.float() - reference.float()).abs().max()) <= 1e-4 * scale
+
+
 def test_info_nce_lower_for_aligned_than_shuffled_pairs():
     generator = torch.Generator().manual_seed(1)
     query = torch.randn(64, 16, generator=generator)

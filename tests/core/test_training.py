@@ -310,20 +310,20 @@ def test_bf16_losses_pad_the_patches_and_use_only_the_real_ones(train_features):
     oneDNN); the loss must be the one of the real patches alone, not of the padding."""
     from mentor3ad.backbones import autocast
     from mentor3ad.model.heads import Mentor3ADHeads, PATCH_BUCKET, cosine_loss
-    from mentor3ad.model.training import _padded, _valid_patches, mgm_loss
+    from mentor3ad.model.head_losses import mgm_loss, padded_patches, valid_patches
 
     config = tiny_config()
     torch.manual_seed(0)
     heads = Mentor3ADHeads(train_features.rgb.shape[1], train_features.xyz.shape[1], config.model)
-    statistics = _valid_patches(train_features, "cpu")
+    statistics = valid_patches(train_features, "cpu")
     heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
     heads.precision = "bf16"
     batch = train_features.subset(slice(0, 2))
-    patches = _valid_patches(batch, "cpu", heads)
+    patches = valid_patches(batch, "cpu", heads)
     count = patches["rgb"].shape[0]
     assert count % PATCH_BUCKET  # the batch does get padded
-    assert _padded(patches, "bf16")["rgb"].shape[0] == -(-count // PATCH_BUCKET) * PATCH_BUCKET
-    assert _padded(patches, "fp32")["rgb"].shape[0] == count
+    assert padded_patches(patches, "bf16")["rgb"].shape[0] == -(-count // PATCH_BUCKET) * PATCH_BUCKET
+    assert padded_patches(patches, "fp32")["rgb"].shape[0] == count
     with torch.no_grad(), autocast("cpu", "bf16"):
         mentor = heads.mfm.fuse(heads.mfm.rgb_projection(patches["rgb"]), heads.mfm.xyz_projection(patches["xyz"]))
         xyz_rec = heads.mgm.rgb_to_xyz.map_patches(patches["rgb"], mentor)
@@ -333,6 +333,33 @@ def test_bf16_losses_pad_the_patches_and_use_only_the_real_ones(train_features):
     with torch.no_grad():
         loss = mgm_loss(heads, batch, "cpu")
     assert torch.allclose(loss, expected, rtol=2e-2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_mentor_table_gives_each_batch_the_mentor_its_step_would_compute(train_features, precision):
+    """The MGM's epochs read the frozen MFM's F_Mtr from a table computed once (mentor_table): for any batch of
+    samples, in any order, its rows are the mentor of the batch's valid patches, and the loss is the same."""
+    from mentor3ad.model.heads import Mentor3ADHeads
+    from mentor3ad.model.head_losses import mentor_of, mentor_table, mgm_loss, padded_patches, table_rows, \
+        valid_patches
+
+    torch.manual_seed(0)
+    heads = Mentor3ADHeads(train_features.rgb.shape[1], train_features.xyz.shape[1], tiny_config().model)
+    statistics = valid_patches(train_features, "cpu")
+    heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
+    heads.precision = precision
+    table, starts = mentor_table(heads, train_features, "cpu", batch_size=2)
+    counts = train_features.valid.flatten(1).sum(1)
+    assert starts.tolist() == [0] + torch.cumsum(counts, 0).tolist() and table.shape[0] == int(counts.sum())
+    for index in (torch.tensor([3, 0]), torch.tensor([1, 4, 2]), torch.tensor([5])):
+        batch = train_features.subset(index)
+        patches = valid_patches(batch, "cpu", heads)
+        count = patches["rgb"].shape[0]
+        rows = table[table_rows(starts, index)]
+        assert torch.allclose(rows.float(), mentor_of(heads, padded_patches(patches, precision), "cpu")[:count].float(),
+                              rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            assert torch.allclose(mgm_loss(heads, batch, "cpu", rows), mgm_loss(heads, batch, "cpu"), rtol=1e-5)
 
 
 def test_average_last_ends_on_the_mean_of_the_last_epochs_weights(train_features):
@@ -346,7 +373,7 @@ def test_average_last_ends_on_the_mean_of_the_last_epochs_weights(train_features
     def run(epochs, average_last):
         layer = torch.nn.Linear(train_features.rgb.shape[1], 3)
         layer.load_state_dict(initial.state_dict())
-        loss = lambda batch: layer(batch.rgb.mean((2, 3))).pow(2).mean()
+        loss = lambda batch, index: layer(batch.rgb.mean((2, 3))).pow(2).mean()
         messages = []
         training._run_epochs("T", layer.parameters(), loss, train_features, epochs, 0.05, 0.0, 2,
                              torch.Generator().manual_seed(1), False, messages.append, 0, 0, average_last)

@@ -15,13 +15,13 @@ import tempfile
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from ..backbones import autocast, resolve_precision
+from ..backbones import resolve_precision
 from ..config import Mentor3ADConfig
 from ..errors import InputError
 from ..features.extractor import FeatureSet, stack_features
-from .heads import Mentor3ADHeads, cosine_loss, info_nce, padded_count, to_patches
+from .head_losses import mentor_table, mfm_loss, mgm_loss, table_rows, valid_patches
+from .heads import Mentor3ADHeads
 from .voting import fit_voting
 from .input_profile import PROFILE_KEY, InputProfile
 
@@ -56,77 +56,13 @@ def _batches(count: int, batch_size: int, generator: torch.Generator, limit: int
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _valid_patches(features: FeatureSet, device, heads: Optional[Mentor3ADHeads] = None) -> Dict[str, torch.Tensor]:
-    """Valid patches (P, C) per modality, standardised by ``heads`` when given."""
-    valid = features.valid.to(device)
-    patches = {"rgb": to_patches(features.rgb.to(device))[valid], "xyz": to_patches(features.xyz.to(device))[valid]}
-    if heads is not None:
-        patches = {name: heads.normalize_patches(name, value) for name, value in patches.items()}
-    return patches
-
-
-def _padded(patches: Dict[str, torch.Tensor], precision: str) -> Dict[str, torch.Tensor]:
-    """Patches (P, C) per modality zero-padded to :func:`padded_count` rows: in bf16 the MLPs see a few
-    shapes instead of a new one per batch (oneDNN builds its kernels per shape: an MGM step measured 2x
-    slower with a new row count every batch). Rows are independent through the MLPs; callers slice [:P]."""
-    count = next(iter(patches.values())).shape[0]
-    extra = padded_count(count, precision) - count
-    return patches if extra == 0 else {name: F.pad(value, (0, 0, 0, extra)) for name, value in patches.items()}
-
-
-def mfm_loss(heads: Mentor3ADHeads, batch: FeatureSet, generator: torch.Generator, device) -> torch.Tensor:
-    """InfoNCE over the valid patches of a batch: RGB vs XYZ projections of the same patch are positives;
-    plus (weight model.mfm_fused_contrast_weight) F_Mtr vs each projection, which trains the fusion MLP.
-    Computed in ``heads.precision`` (autocast); the loss is float32."""
-    config = heads.config
-    patches = _valid_patches(batch, device, heads)
-    count = patches["rgb"].shape[0]
-    if count < 2:
-        return None
-    if count > config.infonce_max_patches:
-        keep = torch.randperm(count, generator=generator)[:config.infonce_max_patches].to(device)
-        patches = {name: value[keep] for name, value in patches.items()}
-    count = patches["rgb"].shape[0]
-    padded = _padded(patches, heads.precision)
-    with autocast(device, heads.precision):
-        rgb_projected = heads.mfm.rgb_projection(padded["rgb"])[:count]
-        xyz_projected = heads.mfm.xyz_projection(padded["xyz"])[:count]
-        loss = info_nce(rgb_projected, xyz_projected, config.infonce_temperature)
-        if config.mfm_fused_contrast_weight > 0:
-            mentor = heads.mfm.fuse(rgb_projected, xyz_projected)
-            loss = loss + 0.5 * config.mfm_fused_contrast_weight * (
-                info_nce(mentor, rgb_projected, config.infonce_temperature)
-                + info_nce(mentor, xyz_projected, config.infonce_temperature))
-    return loss.float()
-
-
-def mgm_loss(heads: Mentor3ADHeads, batch: FeatureSet, device) -> torch.Tensor:
-    """Cosine reconstruction loss (paper eq. 4) of both directions over the valid patches of a batch; the
-    MLPs run in ``heads.precision`` (autocast), the cosine and the loss in float32."""
-    patches = _valid_patches(batch, device, heads)
-    count = patches["rgb"].shape[0]
-    if count == 0:
-        return None
-    padded = _padded(patches, heads.precision)
-    mentor = None
-    with autocast(device, heads.precision):
-        if heads.config.use_mentor:
-            with torch.no_grad():
-                mentor = heads.mfm.fuse(heads.mfm.rgb_projection(padded["rgb"]),
-                                        heads.mfm.xyz_projection(padded["xyz"]))
-        xyz_rec = heads.mgm.rgb_to_xyz.map_patches(padded["rgb"], mentor)[:count]
-        rgb_rec = heads.mgm.xyz_to_rgb.map_patches(padded["xyz"], mentor)[:count]
-    ones = torch.ones(count, dtype=torch.bool, device=device)
-    # patches are rows here: cosine over the channel dim = dim 1 of (P, C)
-    return cosine_loss(rgb_rec.float(), patches["rgb"], ones) + cosine_loss(xyz_rec.float(), patches["xyz"], ones)
-
-
 def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: int, lr: float, weight_decay: float,
                 batch_size: int, generator: torch.Generator, progress: bool, log: Callable[[str], None],
                 samples_per_epoch: int = 0, patches_per_epoch: int = 0, average_last: float = 0.0) -> List[float]:
-    """Adam over ``epochs`` epochs; returns the mean loss per epoch. ``average_last`` > 0: the parameters
-    end as the equal-weight mean of their values at the end of each of the last ceil(average_last x epochs)
-    epochs (stochastic weight averaging at the constant learning rate), not the last epoch's values."""
+    """Adam over ``epochs`` epochs of ``loss_fn(batch FeatureSet, its sample indices (B,) int64)``; returns the
+    mean loss per epoch. ``average_last`` > 0: the parameters end as the equal-weight mean of their values at
+    the end of each of the last ceil(average_last x epochs) epochs (stochastic weight averaging at the constant
+    learning rate), not the last epoch's values."""
     from tqdm import tqdm
 
     parameters = [p for p in parameters if p.requires_grad]
@@ -141,7 +77,7 @@ def _run_epochs(name: str, parameters, loss_fn, features: FeatureSet, epochs: in
         total, steps = 0.0, 0
         for index in _batches(len(features), batch_size, generator, samples_per_epoch, patch_counts,
                               patches_per_epoch):
-            loss = loss_fn(features.subset(index))
+            loss = loss_fn(features.subset(index), index)
             if loss is None:
                 continue
             optimiser.zero_grad(set_to_none=True)
@@ -208,22 +144,27 @@ def train_heads(train: FeatureSet, config: Mentor3ADConfig, vm_features: Optiona
         heads = Mentor3ADHeads(train.rgb.shape[1], train.xyz.shape[1], model_config, seed=train_config.seed)
         heads.to(device).train()
         heads.precision = precision
-        statistics = _valid_patches(train, device)
+        statistics = valid_patches(train, device)
         heads.set_feature_statistics(statistics["rgb"], statistics["xyz"])
         del statistics
         generator = torch.Generator().manual_seed(train_config.seed)
         if heads.mfm is not None:
             info["mfm_loss"] = _run_epochs(
-                "MFM", heads.mfm.parameters(), lambda b: mfm_loss(heads, b, generator, device), train,
+                "MFM", heads.mfm.parameters(), lambda b, index: mfm_loss(heads, b, generator, device), train,
                 train_config.mfm_epochs, train_config.mfm_lr, train_config.weight_decay, train_config.batch_size,
                 generator, progress, log, train_config.samples_per_epoch, train_config.patches_per_epoch,
                 train_config.average_last)
             heads.mfm.requires_grad_(False)
             heads.mfm.eval()
+        mentor, starts = mentor_table(heads, train, device, train_config.batch_size) if model_config.use_mentor \
+            else (None, None)
         info["mgm_loss"] = _run_epochs(
-            "MGM", heads.mgm.parameters(), lambda b: mgm_loss(heads, b, device), train, train_config.mgm_epochs,
+            "MGM", heads.mgm.parameters(),
+            lambda b, index: mgm_loss(heads, b, device, None if mentor is None else mentor[table_rows(starts, index)]),
+            train, train_config.mgm_epochs,
             train_config.mgm_lr, train_config.weight_decay, train_config.batch_size, generator, progress, log,
             train_config.samples_per_epoch, train_config.patches_per_epoch, train_config.average_last)
+        mentor = None  # its memory back before the VM
         heads.mgm.requires_grad_(False)
         heads.eval()
         if heads.voting is not None:
